@@ -1,0 +1,65 @@
+"""The ``repnas`` command line: a thin layer that parses arguments and calls the library.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; the module is
+imported only when the command line is built, so ``import repnas`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from repnas.errors import UserError
+
+#: subcommand name -> module under ``repnas.cli`` that defines ``register(subparsers)``.
+COMMANDS = {
+    "describe": "describe",
+    "train": "train",
+    "search": "search",
+    "export": "export",
+    "report": "report",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (argparse prints usage + message)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"repnas: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="repnas", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for module_name in COMMANDS.values():
+        try:
+            module = importlib.import_module(f"repnas.cli.{module_name}")
+        except ModuleNotFoundError as exc:  # a command whose module is not written yet
+            if exc.name != f"repnas.cli.{module_name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``repnas`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, OSError) as exc:
+        if os.environ.get("REPNAS_DEBUG"):
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"repnas: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("repnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from repnas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""The repeated weight: a ``torch.nn.utils.parametrize`` parametrization of a conv's ``weight``.
+
+Given a source ``S`` of shape (o, i, k, k) and a target weight shape (O, I, k, k) (PAPER.md):
+
+* ``r0 = O // o`` and ``r1 = I // i`` tiles; tile (a, b) is ``f(S; alpha_ab, beta_ab)`` placed at
+  ``out[a*o + p, b*i + q] = f(S[p, q])`` (contiguous blocks).
+* Remainders: the ``O % o`` extra output filters repeat the first filters of the tiled tensor
+  through one extra scalar pair; the ``I % i`` extra input channels likewise (they span all O rows).
+* ``(o, i) == (O, I)``: no tiling and no scalars (plain weight, possibly shared or mixed).
+
+Every element of the target is therefore ``f(S[x % o, y % i])`` with the scalars of the tile that
+(x, y) falls in. The forward pass builds exactly that with one ``repeat`` of the source and one
+gather of the per-tile scalars into an (O, I) map, so the cost is a handful of elementwise kernels
+over the physical weight regardless of how many tiles there are.
+
+Why ``parametrize``: the conv stays an ``nn.Conv2d`` (stride, padding, groups, bias and every tool
+that inspects convs keep working), ``parametrize.cached()`` computes a shared weight once per forward,
+and ``remove_parametrizations`` turns it back into a plain layer (see ``materialize``). The
+parametrization takes no "original" tensor (``right_inverse`` returns an empty tuple): the source
+lives in a :class:`TemplateBank` that several layers may reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from repnas.rescale._bank import TemplateBank
+from repnas.rescale._maps import get_scalar_map
+
+
+def tile_layout(source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(r0, r1, e0, e1): whole tiles and remainders along output and input channels."""
+    (o, i), (big_o, big_i) = source, target
+    return big_o // o, big_i // i, big_o % o, big_i % i
+
+
+def _tile_index(source: tuple[int, int], target: tuple[int, int]) -> tuple[Tensor, int]:
+    """An (O, I) map from each weight position to the index of its scalar pair, and the pair count.
+
+    Pairs 0 .. r0*r1-1 are the whole tiles (row-major in (a, b)); then one pair for the output
+    remainder (if any), then one for the input remainder (if any).
+    """
+    (o, i), (big_o, big_i) = source, target
+    r0, r1, e0, e1 = tile_layout(source, target)
+    rows = torch.arange(big_o) // o  # tile row a, == r0 inside the output remainder
+    cols = torch.arange(big_i) // i  # tile column b, == r1 inside the input remainder
+    index = rows[:, None] * r1 + cols[None, :]
+    n_pairs = r0 * r1
+    if e0:
+        index[r0 * o :, :] = n_pairs
+        n_pairs += 1
+    if e1:
+        index[:, r1 * i :] = n_pairs
+        n_pairs += 1
+    return index, n_pairs
+
+
+class RepeatWeight(nn.Module):
+    """Generates a conv weight of ``target_shape`` by tiling a bank's (mixed) source.
+
+    Args:
+        bank: the template bank holding the source(s); may be shared with other layers.
+        target_shape: the conv's weight shape (O, I, k, k) (I is in_channels // groups).
+        scalar_map: ``swish`` | ``linear`` | ``none`` (see ``_maps``).
+        coefficients: this layer's mixing coefficients over the bank's templates, or None to take
+            template 0 as is (own source or plain borrow). May be a Parameter shared with a lender.
+        scalar_init: ``xavier`` (the authors': whole-tile scalars xavier-uniform on a (1, r0*r1)
+            tensor, remainder scalars U(0, 1)) or ``identity`` (the map starts as the identity, so
+            the layer starts as pure tiling).
+        source_name: where the source comes from, for tables (``own``, ``borrow:NAME``, ``bank:NAME``).
+    """
+
+    def __init__(
+        self,
+        bank: TemplateBank,
+        target_shape: tuple[int, int, int, int],
+        scalar_map: str = "swish",
+        coefficients: nn.Parameter | None = None,
+        scalar_init: str = "xavier",
+        source_name: str = "own",
+    ):
+        super().__init__()
+        o, i, *kernel = bank.source_shape
+        big_o, big_i, *target_kernel = target_shape
+        if kernel != target_kernel:
+            raise ValueError(f"kernel {tuple(kernel)} of the source differs from the layer's {tuple(target_kernel)}")
+        if o > big_o or i > big_i:
+            raise ValueError(f"source ({o}, {i}) is larger than the layer's weight ({big_o}, {big_i})")
+        self.bank = bank
+        self.coefficients = coefficients
+        self.target_shape = tuple(target_shape)
+        self.source_name = source_name
+        self.map = get_scalar_map(scalar_map)
+        self.tiled = (o, i) != (big_o, big_i)
+        n_scalars = self.map.scalars_per_tile if self.tiled else 0
+        index, n_pairs = _tile_index((o, i), (big_o, big_i))
+        self.register_buffer("tile_index", index, persistent=False)
+        self.n_pairs = n_pairs
+        # alpha and beta are separate 1-D parameters, so "no weight decay on ndim < 2" excludes them.
+        self.alpha = nn.Parameter(torch.empty(n_pairs)) if n_scalars >= 1 else None
+        self.beta = nn.Parameter(torch.empty(n_pairs)) if n_scalars >= 2 else None
+        self.reset_scalars(scalar_init)
+
+    @property
+    def layout(self) -> tuple[int, int, int, int]:
+        """(r0, r1, e0, e1) of this layer's tiling."""
+        return tile_layout(self.bank.source_shape[:2], self.target_shape[:2])
+
+    @torch.no_grad()
+    def reset_scalars(self, scalar_init: str = "xavier") -> None:
+        r0, r1, _, _ = self.layout
+        whole = r0 * r1
+        for k, p in enumerate((self.alpha, self.beta)):
+            if p is None:
+                continue
+            if scalar_init == "identity":
+                p.fill_(self.map.identity[k])
+            elif scalar_init == "xavier":
+                bound = math.sqrt(6.0 / (1 + whole))  # xavier-uniform on a (1, r0*r1) tensor
+                p[:whole].uniform_(-bound, bound)
+                p[whole:].uniform_(0.0, 1.0)
+            else:
+                raise ValueError(f"unknown scalar_init {scalar_init!r}; choose 'xavier' or 'identity'")
+
+    def source(self) -> Tensor:
+        return self.bank.mix(self.coefficients)
+
+    def forward(self) -> Tensor:
+        source = self.source()
+        if not self.tiled:
+            return source
+        big_o, big_i = self.target_shape[:2]
+        o, i = source.shape[:2]
+        periodic = source.repeat(-(-big_o // o), -(-big_i // i), 1, 1)[:big_o, :big_i]
+        if self.alpha is None:
+            return periodic
+        alpha = self.alpha[self.tile_index][:, :, None, None]
+        beta = self.beta[self.tile_index][:, :, None, None] if self.beta is not None else None
+        return self.map.apply(periodic, alpha, beta)
+
+    def right_inverse(self, weight: Tensor) -> tuple[()]:
+        """The conv keeps no tensor of its own: the source lives in the bank."""
+        return ()
+
+    def n_scalars(self) -> int:
+        return sum(p.numel() for p in (self.alpha, self.beta) if p is not None)
+
+    def extra_repr(self) -> str:
+        r0, r1, e0, e1 = self.layout
+        return f"target={self.target_shape}, tiles={r0}x{r1}+({e0},{e1}), map={self.map.name}, source={self.source_name}"

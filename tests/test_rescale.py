@@ -1,0 +1,272 @@
+"""The repetition method itself: tiling math, plans, rescale/materialize, accounting, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from repnas.rescale import (
+    RepetitionPlan,
+    count_params,
+    count_physical_params,
+    describe,
+    layer_table,
+    materialize,
+    repeated_layers,
+    rescale,
+)
+
+
+def reference_weight(source: torch.Tensor, out: int, in_: int, alpha, beta) -> torch.Tensor:
+    """PAPER.md's construction written as loops over tiles: whole tiles, then the output remainder
+    (first e0 filters once more through the extra pair), then the input remainder (all rows)."""
+    o, i = source.shape[:2]
+    r0, r1, e0, e1 = out // o, in_ // i, out % o, in_ % i
+
+    def f(w, k):
+        return alpha[k] * w * torch.sigmoid(-beta[k] * w)
+
+    rows = []
+    for a in range(r0):
+        rows.append(torch.cat([f(source, a * r1 + b) for b in range(r1)], dim=1))
+    tiled = torch.cat(rows, dim=0)  # (r0*o, r1*i)
+    pure = source.repeat(r0 + 1, r1 + 1, 1, 1)
+    k = r0 * r1
+    if e0:
+        tiled = torch.cat([tiled, f(pure[:e0, : r1 * i], k)], dim=0)
+        k += 1
+    if e1:
+        tiled = torch.cat([tiled, f(pure[:out, :e1], k)], dim=1)
+    return tiled
+
+
+@pytest.mark.parametrize(("source", "target"), [((4, 3), (8, 9)), ((4, 3), (10, 7)), ((5, 5), (5, 12)), ((3, 2), (3, 2))])
+def test_tiling_matches_the_papers_construction(source, target):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(target[1], target[0], 3)
+    model = rescale(nn.Sequential(conv), {"layers": {"0": {"own": list(source)}}})
+    (_, layer, rep), = repeated_layers(model)
+    src = rep.source().detach()
+    if source == target:
+        assert rep.alpha is None and rep.beta is None  # plain conv: no tiling, no scalars
+        assert torch.equal(layer.weight, src)
+        return
+    expected = reference_weight(src, *target, rep.alpha.detach(), rep.beta.detach())
+    torch.testing.assert_close(layer.weight.detach(), expected, rtol=1e-6, atol=1e-9)
+    r0, r1, e0, e1 = rep.layout
+    assert rep.alpha.numel() == r0 * r1 + (e0 > 0) + (e1 > 0)
+
+
+def test_tiles_are_contiguous_blocks_of_the_source():
+    conv = nn.Conv2d(6, 8, 1)
+    model = rescale(nn.Sequential(conv), {"map": "none", "layers": {"0": {"own": [4, 3]}}})
+    w = model[0].weight.detach()[:, :, 0, 0]
+    src = w[:4, :3]
+    for a in range(2):
+        for b in range(2):
+            assert torch.equal(w[a * 4 : (a + 1) * 4, b * 3 : (b + 1) * 3], src)
+
+
+def test_exact_parameter_counts_of_a_hand_computed_plan():
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(128, 200, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+    )
+    plan = {"layers": {"2": {"own": [48, 20]}, "4": {"borrow": "2"}}}
+    repeated = rescale(model, plan)
+    # conv0 plain 3*64*9+64; conv2 source 48*20*9 + bias 128 + 2*(2*3 + 2) scalars;
+    # conv4 bias 200 + 2*(4*6 + 2) scalars (4 x 6 tiles, remainders on both axes)
+    assert count_params(repeated) == 1792 + (8640 + 128 + 16) + (200 + 52)
+    assert count_physical_params(repeated) == count_params(model)
+    assert sum(row["params"] for row in layer_table(repeated)) == count_params(repeated)
+    plain = materialize(repeated)
+    assert sum(p.numel() for p in plain.parameters()) == count_params(model)
+
+
+def test_linear_and_none_maps_count_their_scalars():
+    model = nn.Sequential(nn.Conv2d(8, 8, 3))
+    linear = rescale(model, {"map": "linear", "layers": {"0": {"own": [4, 4]}}})
+    none = rescale(model, {"map": "none", "layers": {"0": {"own": [4, 4]}}})
+    assert count_params(linear) == 4 * 4 * 9 + 8 + 4
+    assert count_params(none) == 4 * 4 * 9 + 8
+
+
+def test_identity_init_starts_as_pure_tiling():
+    model = nn.Sequential(nn.Conv2d(6, 8, 3))
+    swish = rescale(model, {"scalar_init": "identity", "layers": {"0": {"own": [4, 3]}}})
+    none = rescale(model, {"map": "none", "layers": {"0": {"own": [4, 3]}}})
+    torch.testing.assert_close(swish[0].weight, none[0].weight)
+
+
+def _resnet18_plans(model: nn.Module) -> dict[str, dict]:
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    width = {n: {"own": [max(1, m.out_channels // 2), max(1, m.in_channels // 4) if m.in_channels > 3 else 3]}
+             for n, m in convs.items()}
+    inter = {
+        "layer2.1.conv2": {"borrow": "layer2.1.conv1"},
+        "layer3.0.conv2": {"borrow": "layer2.1.conv1"},  # (256, 256) tiles a (128, 128) source
+        "layer3.1.conv1": {"borrow": "layer3.0.conv2"},  # chain: resolves to layer2.1.conv1
+        "layer4.1.conv2": {"borrow": "layer4.1.conv1"},  # same shape: plain sharing
+        "layer4.0.downsample.0": {"borrow": "layer3.0.downsample.0"},
+    }
+    return {"width": {"layers": width}, "inter": {"layers": inter, "map": "linear"}}
+
+
+@pytest.mark.parametrize("plan_name", ["width", "inter"])
+def test_materialize_equals_repeated_on_torchvision_resnet18(plan_name):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    plan = _resnet18_plans(model)[plan_name]
+    repeated = rescale(model, plan)
+    for m in repeated.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    repeated.eval()
+    plain = materialize(repeated).eval()
+    assert not list(repeated_layers(plain))
+    assert all(type(m) is nn.Conv2d for m in plain.modules() if isinstance(m, nn.Conv2d))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        diff = (repeated(x) - plain(x)).abs().max().item()
+    assert diff <= 1e-5
+    assert count_physical_params(repeated) == sum(p.numel() for p in plain.parameters())
+    assert count_physical_params(repeated) == count_params(model)
+    assert count_params(repeated) < count_params(model)
+    # materialize must not break the repeated model (it shares nothing with the copy)
+    with torch.no_grad():
+        assert (repeated(x) - plain(x)).abs().max().item() <= 1e-5
+
+
+def test_gradients_reach_every_source_coefficient_and_scalar():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    plan = {
+        "banks": {"b": {"out": 16, "in": 16, "rank": 3}},
+        "layers": {
+            "2": {"own": [16, 8]},
+            "4": {"bank": "b"},
+            "6": {"bank": "b", "map": "linear"},
+            "8": {"borrow": "6"},
+        },
+    }
+    repeated = rescale(model, plan)
+    repeated(torch.randn(4, 3, 8, 8)).square().sum().backward()
+    names = [n for n, p in repeated.named_parameters()]
+    assert any("coefficients" in n for n in names) and any("alpha" in n for n in names)
+    for name, p in repeated.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # the bank is one tensor, shared: counted once
+    banks = {id(rep.bank) for _, _, rep in repeated_layers(repeated) if rep.coefficients is not None}
+    assert len(banks) == 1
+    (row6,) = [r for r in layer_table(repeated) if r["name"] == "6"]
+    assert row6["source"] == "bank:b (16, 16) r3"
+
+
+def test_borrowing_from_a_plain_layer_keeps_its_count_and_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1))
+    repeated = rescale(model, {"layers": {"1": {"borrow": "0"}}})
+    x = torch.randn(1, 4, 6, 6)
+    torch.testing.assert_close(repeated[0](x), model[0](x))  # the lender is unchanged
+    assert count_params(repeated) == count_params(model[0]) + 16 + 2 * 2 * 2
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ({"layers": {"1": {"own": [32, 4]}}}, r"'1'.*larger"),
+        ({"layers": {"2": {"borrow": "0"}}}, r"'2'.*kernel"),
+        ({"layers": {"features.9": {"own": [2, 2]}}}, r"'features.9'.*no nn.Conv2d"),
+        ({"layers": {"0": {"borrow": "1"}, "1": {"borrow": "0"}}}, r"cycle"),
+        ({"layers": {"1": {"borrow": "nope"}}}, r"'1'.*'nope'"),
+        ({"layers": {"1": {"bank": "missing"}}}, r"'1'.*bank 'missing'"),
+        ({"layers": {"1": {"own": [2, 2], "borrow": "0"}}}, r"'1'.*exactly one"),
+        ({"layers": {"1": {"own": [2, -1]}}}, r"'1'.*positive"),
+        ({"layers": {}, "extra": 1}, r"unknown keys"),
+        ({"version": 2, "layers": {}}, r"version"),
+    ],
+)
+def test_bad_plans_raise_value_errors_naming_the_problem(plan, message):
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 16, 3), nn.Conv2d(16, 16, 1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        rescale(model, plan, inplace=True)
+    assert not list(repeated_layers(model))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_plan_round_trips_through_dict_and_yaml(tmp_path):
+    plan = RepetitionPlan.from_dict(
+        {
+            "map": "linear",
+            "scalar_init": "identity",
+            "banks": {"b0": {"out": 8, "in": 4, "rank": 2}},
+            "layers": {"a": {"own": [4, 2]}, "b": {"borrow": "a"}, "c": {"bank": "b0", "map": "swish"}},
+        }
+    )
+    assert RepetitionPlan.from_dict(plan.to_dict()) == plan
+    path = tmp_path / "plan.yaml"
+    plan.to_yaml(path)
+    assert RepetitionPlan.from_yaml(path) == plan
+    with pytest.raises(ValueError, match="malformed YAML"):
+        RepetitionPlan.from_yaml("layers: [unclosed\n")
+
+
+def test_state_dict_loads_into_a_fresh_rescale_of_the_same_plan():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3), nn.Conv2d(16, 16, 3))
+    plan = {"layers": {"1": {"own": [4, 4]}, "2": {"borrow": "1"}}}
+    a, b = rescale(base, plan), rescale(base, plan)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 9, 9)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_describe_reports_flops_of_the_physical_shape():
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1, bias=False))
+    repeated = rescale(model, {"layers": {"0": {"own": [2, 1]}}})
+    info = describe(repeated, (2, 5, 5))
+    assert info["flops"] == 2 * 8 * 2 * 9 * 25  # 2 x MACs of an 8x2x3x3 conv on 5x5
+    assert info["params"] == 2 * 1 * 9 + 2 * 8  # source + 4x2 tiles x (alpha, beta)
+    assert info["physical_params"] == 8 * 2 * 9
+
+
+def test_a_repeated_cnn_learns_real_digits():
+    """scikit-learn's bundled digits: a repeated CNN far above chance (10%) after a short training."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    train, test = perm[:1400], perm[1400:]
+    base = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )
+    model = rescale(base, {"layers": {"3": {"own": [8, 8]}, "7": {"borrow": "3"}}})
+    assert count_params(model) < count_params(base) / 3
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(10):
+        for idx in train[torch.randperm(len(train))].split(64):
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
+    assert accuracy >= 0.85, accuracy
