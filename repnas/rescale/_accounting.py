@@ -36,9 +36,12 @@ def count_physical_params(model: nn.Module) -> int:
     return others + physical_weights
 
 
-@torch.no_grad()
 def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """Forward FLOPs for one image of shape (C, H, W), counted in eval mode (BN stats untouched)."""
+    """Forward FLOPs for one image of shape (C, H, W), counted in eval mode (BN stats untouched).
+
+    Not under ``no_grad``: FlopCounterMode's module tracker expects tensors that require grad to
+    carry a grad_fn, which an untiled shared source (a view of a bank) lacks under ``no_grad``.
+    """
     was_training = model.training
     model.eval()
     try:

@@ -1,0 +1,88 @@
+"""What does learnable repetition cost per training step?
+
+Times a forward+backward+SGD step of a repeated model against the plain model of the same physical
+shape, in one run, and prints the ratio (repeated / plain):
+
+    rep_vgg6    vs vgg11     (depth repetition: VGG11's shape from VGG6's parameters)
+    rep_wrn16_4 vs wrn16_4   (width repetition: WRN-16-4's shape from WRN-16-1's parameters)
+
+    python benchmarks/repeat_overhead.py --device cuda --batch-size 256      # the number that matters
+    python benchmarks/repeat_overhead.py --device cpu --batch-size 32 --steps 5
+
+On CUDA it uses bf16 autocast and channels_last (as the trainer does). The extra work of a repeated
+layer is generating its weight (a repeat and a few elementwise ops over the physical weight) once per
+step, plus the backward of that; it does not grow with the batch, so the ratio falls as the batch grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from repnas.rescale import count_params
+from repnas.spaces import create_model
+
+PAIRS = [("rep_vgg6", "vgg11"), ("rep_wrn16_4", "wrn16_4")]
+
+
+def step_seconds(model: nn.Module, batch: int, device: torch.device, steps: int, warmup: int) -> float:
+    """Median wall time of one training step (forward, backward, SGD update)."""
+    model = model.to(device).train()
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    times = []
+    for i in range(warmup + steps):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="alternate the two models this many times")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device {name}, batch {args.batch_size}, median of {args.rounds} alternating rounds x {args.steps} steps")
+    print(f"{'repeated':<12} {'params':>10} {'ms/step':>9} | {'plain':<8} {'params':>10} {'ms/step':>9} | ratio")
+    for rep_name, plain_name in PAIRS:
+        rep, plain = create_model(rep_name), create_model(plain_name)
+        # Alternate the two models so drift in machine load hits both alike.
+        plain_times, rep_times = [], []
+        for _ in range(args.rounds):
+            plain_times.append(step_seconds(plain, args.batch_size, device, args.steps, args.warmup))
+            rep_times.append(step_seconds(rep, args.batch_size, device, args.steps, args.warmup))
+        t_plain, t_rep = statistics.median(plain_times), statistics.median(rep_times)
+        print(
+            f"{rep_name:<12} {count_params(rep):>10,} {1e3 * t_rep:>9.1f} | {plain_name:<8} "
+            f"{count_params(plain):>10,} {1e3 * t_plain:>9.1f} | {t_rep / t_plain:.3f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""``repnas describe MODEL``: parameters, physical parameters, FLOPs and the per-layer table.
+
+MODEL is a registered name (``repnas describe --list`` shows them) or a run-config YAML file
+with a ``model`` key (its ``dataset.name`` is used unless ``--dataset`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from repnas.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "describe", help="parameters, physical parameters, FLOPs and layers of a model",
+        description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", help="model name, or a run-config YAML with a `model` key")
+    parser.add_argument("--dataset", help="decides classes, channels and input size "
+                        "(cifar10, cifar100, mnist, fashionmnist, rotmnist, digits; default: the "
+                        "model's own, cifar10 or rotmnist)")
+    parser.add_argument("--num-classes", type=int, help="override the dataset's class count")
+    parser.add_argument("--in-channels", type=int, help="override the dataset's channel count")
+    parser.add_argument("--image-size", type=int, help="override the dataset's input size")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--list", action="store_true",
+                        help="list registered models (MODEL, if given, is an fnmatch pattern)")
+    parser.set_defaults(func=run)
+
+
+def _load_model_config(model: str) -> tuple[Any, str | None, str]:
+    """(model config, dataset name or None, label) for a name or a run-config YAML path."""
+    path = Path(model)
+    if not (model.endswith((".yaml", ".yml")) or path.is_file()):
+        return {"family": model}, None, model
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{model}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise UserError(f"{model}: expected a run config with a `model` key")
+    dataset = data.get("dataset")
+    if isinstance(dataset, dict):
+        dataset = dataset.get("name")
+    return data["model"], dataset if isinstance(dataset, str) else None, str(path)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no conv layers)"
+    columns = list(rows[0])
+    cells = [[_format(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[j]) for r in cells)) for j, c in enumerate(columns)]
+    numeric = [all(isinstance(row.get(c), int) for row in rows) for c in columns]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def run(args: argparse.Namespace) -> int:
+    from repnas import spaces
+    from repnas.rescale import describe
+
+    if args.list:
+        print("\n".join(spaces.list_models(args.model or "*")))
+        return 0
+    if not args.model:
+        raise UserError("describe needs a MODEL (or --list)")
+    config, config_dataset, label = _load_model_config(args.model)
+    dataset = args.dataset or config_dataset
+    if dataset is None:
+        name = (config.get("family") or config.get("base")) if isinstance(config, dict) else config
+        dataset = spaces.default_dataset(name) if isinstance(name, str) else "cifar10"
+    overrides = (args.num_classes, args.in_channels, args.image_size)
+    if None in overrides:  # an imagefolder dataset has no static shape: all three must be given
+        info = spaces.dataset_info(dataset)
+        overrides = tuple(known if given is None else given for given, known in zip(
+            overrides, (info.num_classes, info.in_channels, info.image_size), strict=True))
+    num_classes, in_channels, image_size = overrides
+    model = spaces.build_model(config, num_classes=num_classes, in_channels=in_channels)
+    input_shape = (in_channels, image_size, image_size)
+    result = describe(model, input_shape)
+    if args.json:
+        out = {"model": label, "dataset": dataset, "num_classes": num_classes,
+               "input_shape": list(input_shape), **result}
+        print(json.dumps(out, default=str))
+        return 0
+    print(f"{label} on {dataset} ({'x'.join(map(str, input_shape))}, {num_classes} classes)")
+    print(f"params           {result['params']:>14,}")
+    print(f"physical params  {result['physical_params']:>14,}")
+    print(f"FLOPs            {result['flops']:>14,}")
+    print()
+    print(_table(result["layers"]))
+    return 0

@@ -1,0 +1,90 @@
+"""``repnas describe``: the numbers it prints, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from repnas.cli import main
+
+
+def describe_json(capsys, *argv: str) -> dict:
+    capsys.readouterr()
+    assert main(["describe", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_rep_vgg6_json_counts(capsys):
+    out = describe_json(capsys, "rep_vgg6", "--dataset", "cifar10")
+    assert out["params"] == 568_746
+    assert out["physical_params"] == 9_416_010
+    assert len(out["layers"]) == 10
+    # rescaled to VGG11's shape: it computes exactly what VGG11 computes
+    assert out["flops"] == describe_json(capsys, "vgg11")["flops"]
+
+
+@pytest.mark.parametrize(("model", "dataset", "params"), [
+    ("vgg6", "cifar10", 559_178),
+    ("vgg11", "cifar10", 9_416_010),
+    ("rep_vgg6", "cifar100", 614_916),
+])
+def test_paper_counts_through_the_cli(capsys, model, dataset, params):
+    out = describe_json(capsys, model, "--dataset", dataset)
+    assert out["params"] == params
+    assert out["num_classes"] == (100 if dataset == "cifar100" else 10)
+
+
+def test_vgg6_flops(capsys):
+    # 2 x MACs of the five convs (32x32, 32x32, 16x16, 16x16, 8x8 maps) and the Linear
+    macs = 32 * 32 * 9 * (3 * 64 + 64 * 64) + 16 * 16 * 9 * (64 * 128 + 128 * 128) + 8 * 8 * 9 * 128 * 256
+    assert describe_json(capsys, "vgg6")["flops"] == 2 * (macs + 256 * 10)
+
+
+def test_text_output_is_a_table(capsys):
+    assert main(["describe", "rep_vgg4"]) == 0
+    out = capsys.readouterr().out
+    assert "126,534" in out and "9,416,010" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("name"))
+    assert len(lines) - header - 2 == 10  # header, rule, one row per conv
+    assert "borrow:features.7" in out
+
+
+def test_rot_models_default_to_rotmnist(capsys):
+    out = describe_json(capsys, "cnn_rotmnist")
+    assert out["dataset"] == "rotmnist" and out["input_shape"] == [1, 29, 29]
+    assert out["params"] == 340_309
+
+
+def test_run_config_yaml(capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"family": "vgg4"}, "dataset": {"name": "cifar100"}}))
+    out = describe_json(capsys, str(config))
+    assert out["params"] == 125_988
+
+
+def test_list(capsys):
+    assert main(["describe", "--list", "rep_vgg*"]) == 0
+    assert capsys.readouterr().out.split() == [f"rep_vgg{n}" for n in range(4, 11)]
+
+
+@pytest.mark.parametrize("argv", [["vgg6", "--dataset", "cifar1000"], ["nonexistent.yaml"]])
+def test_bad_input_is_one_line(capsys, argv):
+    assert main(["describe", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("repnas: error:") and err.count("\n") == 1
+
+
+def test_unknown_model_exits_2_without_traceback():
+    env = {k: v for k, v in os.environ.items() if k != "REPNAS_DEBUG"}
+    proc = subprocess.run([sys.executable, "-m", "repnas", "describe", "rep_vgg66"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == ["repnas: error: unknown model 'rep_vgg66'; "
+                                        "did you mean rep_vgg6, rep_vgg9, rep_vgg8, rep_vgg7, rep_vgg5?"]
