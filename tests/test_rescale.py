@@ -42,12 +42,14 @@ def reference_weight(source: torch.Tensor, out: int, in_: int, alpha, beta) -> t
     return tiled
 
 
-@pytest.mark.parametrize(("source", "target"), [((4, 3), (8, 9)), ((4, 3), (10, 7)), ((5, 5), (5, 12)), ((3, 2), (3, 2))])
+@pytest.mark.parametrize(
+    ("source", "target"), [((4, 3), (8, 9)), ((4, 3), (10, 7)), ((5, 5), (5, 12)), ((3, 2), (3, 2))]
+)
 def test_tiling_matches_the_papers_construction(source, target):
     torch.manual_seed(0)
     conv = nn.Conv2d(target[1], target[0], 3)
     model = rescale(nn.Sequential(conv), {"layers": {"0": {"own": list(source)}}})
-    (_, layer, rep), = repeated_layers(model)
+    ((_, layer, rep),) = repeated_layers(model)
     src = rep.source().detach()
     if source == target:
         assert rep.alpha is None and rep.beta is None  # plain conv: no tiling, no scalars
@@ -71,9 +73,12 @@ def test_tiles_are_contiguous_blocks_of_the_source():
 
 def test_exact_parameter_counts_of_a_hand_computed_plan():
     model = nn.Sequential(
-        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(128, 200, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(128, 200, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
     )
     plan = {"layers": {"2": {"own": [48, 20]}, "4": {"borrow": "2"}}}
     repeated = rescale(model, plan)
@@ -103,8 +108,10 @@ def test_identity_init_starts_as_pure_tiling():
 
 def _resnet18_plans(model: nn.Module) -> dict[str, dict]:
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    width = {n: {"own": [max(1, m.out_channels // 2), max(1, m.in_channels // 4) if m.in_channels > 3 else 3]}
-             for n, m in convs.items()}
+    width = {
+        n: {"own": [max(1, m.out_channels // 2), max(1, m.in_channels // 4) if m.in_channels > 3 else 3]}
+        for n, m in convs.items()
+    }
     inter = {
         "layer2.1.conv2": {"borrow": "layer2.1.conv1"},
         "layer3.0.conv2": {"borrow": "layer2.1.conv1"},  # (256, 256) tiles a (128, 128) source
@@ -144,11 +151,17 @@ def test_materialize_equals_repeated_on_torchvision_resnet18(plan_name):
 def test_gradients_reach_every_source_coefficient_and_scalar():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
     plan = {
         "banks": {"b": {"out": 16, "in": 16, "rank": 3}},
@@ -252,10 +265,19 @@ def test_a_repeated_cnn_learns_real_digits():
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     train, test = perm[:1400], perm[1400:]
     base = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     )
     model = rescale(base, {"layers": {"3": {"own": [8, 8]}, "7": {"borrow": "3"}}})
     assert count_params(model) < count_params(base) / 3

@@ -100,7 +100,9 @@ def rescale(model: nn.Module, plan: RepetitionPlan | dict, inplace: bool = False
             o, i = rule.own
             big_o, big_i = weight_shape(name)[:2]
             if o > big_o or i > big_i:
-                raise ValueError(f"plan layer {name!r}: source ({o}, {i}) is larger than the layer's weight ({big_o}, {big_i})")
+                raise ValueError(
+                    f"plan layer {name!r}: source ({o}, {i}) is larger than the layer's weight ({big_o}, {big_i})"
+                )
             bank = new_bank(name, o, i, 1)
             with torch.no_grad():
                 bank.templates[0].copy_(_crop(convs[name], o, i))

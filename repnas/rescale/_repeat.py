@@ -150,4 +150,6 @@ class RepeatWeight(nn.Module):
 
     def extra_repr(self) -> str:
         r0, r1, e0, e1 = self.layout
-        return f"target={self.target_shape}, tiles={r0}x{r1}+({e0},{e1}), map={self.map.name}, source={self.source_name}"
+        return (
+            f"target={self.target_shape}, tiles={r0}x{r1}+({e0},{e1}), map={self.map.name}, source={self.source_name}"
+        )
