@@ -292,3 +292,12 @@ def test_a_repeated_cnn_learns_real_digits():
     with torch.no_grad():
         accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
     assert accuracy >= 0.85, accuracy
+
+
+def test_flops_of_a_model_that_borrows_from_a_plain_layer():
+    """A plain lender's weight is an untiled view of its bank: FlopCounterMode must still count it."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.Conv2d(4, 8, 3, padding=1, bias=False))
+    repeated = rescale(model, {"layers": {"1": {"borrow": "0"}}})
+    info = describe(repeated, (2, 4, 4))
+    assert info["flops"] == 2 * (4 * 2 * 9 + 8 * 4 * 9) * 16
+    assert info["physical_params"] == 4 * 2 * 9 + 8 * 4 * 9

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (CPU results reproduce with the same count)")
     p.add_argument("--out", type=Path, help="write config.yaml, metrics.json and checkpoint.pt here")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--json", action="store_true", help="end the output with one JSON object of metrics")
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         "recipe.lr": args.lr,
         "seed": args.seed,
         "device": args.device,
+        "threads": args.threads,
     }
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
 

@@ -84,6 +84,10 @@ class RunConfig:
     recipe: Recipe = field(default_factory=Recipe)
     seed: int = 0
     device: str = "auto"
+    #: torch CPU threads (null: torch's default). Float sums on the CPU depend on how the work is
+    #: split across threads, so a CPU result reproduces bit for bit only with the same count; the
+    #: search records the count each trial ran with.
+    threads: int | None = None
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -106,7 +110,7 @@ class RunConfig:
         recipe = _from_dict(Recipe, data.pop("recipe", {}) or {}, "recipe")
         top = _from_dict(_Top, data, "")
         return cls(model=top.model, dataset=dataset, recipe=recipe, seed=top.seed, device=top.device,
-                   version=top.version)
+                   threads=top.threads, version=top.version)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +120,7 @@ class RunConfig:
             "recipe": dataclasses.asdict(self.recipe),
             "seed": self.seed,
             "device": self.device,
+            "threads": self.threads,
         }
 
     @classmethod
@@ -162,6 +167,7 @@ class RunConfig:
         checks = [
             (self.version == 1, f"version: only version 1 is known, got {self.version}"),
             (r.epochs >= 1, f"recipe.epochs must be >= 1, got {r.epochs}"),
+            (self.threads is None or self.threads >= 1, f"threads must be >= 1 or null, got {self.threads}"),
             (r.steps is None or r.steps >= 1, f"recipe.steps must be >= 1 or null, got {r.steps}"),
             (r.batch_size >= 1, f"recipe.batch_size must be >= 1, got {r.batch_size}"),
             (r.lr > 0, f"recipe.lr must be > 0, got {r.lr}"),
@@ -194,6 +200,7 @@ class _Top:
     model: Any = None
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
     version: int = 1
 
 

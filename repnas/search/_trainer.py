@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,8 +95,34 @@ def train(
     called after every epoch (1-based); returning True stops training there.
     """
     cfg = _as_config(config)
-    recipe = cfg.recipe
     device = resolve_device(cfg.device)
+    with _cpu_threads(cfg.threads if device.type == "cpu" else None):
+        return _train(cfg, device, out_dir, callback, progress, data, model, resume)
+
+
+@contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads (None: leave as is), restoring the count after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(
+    cfg: RunConfig,
+    device: torch.device,
+    out_dir: str | os.PathLike | None,
+    callback: Callback | None,
+    progress: bool,
+    data: DataSplits | None,
+    model: nn.Module | None,
+    resume: bool,
+) -> TrainResult:
+    recipe = cfg.recipe
     cuda = device.type == "cuda"
     if data is None:
         data = load_splits(cfg)

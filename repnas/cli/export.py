@@ -1,0 +1,32 @@
+"""``repnas export RUN (--pareto | --top K) --out DIR``: chosen trials as ``repnas train`` configs.
+
+Writes ``DIR/trial_<n>.yaml`` (a RunConfig), ``DIR/trial_<n>.pt`` (the materialized model's plain
+``state_dict``, where the trial left a checkpoint) and ``DIR/exported.yaml`` (what was exported).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="write run configs of the Pareto front or the top K trials",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("run", help="a search run directory (runs/<name>)")
+    choice = p.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--pareto", action="store_true", help="the Pareto front of the run's objectives")
+    choice.add_argument("--top", type=int, metavar="K", help="the K best by validation accuracy")
+    p.add_argument("--out", required=True, help="folder to write the configs to")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from repnas.search._export import export_trials
+
+    exported = export_trials(args.run, args.out, pareto=args.pareto, top=args.top)
+    for entry in exported:
+        weights = f" + {entry['state_dict']}" if "state_dict" in entry else ""
+        print(f"trial {entry['trial']:>4}: val {entry['val_accuracy']:.4f}  params {entry['params']:,}  "
+              f"-> {args.out}/{entry['config']}{weights}")
+    print(f"exported {len(exported)} trial(s) to {args.out}")
+    return 0

@@ -1,0 +1,150 @@
+"""``repnas search``: multi-objective search over repetition schemes under a parameter budget.
+
+Example: ``repnas search --space quick --dataset digits --trials 12 --out runs/quick``. Prints a
+line per finished trial and the Pareto front at the end; everything lands in the run directory
+(``search.yaml``, the Optuna storage, ``trials.parquet``, ``trials/<n>/``). ``--resume`` continues a
+search that was stopped or killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from repnas.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("search", help="search repetition schemes under a parameter budget",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--space", help="built-in space (quick, vgg-depth, wrn-width, resnet) or a space YAML")
+    p.add_argument("--dataset", help="dataset name (default: the space's)")
+    p.add_argument("--budget", help="parameter budget, e.g. 600k or 1.5M (default: the space's)")
+    p.add_argument("--trials", type=int, help="trials to run in all, failed ones included (default 12)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's)")
+    p.add_argument("--backend", choices=("optuna", "ray"), help="search driver (default optuna)")
+    p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
+                   "path (default: the run directory's study.db, or journal.log with --workers > 1)")
+    p.add_argument("--study", help="study name (default: the run directory's name)")
+    p.add_argument("--out", help="run directory (default runs/<space>)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the study (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share of one trial, e.g. 0.25 packs 4 on a GPU")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.add_argument("--seed", type=int, help="seed of the sampler and of every trial (default 0)")
+    p.add_argument("--sampler", choices=("nsga2", "tpe", "gp", "random"),
+                   help="Optuna sampler (default nsga2)")
+    p.add_argument("--objectives", help="comma list from val_accuracy, params, physical_params, flops, "
+                   "train_seconds (default val_accuracy,params,flops)")
+    p.add_argument("--early-stop", choices=("none", "sha"),
+                   help="multi-objective early stopping (default none)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--data-dir", help="where datasets are read or cached")
+    p.add_argument("--ray-address", help="address of an existing Ray cluster (--backend ray)")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    p.set_defaults(func=run)
+
+
+def build_search_config(args: argparse.Namespace):
+    """A validated SearchConfig from the arguments (new search), before anything is written."""
+    from repnas.search._optuna_driver import default_population
+    from repnas.search._rundir import DEFAULT_OBJECTIVES, RunDir, SearchConfig, parse_objectives
+    from repnas.spaces import dataset_info, load_space, parse_count, smallest_candidate
+
+    if args.space is None:
+        raise UserError("--space is required for a new search (or --resume an existing one)")
+    space = load_space(args.space)
+    dataset = args.dataset or space.dataset
+    dataset_info(dataset)  # unknown dataset -> UserError
+    budget = parse_count(args.budget if args.budget is not None else space.budget, "--budget")
+    trials = 12 if args.trials is None else args.trials
+    _check_counts(trials, args.epochs, args.workers, args.gpus_per_trial)
+    minimum = smallest_candidate(space, dataset)
+    if budget < minimum:
+        raise UserError(f"budget {budget:,} is below the smallest candidate of space {space.name!r} on "
+                        f"{dataset} ({minimum:,} params); use --budget {minimum:,} or more")
+    out = Path(args.out or Path("runs") / space.name)
+    workers = args.workers or 1
+    return SearchConfig(
+        space=space.to_dict(), space_name=space.name, dataset=dataset, budget=budget, trials=trials,
+        epochs=args.epochs or space.epochs, seed=args.seed or 0,
+        objectives=parse_objectives(args.objectives or ",".join(DEFAULT_OBJECTIVES)),
+        sampler=args.sampler or "nsga2", population_size=default_population(trials),
+        backend=args.backend or "optuna",
+        storage=args.storage or RunDir(out).default_storage(workers), study=args.study or out.name,
+        workers=workers, gpus_per_trial=args.gpus_per_trial or 1.0, early_stop=args.early_stop or "none",
+        device=args.device or "auto", data_dir=args.data_dir,
+    ), out
+
+
+def resume_search_config(args: argparse.Namespace):
+    """The SearchConfig saved in ``--out``, with the arguments a resume may change applied."""
+    from repnas.search._rundir import RunDir, SearchConfig
+
+    if not args.out:
+        raise UserError("--resume needs --out RUN_DIR (the run directory to continue)")
+    run = RunDir(args.out)
+    if not run.search_yaml.is_file():
+        raise UserError(f"cannot resume: {run.search_yaml} not found")
+    search = SearchConfig.from_yaml(run.search_yaml)
+    fixed = {"space": (args.space, search.space_name), "dataset": (args.dataset, search.dataset),
+             "study": (args.study, search.study), "storage": (args.storage, search.storage),
+             "seed": (args.seed, search.seed), "epochs": (args.epochs, search.epochs)}
+    for name, (given, saved) in fixed.items():
+        if given is not None and str(given) != str(saved):
+            raise UserError(f"--{name} {given} differs from the run's {saved}; "
+                            "a resumed search keeps its config")
+    if args.budget is not None:
+        from repnas.spaces import parse_count
+
+        if parse_count(args.budget, "--budget") != search.budget:
+            raise UserError(f"--budget {args.budget} differs from the run's {search.budget:,}")
+    _check_counts(args.trials if args.trials is not None else search.trials, None, args.workers,
+                  args.gpus_per_trial)
+    for name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(search, name, value)
+    return search, Path(args.out)
+
+
+def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: float | None) -> None:
+    if trials < 1:
+        raise UserError(f"--trials must be >= 1, got {trials}")
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if gpus is not None and not 0 < gpus <= 64:
+        raise UserError(f"--gpus-per-trial must be > 0, got {gpus}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from repnas.search._rundir import RunDir
+
+    if args.resume:
+        search, out = resume_search_config(args)
+    else:
+        search, out = build_search_config(args)
+        if RunDir(out).is_used():
+            raise UserError(f"run directory {out} already exists; "
+                            "use --resume to continue it or another --out")
+    started = time.time()
+    progress = not args.quiet
+    if search.backend == "ray":
+        from repnas.search._ray_driver import run_ray_search
+
+        front = run_ray_search(search, out, resume=args.resume, progress=progress, address=args.ray_address)
+        print(front)
+    else:
+        from repnas.search._optuna_driver import front_table, progress_counts, run_optuna_search
+
+        study = run_optuna_search(search, out, resume=args.resume, progress=progress)
+        counts = progress_counts(study)
+        print(f"\n{counts['complete']} complete, {counts['failed']} failed, "
+              f"{counts['infeasible']} infeasible, "
+              f"{counts['pruned']} pruned in {time.time() - started:.0f}s; Pareto front "
+              f"({', '.join(search.objective_names)}):")
+        print(front_table(study, search))
+    print(f"run directory: {out}")
+    return 0

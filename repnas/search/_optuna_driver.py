@@ -1,0 +1,354 @@
+"""The embedded search driver: an Optuna multi-objective study, asked and told by worker processes.
+
+Why ask/tell rather than ``study.optimize``: the space's distributions are fixed per space and passed
+to ``study.ask(fixed_distributions=...)`` (a static define-by-run space, what NSGA-II wants), a
+finished trial's whole row goes onto it as user attributes in one place, and the trial budget
+``--trials`` is enforced across processes under one file lock (``optimize(n_trials=...)`` counts
+per process). Failed, infeasible and early-stopped trials are told ``FAIL``/``PRUNED``, so
+``study.best_trials`` is exactly the front of the completed ones.
+
+Workers: ``--workers N`` processes share one storage (SQLite for one process, a JournalStorage
+file for several); each gets a device (a GPU, or a ``--gpus-per-trial`` share of one, or the CPU
+with ``cores / N`` threads) and its own sampler seed (``seed + worker``), so workers do not propose
+the same points.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from repnas.errors import UserError
+from repnas.search._rundir import RunDir, SearchConfig, trials_frame
+
+_COUNTED_STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING")
+
+
+# --------------------------------------------------------------------- storage, sampler, study
+def open_storage(url: str):
+    """An Optuna storage from a URL (``sqlite:///...``, any RDB URL) or a journal file path."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if "://" in url:
+        return optuna.storages.RDBStorage(url)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(url)))
+
+
+def storage_exists(url: str) -> bool:
+    """Whether the storage already holds data (without creating an SQLite file as a side effect)."""
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):]).exists()
+    if "://" in url:
+        return True  # a server: ask it
+    return Path(url).exists()
+
+
+def make_sampler(name: str, seed: int, population_size: int):
+    """The explicit, seeded sampler of a search: NSGA-II (default), TPE, GP or random."""
+    import optuna
+
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"unknown sampler {name!r}; choose nsga2, tpe, gp or random")
+
+
+def default_population(trials: int) -> int:
+    """NSGA-II's population: a third of the trials (4..50), so a short search still evolves."""
+    return max(4, min(50, trials // 3))
+
+
+def check_storage(search: SearchConfig, resume: bool) -> None:
+    """Refuse a storage that holds other studies, a new search over an existing study, or a
+    ``--resume`` of a study that does not exist: before anything is written."""
+    import optuna
+
+    if not storage_exists(search.storage):
+        if resume:
+            raise UserError(f"cannot resume: storage {search.storage} does not exist")
+        return
+    try:
+        names = optuna.get_all_study_names(open_storage(search.storage))
+    except Exception as exc:
+        raise UserError(f"storage {search.storage} is unreadable ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if names and search.study not in names:
+        raise UserError(f"storage {search.storage} holds study {', '.join(map(repr, names))}, "
+                        f"not {search.study!r}; pass --study or another --storage")
+    if search.study in names and not resume:
+        raise UserError(f"study {search.study!r} already exists in {search.storage}; "
+                        "use --resume to continue it")
+    if resume and search.study not in names:
+        raise UserError(f"cannot resume: no study {search.study!r} in {search.storage}")
+
+
+def open_study(search: SearchConfig, worker: int = 0, create: bool = False):
+    """Create (``create=True``) or load the study of ``search``, with worker ``worker``'s sampler."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(search.sampler, search.seed + worker, search_population(search))
+    storage = open_storage(search.storage)
+    if create:
+        study = optuna.create_study(storage=storage, study_name=search.study, directions=search.directions,
+                                    sampler=sampler, load_if_exists=False)
+        with warnings.catch_warnings():  # experimental in Optuna, but what readers of the study use
+            warnings.simplefilter("ignore")
+            study.set_metric_names(search.objective_names)
+        study.set_user_attr("repnas.search", search.to_dict())
+        return study
+    study = optuna.load_study(study_name=search.study, storage=storage, sampler=sampler)
+    if [d.name.lower() for d in study.directions] != search.directions:
+        raise UserError(f"study {search.study!r} optimises {[d.name.lower() for d in study.directions]}, "
+                        f"not {search.directions}")
+    return study
+
+
+def search_population(search: SearchConfig) -> int:
+    return search.population_size or default_population(search.trials)
+
+
+def recover_interrupted(study) -> list[int]:
+    """Trials left RUNNING by a killed process: mark them FAIL (``interrupted``) and enqueue their
+    points again, so nothing is lost and they do not count towards ``--trials``.
+
+    Only safe when no other process works on the study, which ``--resume`` asserts.
+    """
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    numbers = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        for key, value in {"interrupted": True, "status": "failed",
+                           "error": "interrupted (the search process was killed); re-enqueued"}.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        numbers.append(t.number)
+    return numbers
+
+
+def counted_trials(study) -> int:
+    """Trials that count towards ``--trials``: finished or running, not interrupted."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state.name in _COUNTED_STATES and not t.user_attrs.get("interrupted"))
+
+
+def progress_counts(study) -> dict[str, int]:
+    counts = {"complete": 0, "failed": 0, "infeasible": 0, "pruned": 0, "running": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "RUNNING":
+            counts["running"] += 1
+        elif t.state.name in ("COMPLETE", "FAIL", "PRUNED") and not t.user_attrs.get("interrupted"):
+            status = t.user_attrs.get("status", t.state.name.lower().replace("fail", "failed"))
+            counts[status if status in counts else "failed"] += 1
+    return counts
+
+
+def write_table(study, run: RunDir, knob_names: list[str]) -> None:
+    run.write_trials(trials_frame(study.get_trials(deepcopy=False), knob_names))
+
+
+# --------------------------------------------------------------------- devices
+def worker_devices(device: str, workers: int, gpus_per_trial: float) -> list[str]:
+    """One device per worker: GPUs round-robin, ``1 / gpus_per_trial`` workers per GPU."""
+    if device != "auto":
+        return [device] * workers
+    import torch
+
+    if not torch.cuda.is_available():
+        return ["cpu"] * workers
+    per_gpu = max(1, math.floor(1.0 / gpus_per_trial + 1e-9))
+    count = torch.cuda.device_count()
+    return [f"cuda:{(k // per_gpu) % count}" for k in range(workers)]
+
+
+# --------------------------------------------------------------------- the worker loop
+def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str,
+                progress: bool = True) -> None:
+    """Ask, train, tell until the study holds ``search.trials`` counted trials."""
+    import torch
+
+    from repnas.search._early_stop import make_rule
+    from repnas.search._runner import run_trial
+
+    run = RunDir(root)
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads(search.workers))
+    space = search.search_space()
+    distributions = space.distributions()
+    knob_names = list(distributions)
+    study = open_study(search, worker)
+    data = _load_data(search)
+    name = f"w{worker}:{device}"
+    while True:
+        with run.lock():
+            if counted_trials(study) >= search.trials:
+                break
+            trial = study.ask(fixed_distributions=distributions)
+            trial.set_user_attr("worker", name)
+        point = {k: trial.params[k] for k in knob_names}
+        rule = make_rule(search, study, trial.number)
+        row = run_trial(search, point, run.trial_dir(trial.number), rule, device=device, data=data,
+                        lookup=lambda config: _same_config(study, config))
+        row["worker"] = name
+        with run.lock():
+            _tell(study, trial, row, search)
+            write_table(study, run, knob_names)
+            line = _progress_line(trial.number, row, study, search)
+            with (run.logs / f"worker{worker}.log").open("a") as log:
+                print(line, file=log)
+            if progress:
+                print(line, flush=True)
+
+
+def cpu_threads(workers: int) -> int:
+    """Torch threads of a CPU worker: half the cores per worker (at least 1).
+
+    Search models are small, so a step is dominated by per-op overhead that more threads do not
+    shrink; on the 2-core CI box one thread ran a ``quick`` trial in 1.4 s, two threads in 4-18 s
+    (shared with other jobs). The trial's result depends on the thread count on CPU; it is recorded
+    in the trial's log.
+    """
+    return max(1, (os.cpu_count() or 1) // (2 * max(1, workers)))
+
+
+def _same_config(study, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The row of a completed (or infeasible/failed) trial with exactly this run config, if any."""
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        if t.state.name == "COMPLETE" and attrs.get("config") == config and not attrs.get("duplicate_of"):
+            return {**attrs, "trial": t.number}
+    return None
+
+
+def _load_data(search: SearchConfig):
+    """The worker's dataset, loaded once for all its trials (each trial would reload it otherwise)."""
+    from repnas.search._data import load_dataset
+
+    return load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed)
+
+
+def _tell(study, trial, row: dict[str, Any], search: SearchConfig) -> None:
+    from optuna.trial import TrialState
+
+    for key, value in row.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        trial.set_user_attr(key, value)
+    if row["status"] == "complete":
+        values = [float(row[name]) for name in search.objective_names]
+        if all(math.isfinite(v) for v in values):
+            study.tell(trial, values)
+            return
+        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("error", "an objective is not finite")
+    study.tell(trial, state=TrialState.PRUNED if row["status"] == "pruned" else TrialState.FAIL)
+
+
+def _progress_line(number: int, row: dict[str, Any], study, search: SearchConfig) -> str:
+    counts = progress_counts(study)
+    done = sum(v for k, v in counts.items() if k != "running")
+    failed = counts["failed"] + counts["infeasible"]
+    head = f"trial {number:>4} {row['status']:<10}"
+    if row["status"] == "complete":
+        body = (f"val {row['val_accuracy']:.4f}  params {int(row['params']):>9,}  "
+                f"flops {_si(row['flops'])}  {row['train_seconds']:.1f}s")
+    else:
+        body = str(row.get("error", ""))[:70]
+    front = len(study.best_trials) if counts["complete"] else 0
+    return (f"{head} {body:<60} | done {done}/{search.trials} running {counts['running']} "
+            f"failed {failed} front {front}")
+
+
+def _si(value: Any) -> str:
+    value = float(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+# --------------------------------------------------------------------- the whole search
+def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = False, progress: bool = True):
+    """Run (or resume) the search of ``search`` in run directory ``root``; returns the study."""
+    run = RunDir(root)
+    check_storage(search, resume)
+    run.create()
+    search.to_yaml(run.search_yaml)
+    if resume:
+        study = open_study(search)
+        interrupted = recover_interrupted(study)
+        if interrupted and progress:
+            print(f"resume: trials {interrupted} were interrupted; their points are queued again", flush=True)
+    else:
+        study = open_study(search, create=True)
+    devices = worker_devices(search.device, search.workers, search.gpus_per_trial)
+    if progress:
+        print(f"search {search.study}: space {search.space_name}, dataset {search.dataset}, budget "
+              f"{search.budget:,}, {search.trials} trials, {search.workers} worker(s) on "
+              f"{', '.join(devices)}",
+              flush=True)
+    processes = []
+    if search.workers > 1:
+        context = multiprocessing.get_context("spawn")
+        for k in range(1, search.workers):
+            p = context.Process(target=_worker_main,
+                                args=(search.to_dict(), str(run.root), k, devices[k], progress))
+            p.start()
+            processes.append(p)
+    try:
+        worker_loop(search, run.root, 0, devices[0], progress)
+    finally:
+        for p in processes:
+            p.join()
+    study = open_study(search)
+    write_table(study, run, list(search.search_space().knobs))
+    bad = [p.exitcode for p in processes if p.exitcode]
+    if bad:
+        print(f"warning: {len(bad)} worker process(es) exited with errors {bad}", file=sys.stderr)
+    return study
+
+
+def _worker_main(search_dict: dict, root: str, worker: int, device: str, progress: bool) -> None:
+    worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress)
+
+
+def front_table(study, search: SearchConfig) -> str:
+    """The Pareto front (``study.best_trials``) as a text table, best validation accuracy first."""
+    trials = list(study.best_trials)
+    if not trials:
+        return "no completed trials: the front is empty"
+    names = search.objective_names
+    knob_names = list(search.search_space().knobs)
+    key = names.index("val_accuracy") if "val_accuracy" in names else 0
+    trials.sort(key=lambda t: -t.values[key] if "val_accuracy" in names else t.values[key])
+    header = ["trial", *names, "test_accuracy", *knob_names]
+    rows = []
+    for t in trials:
+        cells = [str(t.number)]
+        for name, value in zip(names, t.values, strict=True):
+            cells.append(f"{value:.4f}" if "accuracy" in name else f"{int(value):,}"
+                         if float(value).is_integer() else f"{value:.3g}")
+        test = t.user_attrs.get("test_accuracy")
+        cells.append(f"{test:.4f}" if isinstance(test, float) else "-")
+        cells += [str(t.params.get(k)) for k in knob_names]
+        rows.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,238 @@
+"""The run directory of a search (design.md, "The run directory") and the search's own config.
+
+::
+
+    runs/<name>/
+      search.yaml        SearchConfig (space definition included, so the folder is self-contained)
+      study.db           Optuna SQLite storage (journal.log with --workers > 1)
+      trials.parquet     one row per finished trial (columns: TRIAL_COLUMNS + knob.<name>)
+      trials/<number>/   config.yaml, checkpoint.pt, metrics.json (the trainer's), log.txt
+      logs/              one log per worker
+
+The Optuna storage is the single source of truth: every column of ``trials.parquet`` is stored on
+the trial (``trial.user_attrs``) when it finishes, and the table is rewritten from the storage
+(atomically) after every trial. So a killed search never leaves the table and the study out of step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from repnas.errors import UserError
+
+#: objective name -> Optuna direction. Validation accuracy is what the search maximises (test
+#: accuracy is reported, never optimised).
+OBJECTIVES = {
+    "val_accuracy": "maximize",
+    "params": "minimize",
+    "physical_params": "minimize",
+    "flops": "minimize",
+    "train_seconds": "minimize",
+}
+DEFAULT_OBJECTIVES = ("val_accuracy", "params", "flops")
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
+STATUSES = ("complete", "failed", "infeasible", "pruned")
+TRIAL_COLUMNS = ("trial", "status", "val_accuracy", "test_accuracy", "params", "physical_params", "flops",
+                 "train_seconds", "seed", "worker", "error", "budget", "config")
+
+
+@dataclass
+class SearchConfig:
+    """Everything that defines a search: written to ``search.yaml``, read back on ``--resume``."""
+
+    space: dict[str, Any]  # the SearchSpace definition (to_dict)
+    dataset: str = "digits"
+    budget: int = 0
+    trials: int = 12
+    epochs: int = 4
+    seed: int = 0
+    objectives: list[dict[str, str]] = field(
+        default_factory=lambda: [{"name": n, "direction": OBJECTIVES[n]} for n in DEFAULT_OBJECTIVES])
+    sampler: str = "nsga2"
+    population_size: int = 0  # NSGA-II population; 0 = a third of the trials (4..50)
+    backend: str = "optuna"
+    storage: str = ""
+    study: str = ""
+    workers: int = 1
+    gpus_per_trial: float = 1.0
+    early_stop: str = "none"
+    device: str = "auto"
+    data_dir: str | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    space_name: str = ""
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o["name"] for o in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o["direction"] for o in self.objectives]
+
+    def search_space(self):
+        from repnas.spaces import SearchSpace
+
+        return SearchSpace.from_dict(self.space, f"space {self.space_name or 'of search.yaml'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SearchConfig:
+        if not isinstance(data, dict):
+            raise UserError("search.yaml: expected a mapping")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise UserError(f"search.yaml: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+    def to_yaml(self, path: str | Path) -> None:
+        _atomic_write(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SearchConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data)
+
+
+def parse_objectives(text: str) -> list[dict[str, str]]:
+    """``val_accuracy,params`` -> ``[{name, direction}, ...]``; ``UserError`` for unknown names."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in OBJECTIVES]
+    if bad or not names or len(set(names)) != len(names):
+        raise UserError(f"objectives: {text!r} is not a list of distinct names from {', '.join(OBJECTIVES)}")
+    return [{"name": n, "direction": OBJECTIVES[n]} for n in names]
+
+
+class RunDir:
+    """Paths of one run directory, the lock that serialises its writers, and the table writer."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def search_yaml(self) -> Path:
+        return self.root / "search.yaml"
+
+    @property
+    def trials_parquet(self) -> Path:
+        return self.root / "trials.parquet"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def trial_dir(self, number: int) -> Path:
+        return self.root / "trials" / str(number)
+
+    def default_storage(self, workers: int) -> str:
+        """SQLite for one process; Optuna's journal file when several processes share the study
+        (SQLite's file locking serialises badly under concurrent writers)."""
+        if workers > 1:
+            return str((self.root / "journal.log").resolve())
+        return f"sqlite:///{(self.root / 'study.db').resolve()}"
+
+    def is_used(self) -> bool:
+        return self.root.exists() and any(self.root.iterdir())
+
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "trials").mkdir(exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """An exclusive inter-process lock (``fcntl.flock``) on ``<run>/.lock``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def write_trials(self, frame) -> None:
+        """Write ``trials.parquet`` atomically (write a temporary file, then rename)."""
+        tmp = self.root / f".trials.{os.getpid()}.parquet"
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, self.trials_parquet)
+
+
+def trials_frame(trials, knob_names: list[str]):
+    """The ``trials.parquet`` table of finished Optuna trials (FrozenTrial list), one row each."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in trials:
+        if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
+            continue
+        status = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "failed")
+        rows.append({"status": status, **t.user_attrs, "trial": t.number,
+                     **{f"knob.{k}": v for k, v in t.params.items()}})
+    return rows_frame(rows, knob_names)
+
+
+def rows_frame(rows: list[dict[str, Any]], knob_names: list[str]):
+    """The ``trials.parquet`` table of result rows (``run_trial``'s rows + ``trial``, ``worker`` and
+    ``knob.<name>`` keys): contract columns and dtypes, sorted by trial number."""
+    import pandas as pd
+
+    table = []
+    for attrs in rows:
+        row = {
+            "trial": int(attrs["trial"]),
+            "status": str(attrs.get("status") or "failed"),
+            "val_accuracy": _float(attrs.get("val_accuracy")),
+            "test_accuracy": _float(attrs.get("test_accuracy")),
+            "params": _float(attrs.get("params")),
+            "physical_params": _float(attrs.get("physical_params")),
+            "flops": _float(attrs.get("flops")),
+            "train_seconds": _float(attrs.get("train_seconds")),
+            "seed": int(attrs.get("seed", -1)),
+            "worker": str(attrs.get("worker", "")),
+            "error": str(attrs.get("error", "")),
+            "budget": int(attrs.get("budget", -1)),
+            "config": (attrs["config"] if isinstance(attrs.get("config"), str)
+                       else json.dumps(attrs["config"]) if attrs.get("config") is not None else ""),
+        }
+        for name in knob_names:
+            row[f"knob.{name}"] = attrs.get(f"knob.{name}")
+        table.append(row)
+    columns = list(TRIAL_COLUMNS) + [f"knob.{n}" for n in knob_names]
+    frame = pd.DataFrame(table, columns=columns)
+    if len(frame) and frame["status"].eq("complete").any():
+        complete = frame["status"] == "complete"
+        if frame.loc[complete, ["params", "physical_params", "flops"]].notna().all().all():
+            for col in ("params", "physical_params", "flops"):
+                frame[col] = frame[col].astype("Int64" if frame[col].isna().any() else "int64")
+    for name in knob_names:  # mixed-type object columns (e.g. all ints) need one dtype for parquet
+        col = frame[f"knob.{name}"]
+        if len(col) and all(isinstance(v, str) for v in col.dropna()):
+            frame[f"knob.{name}"] = col.astype("string")
+    return frame.sort_values("trial").reset_index(drop=True)
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

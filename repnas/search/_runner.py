@@ -1,0 +1,160 @@
+"""One trial of a search, independent of the driver: point -> run config -> train -> result row.
+
+:func:`run_trial` is what both drivers call (the Optuna ask/tell loop and a Ray Tune trainable):
+it turns a sampled point into a run config through the space's budget solver, trains it into the
+trial's folder, and returns the trial's row of ``trials.parquet`` (without ``trial``/``worker``).
+It never raises for a bad candidate: an over-budget point comes back ``infeasible`` (never
+trained), an exception, a diverged loss (NaN) or CUDA running out of memory come back ``failed``
+with the error, so the search goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repnas.search._rundir import SearchConfig
+
+#: report(epoch, metrics) -> True to stop the trial early (the early-stopping rule's verdict).
+Report = Callable[[int, dict[str, Any]], bool]
+
+
+def trial_run_config(search: SearchConfig, model_config: dict, device: str) -> dict[str, Any]:
+    """The RunConfig dict of one trial: the trainer's YAML, as ``repnas train`` accepts it."""
+    space = search.search_space()
+    recipe = {**space.recipe, **search.recipe, "epochs": int(search.epochs)}
+    return {
+        "version": 1,
+        "model": model_config,
+        "dataset": {"name": search.dataset, "data_dir": search.data_dir},
+        "recipe": recipe,
+        "seed": int(search.seed),
+        "device": device,
+        # the CPU thread count is part of a CPU result (float sums), so the config carries it
+        "threads": torch.get_num_threads() if _on_cpu(device) else None,
+    }
+
+
+def _on_cpu(device: str) -> bool:
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path,
+              report: Report | None = None, *, device: str | None = None, data=None,
+              progress: bool = False, lookup: Callable[[dict], dict | None] | None = None) -> dict[str, Any]:
+    """Train the candidate ``point`` of ``search`` in ``trial_dir``; return its result row.
+
+    ``report(epoch, metrics)`` is called after every epoch; returning True stops the trial, which
+    then comes back ``pruned``. ``data`` reuses loaded splits (a worker loads its dataset once).
+    ``lookup(run_config)`` may return the row of an earlier trial with the very same run config
+    (different knob values often build the same model: sharing in a one-layer stage, the rank of
+    absent banks); training is deterministic for a seed, so that row is reused instead of retraining.
+    """
+    from repnas.spaces import InfeasibleError
+
+    trial_dir = Path(trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    log = (trial_dir / "log.txt").open("a")
+    row: dict[str, Any] = {
+        "status": "failed", "val_accuracy": math.nan, "test_accuracy": math.nan, "params": math.nan,
+        "physical_params": math.nan, "flops": math.nan, "train_seconds": math.nan,
+        "seed": int(search.seed), "error": "", "budget": int(search.budget), "config": None,
+    }
+    started = time.time()
+    try:
+        print(f"point: {point}", file=log, flush=True)
+        space = search.search_space()
+        try:
+            solution = space.solve(point, search.budget, search.dataset)
+        except InfeasibleError as exc:
+            row.update(status="infeasible", error=str(exc), params=exc.min_params)
+            print(f"infeasible: {exc}", file=log, flush=True)
+            return row
+        print(f"widths: source {solution.source_widths} physical {solution.physical_widths} "
+              f"params {solution.params:,} ({100 * solution.fill:.1f}% of {search.budget:,}) "
+              f"torch threads {_threads()}", file=log, flush=True)
+        config = trial_run_config(search, solution.model_config, device or search.device)
+        row["config"] = config
+        row["params"] = solution.params
+        earlier = lookup(config) if lookup is not None else None
+        if earlier is not None:
+            row.update({k: earlier[k] for k in ("status", "val_accuracy", "test_accuracy", "params",
+                                                "physical_params", "flops", "train_seconds", "error")
+                        if k in earlier})
+            row["duplicate_of"] = int(earlier["trial"])
+            print(f"same run config as trial {row['duplicate_of']}: result reused", file=log, flush=True)
+            return row
+
+        cost: dict[str, Any] = {}
+        if report is not None and getattr(report, "wants_flops", False):
+            cost["flops"] = _flops(solution.model_config, search.dataset)
+
+        def callback(epoch: int, metrics: dict[str, Any]) -> bool:
+            metrics = {**metrics, **cost}
+            line = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+            print(f"epoch {epoch}: {line}", file=log, flush=True)
+            return bool(report(epoch, metrics)) if report is not None else False
+
+        from repnas.search._trainer import train
+
+        result = train(config, out_dir=trial_dir, callback=callback, progress=progress, data=data)
+        metrics = dict(result)
+        row.update({k: metrics[k] for k in ("val_accuracy", "test_accuracy", "params", "physical_params",
+                                            "flops", "train_seconds")})
+        row["params"] = int(row["params"])
+        row["physical_params"] = int(row["physical_params"])
+        row["flops"] = int(row["flops"])
+        row["epochs"] = int(metrics.get("epochs", 0))
+        if metrics.get("stopped_early"):
+            row["status"] = "pruned"
+            row["error"] = f"stopped early after epoch {metrics.get('epochs')}"
+        elif not math.isfinite(float(row["val_accuracy"])):
+            row["error"] = "validation accuracy is not finite"
+        else:
+            row["status"] = "complete"
+    except Exception as exc:  # the search goes on; the error is recorded with the trial
+        row["status"] = "failed"
+        row["error"] = _error_text(exc)
+        print(traceback.format_exc(), file=log, flush=True)
+        _free_cuda(exc)
+    finally:
+        print(f"status: {row['status']} {row['error']} ({time.time() - started:.1f}s)", file=log, flush=True)
+        log.close()
+    return row
+
+
+def _flops(model_config: dict, dataset: str) -> int:
+    """Forward FLOPs per image of a model config (built on CPU: FlopCounterMode needs real kernels)."""
+    from repnas.rescale import count_flops
+    from repnas.spaces import build_model, dataset_info
+
+    info = dataset_info(dataset)
+    return int(count_flops(build_model(model_config, info.num_classes, info.in_channels), info.input_shape))
+
+
+def _error_text(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return f"CUDA out of memory: {str(exc).splitlines()[0] if str(exc) else name}"
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{name}: {message}" if message else name
+
+
+def _free_cuda(exc: BaseException) -> None:
+    """After an OOM, release the cached blocks so the next trial starts from a clean device."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

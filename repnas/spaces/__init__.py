@@ -1,0 +1,50 @@
+"""What can be built: registered model families (base model + RepetitionPlan) and search spaces."""
+
+from repnas.spaces import models as _models  # noqa: F401  (registers the families)
+from repnas.spaces._budget import InfeasibleError, Solution, smallest_candidate
+from repnas.spaces._datasets_info import DATASET_INFO, DatasetInfo, dataset_info
+from repnas.spaces._registry import (
+    ModelSpec,
+    build_model,
+    build_spec,
+    create_model,
+    default_dataset,
+    list_models,
+    model_spec,
+    register_family,
+    register_model,
+)
+from repnas.spaces._space import (
+    KNOB_DEFAULTS,
+    Architecture,
+    Knob,
+    SearchSpace,
+    list_spaces,
+    load_space,
+    parse_count,
+)
+
+__all__ = [
+    "DATASET_INFO",
+    "KNOB_DEFAULTS",
+    "Architecture",
+    "DatasetInfo",
+    "InfeasibleError",
+    "Knob",
+    "ModelSpec",
+    "SearchSpace",
+    "Solution",
+    "build_model",
+    "build_spec",
+    "create_model",
+    "dataset_info",
+    "default_dataset",
+    "list_models",
+    "list_spaces",
+    "load_space",
+    "model_spec",
+    "parse_count",
+    "register_family",
+    "register_model",
+    "smallest_candidate",
+]

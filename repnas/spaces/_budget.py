@@ -1,0 +1,373 @@
+"""The budget solver: source widths that put a candidate just under a parameter budget.
+
+A sampled point fixes the *shape* of the repetition (depths, width factors, sharing, rank); the
+solver picks the source widths ``W_s`` (stage s is then ``W_s * width_rep_s`` channels wide) so that
+the trainable parameter count is as close to the budget as possible without exceeding it. That is
+what makes candidates comparable: at a fixed budget the search compares *how* parameters are
+repeated, not how many there are.
+
+How the count is measured: the real model is built on ``torch.device("meta")`` (no memory, no
+init) and rescaled by the real plan, then ``repnas.rescale.count_params`` counts it. So the count is
+exactly what the trainer will report (no second, closed-form accounting to drift out of sync) and a
+build costs a few milliseconds. The count is monotone in every ``W_s``, so the solver bisects a
+common scale of the reference widths, then greedily widens single stages while the budget allows
+(a finer step than the common scale; it lands within a few percent under the budget).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from repnas.errors import UserError
+
+if TYPE_CHECKING:
+    from repnas.spaces._space import Architecture, SearchSpace
+
+
+class InfeasibleError(UserError):
+    """The smallest widths of a candidate already exceed the budget; ``min_params`` says by how much."""
+
+    def __init__(self, message: str, min_params: int):
+        super().__init__(message)
+        self.min_params = min_params
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The solver's answer for one point: widths, the model config and its exact parameter count."""
+
+    source_widths: tuple[int, ...]
+    physical_widths: tuple[int, ...]
+    params: int
+    budget: int
+    model_config: dict[str, Any]
+
+    @property
+    def fill(self) -> float:
+        """params / budget (<= 1)."""
+        return self.params / self.budget
+
+
+# --------------------------------------------------------------------- conv layout of a base model
+@dataclass(frozen=True)
+class _Conv:
+    name: str
+    out: int
+    in_: int
+    kernel: tuple[int, ...]
+    role: str  # stem | first | inner | shortcut
+    stage: int  # -1 for the stem
+
+
+@lru_cache(maxsize=256)
+def _conv_layout(family: str, base: str, kwargs_json: str, in_channels: int, depths: tuple[int, ...]):
+    """(convs with role and stage, parameter count) of a base model, built on the meta device."""
+    from repnas.spaces import build_model
+
+    with torch.device("meta"):
+        model = build_model({"base": base, "kwargs": json.loads(kwargs_json)}, 10, in_channels)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    base_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def conv(name: str, m: nn.Conv2d, role: str, stage: int) -> _Conv:
+        return _Conv(name, m.out_channels, m.in_channels // m.groups, tuple(m.kernel_size), role, stage)
+
+    layout: list[_Conv] = []
+    if family == "vgg":
+        it = iter(convs)
+        for s, depth in enumerate(depths):
+            for j in range(depth):
+                name, m = next(it)
+                layout.append(conv(name, m, "first" if j == 0 else "inner", s))
+        return tuple(layout), base_params
+
+    # resnet / wrn: a stem, then per block conv1 ("first" of the stage's block 0 or "inner") and conv2,
+    # plus 1x1 projection shortcuts, assigned to the block whose conv1 shares the longest name prefix.
+    (stem_name, stem), rest = convs[0], convs[1:]
+    layout.append(conv(stem_name, stem, "stem", -1))
+    main = [(n, m) for n, m in rest if tuple(m.kernel_size) != (1, 1)]
+    shortcuts = [(n, m) for n, m in rest if tuple(m.kernel_size) == (1, 1)]
+    if len(main) != 2 * sum(depths):
+        raise ValueError(f"{base}: expected {2 * sum(depths)} 3x3 convs in blocks, found {len(main)}")
+    block_of: list[tuple[str, int]] = []  # (conv1 name, stage)
+    k = 0
+    for s, depth in enumerate(depths):
+        for b in range(depth):
+            (n1, m1), (n2, m2) = main[k], main[k + 1]
+            k += 2
+            layout.append(conv(n1, m1, "first" if b == 0 else "inner", s))
+            layout.append(conv(n2, m2, "inner", s))
+            block_of.append((n1, s))
+    for name, m in shortcuts:
+        parts = name.split(".")
+
+        def shared(other: str, parts: list[str] = parts) -> int:
+            count = 0
+            for a, b in zip(parts, other.split("."), strict=False):
+                if a != b:
+                    break
+                count += 1
+            return count
+
+        _, stage = max(block_of, key=lambda blk: shared(blk[0]))
+        layout.append(conv(name, m, "shortcut", stage))
+    return tuple(layout), base_params
+
+
+def plan_for(space: SearchSpace, arch: Architecture, widths: tuple[int, ...], config: dict,
+             in_channels: int) -> dict:
+    """The RepetitionPlan dict of ``arch`` with source widths ``widths`` on ``config``'s base model."""
+    layout, _ = _conv_layout(space.family, config["base"], json.dumps(config["kwargs"], sort_keys=True),
+                             in_channels, arch.depths)
+    physical = [w * r for w, r in zip(widths, arch.width_reps, strict=True)]
+    layers: dict[str, dict[str, Any]] = {}
+    banks: dict[str, dict[str, int]] = {}
+
+    stem = next((c for c in layout if c.role == "stem"), None)
+    stem_src = None
+    if stem is not None:
+        stem_src = widths[0] if stem.out == physical[0] else stem.out
+        if stem_src != stem.out:
+            layers[stem.name] = {"own": [stem_src, stem.in_]}
+
+    def src_in(c: _Conv) -> int:
+        """Source input width of a conv: the source width of whatever feeds it (if it tiles to it)."""
+        if c.role == "inner":
+            return widths[c.stage]
+        if c.stage > 0:
+            feeder_physical, feeder_source = physical[c.stage - 1], widths[c.stage - 1]
+        elif stem is not None:
+            feeder_physical, feeder_source = stem.out, stem_src
+        else:  # the image
+            return c.in_
+        return feeder_source if c.in_ == feeder_physical else c.in_
+
+    own: dict[str, tuple[int, int]] = {}
+    for c in layout:
+        if c.role != "stem":
+            own[c.name] = (widths[c.stage], src_in(c))
+
+    def fits(c: _Conv, shape: tuple[int, int]) -> bool:
+        return shape[0] <= c.out and shape[1] <= c.in_
+
+    image_facing = {c.name for c in layout
+                    if c.role == "stem" or (stem is None and c.stage == 0 and c.role == "first")}
+    network_bank: list[_Conv] = []
+    for s, share in enumerate(arch.shares):
+        stage_convs = [c for c in layout if c.stage == s and c.role in ("first", "inner")]
+        if share == "borrow":
+            candidates = [c for c in stage_convs if c.name not in image_facing]
+            if candidates:
+                anchor = candidates[0]
+                for c in candidates[1:]:
+                    if fits(c, own[anchor.name]) and c.kernel == anchor.kernel:
+                        layers[c.name] = {"borrow": anchor.name}
+        elif share == "bank":
+            members = [c for c in stage_convs if c.name not in image_facing
+                       and fits(c, (widths[s], widths[s]))]
+            if arch.bank_scope == "network":
+                network_bank += members
+            elif len(members) >= 2:
+                banks[f"stage{s}"] = {"out": widths[s], "in": widths[s], "rank": arch.rank}
+                for c in members:
+                    layers[c.name] = {"bank": f"stage{s}"}
+    if network_bank:
+        kernel = network_bank[0].kernel
+        members = [c for c in network_bank if c.kernel == kernel]
+        size = min(widths[c.stage] for c in members)
+        if len(members) >= 2:
+            banks["network"] = {"out": size, "in": size, "rank": arch.rank}
+            for c in members:
+                layers[c.name] = {"bank": "network"}
+    for c in layout:
+        if c.name not in layers and c.role != "stem" and own[c.name] != (c.out, c.in_):
+            layers[c.name] = {"own": list(own[c.name])}
+    order = {c.name: k for k, c in enumerate(layout)}
+    plan: dict[str, Any] = {"version": 1, "map": arch.map, "scalar_init": arch.scalar_init}
+    if banks:
+        plan["banks"] = banks
+    plan["layers"] = dict(sorted(layers.items(), key=lambda kv: order[kv[0]]))
+    return plan
+
+
+# --------------------------------------------------------------------- counting and solving
+def plan_params(model_config: dict, family: str, depths: tuple[int, ...], in_channels: int) -> int:
+    """Trainable parameters of a base + plan ModelConfig in closed form (fast path of the solver).
+
+    Building and rescaling a model costs ~0.1 s on the meta device for a ResNet (tile indices go
+    through torch's slow meta dispatch), and the solver needs a dozen counts per point. So the plan's
+    effect is added up here: a repeated conv loses its weight and gains its own source, bank
+    coefficients and ``scalars_per_tile`` per tile (``repnas.rescale.tile_layout``); banks count once.
+    ``solve_point`` checks the final answer against ``count_params`` of the really built model.
+    """
+    from repnas.rescale import SCALAR_MAPS, tile_layout
+
+    layout, params = _conv_layout(family, model_config["base"],
+                                  json.dumps(model_config["kwargs"], sort_keys=True), in_channels, depths)
+    plan = model_config.get("plan") or {}
+    convs = {c.name: c for c in layout}
+    layers, banks = plan.get("layers") or {}, plan.get("banks") or {}
+
+    def source(name: str) -> tuple[int, int]:
+        rule = layers.get(name)
+        while rule is not None and "borrow" in rule:
+            name, rule = rule["borrow"], layers.get(rule["borrow"])
+        if rule is None:  # a plain lender keeps its full weight
+            return convs[name].out, convs[name].in_
+        if "own" in rule:
+            return tuple(rule["own"])  # type: ignore[return-value]
+        bank = banks[rule["bank"]]
+        return bank["out"], bank["in"]
+
+    used_banks = set()
+    for name, rule in layers.items():
+        c = convs[name]
+        k2 = c.kernel[0] * c.kernel[1]
+        params -= c.out * c.in_ * k2
+        if "own" in rule:
+            params += rule["own"][0] * rule["own"][1] * k2
+        elif "bank" in rule:
+            params += banks[rule["bank"]].get("rank", 1)
+            if rule["bank"] not in used_banks:
+                used_banks.add(rule["bank"])
+                bank = banks[rule["bank"]]
+                params += bank.get("rank", 1) * bank["out"] * bank["in"] * k2
+        src = source(name)
+        if src != (c.out, c.in_):
+            r0, r1, e0, e1 = tile_layout(src, (c.out, c.in_))
+            per_tile = SCALAR_MAPS[rule.get("map") or plan.get("map", "swish")].scalars_per_tile
+            params += per_tile * (r0 * r1 + (e0 > 0) + (e1 > 0))
+    return params
+
+
+def count_config_params(model_config: dict, num_classes: int, in_channels: int) -> int:
+    """Trainable parameters of a ModelConfig, built on the meta device (no memory, no init)."""
+    from repnas.rescale import count_params
+    from repnas.spaces import build_model
+
+    with torch.device("meta"):
+        model = build_model(model_config, num_classes, in_channels)
+    return count_params(model)
+
+
+def _head_delta(config: dict, num_classes: int) -> int:
+    """Layouts are built with 10 classes; the classifier's size changes with the class count."""
+    if num_classes == 10:
+        return 0
+    layout, _ = _last_width(config)
+    return (num_classes - 10) * (layout + 1)
+
+
+def _last_width(config: dict) -> tuple[int, None]:
+    kwargs = config["kwargs"]
+    if "cfg" in kwargs:
+        return [v for v in kwargs["cfg"] if v != "M"][-1], None
+    return kwargs["widths"][-1], None
+
+
+def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset: str,
+                exact: bool = False) -> Solution:
+    """Source widths for ``point`` with params <= ``budget`` and as close to it as the widths allow."""
+    from repnas.spaces._datasets_info import dataset_info
+
+    info = dataset_info(dataset)
+    arch = space.architecture(point)
+    refs = space.widths
+    cache: dict[tuple[int, ...], tuple[int, dict]] = {}
+
+    def count(widths: tuple[int, ...]) -> int:
+        if widths not in cache:
+            config = space.model_config(arch, widths, info.in_channels)
+            if exact:
+                cache[widths] = (count_config_params(config, info.num_classes, info.in_channels), config)
+            else:
+                cache[widths] = (plan_params(config, space.family, arch.depths, info.in_channels)
+                                 + _head_delta(config, info.num_classes), config)
+        return cache[widths][0]
+
+    def at_scale(scale: float) -> tuple[int, ...]:
+        return tuple(max(space.min_width, round(scale * r)) for r in refs)
+
+    smallest = at_scale(0.0)
+    if count(smallest) > budget:
+        raise InfeasibleError(f"{_describe(point)} needs at least {count(smallest):,} params "
+                              f"(budget {budget:,})", count(smallest))
+    # Bisect the common scale: lo fits, hi does not.
+    lo, hi = 0.0, 1.0
+    while count(at_scale(hi)) <= budget:
+        lo, hi = hi, hi * 2
+        if hi > 2**16:
+            raise UserError(f"budget {budget:,} is out of reach of space {space.name!r} (widths diverge)")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if count(at_scale(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+        if at_scale(hi)[0] - at_scale(lo)[0] <= 0 and max(
+                h - low for h, low in zip(at_scale(hi), at_scale(lo), strict=True)) <= 1:
+            break
+    best = at_scale(lo)
+    # Widen single stages (the widest first: they move the count most) while the budget allows.
+    improved = True
+    while improved:
+        improved = False
+        for s in sorted(range(len(refs)), key=lambda k: -refs[k]):
+            trial = tuple(w + 1 if k == s else w for k, w in enumerate(best))
+            if count(trial) <= budget:
+                best, improved = trial, True
+    params, config = cache[best]
+    if not exact:
+        real = count_config_params(config, info.num_classes, info.in_channels)
+        if real != params:  # the closed form missed something: solve again with real counts
+            return solve_point(space, point, budget, dataset, exact=True)
+    physical = tuple(w * r for w, r in zip(best, arch.width_reps, strict=True))
+    return Solution(source_widths=best, physical_widths=physical, params=params, budget=budget,
+                    model_config=config)
+
+
+def _describe(point: dict[str, Any]) -> str:
+    if not point:
+        return "the candidate"
+    return "candidate " + ", ".join(f"{k}={v}" for k, v in sorted(point.items()))
+
+
+def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: int = 1024) -> int:
+    """The fewest parameters any candidate of ``space`` can have (all at the smallest widths).
+
+    The count grows with depth (each layer adds at least its bias and BatchNorm), so depths are
+    held at their smallest values and the other knobs are enumerated: exact when they have at most
+    ``samples`` combinations, else the minimum over ``samples`` seeded random ones (an upper bound).
+    Width factors are not monotone: a factor that makes a stage as wide as the stem removes its
+    projection shortcut.
+    """
+    import itertools
+    import random
+
+    from repnas.spaces._datasets_info import dataset_info
+
+    info = dataset_info(dataset or space.dataset)
+    monotone = {n: min(k.grid() or [k.low]) for n, k in space.knobs.items()
+                if n.partition(".")[0] == "depth"}
+    names = [n for n in space.knobs if n not in monotone]
+    grids = [space.knobs[n].grid() or [space.knobs[n].low] for n in names]
+    if math.prod(len(g) for g in grids) <= samples:
+        points = [dict(zip(names, values, strict=True)) for values in itertools.product(*grids)]
+    else:
+        rng = random.Random(0)
+        points = [{n: rng.choice(g) for n, g in zip(names, grids, strict=True)} for _ in range(samples)]
+    smallest = tuple(space.min_width for _ in space.widths)
+    counts = []
+    for point in points:
+        arch = space.architecture({**point, **monotone})
+        config = space.model_config(arch, smallest, info.in_channels)
+        counts.append(plan_params(config, space.family, arch.depths, info.in_channels)
+                      + _head_delta(config, info.num_classes))
+    return min(counts)

@@ -1,0 +1,181 @@
+"""The Optuna search end to end on digits: storage, run directory, front, failures, workers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from repnas.cli import main
+from repnas.search._export import nondominated
+from repnas.search._rundir import TRIAL_COLUMNS, SearchConfig
+from repnas.search._runner import run_trial
+from repnas.spaces import load_space
+
+TRIALS = 8
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "quick"
+    code = main(["search", "--space", "quick", "--dataset", "digits", "--trials", str(TRIALS), "--epochs", "3",
+                 "--out", str(out), "--seed", "1", "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_run_directory_is_filled(quick_run):
+    assert (quick_run / "search.yaml").is_file()
+    assert (quick_run / "study.db").is_file()
+    search = SearchConfig.from_yaml(quick_run / "search.yaml")
+    assert search.trials == TRIALS and search.space_name == "quick" and search.dataset == "digits"
+    assert search.objective_names == ["val_accuracy", "params", "flops"]
+    table = pd.read_parquet(quick_run / "trials.parquet")
+    assert list(table.columns[: len(TRIAL_COLUMNS)]) == list(TRIAL_COLUMNS)
+    assert {f"knob.{k}" for k in load_space("quick").knobs} <= set(table.columns)
+    assert len(table) == TRIALS and sorted(table["trial"]) == list(range(TRIALS))
+    assert set(table["status"]) <= {"complete", "failed", "infeasible", "pruned"}
+    complete = table[table["status"] == "complete"]
+    assert len(complete) >= TRIALS - 1
+    # digits has 10 classes: every completed trial learnt something
+    assert (complete["val_accuracy"] > 0.5).all()
+    for _, row in complete.iterrows():
+        config = json.loads(row["config"])
+        assert config["dataset"]["name"] == "digits" and config["recipe"]["epochs"] == 3
+        trial_dir = quick_run / "trials" / str(row["trial"])
+        assert (trial_dir / "log.txt").is_file()
+
+
+def test_every_completed_trial_is_under_the_budget(quick_run):
+    table = pd.read_parquet(quick_run / "trials.parquet")
+    complete = table[table["status"] == "complete"]
+    assert (complete["params"] <= complete["budget"]).all()
+    assert (complete["budget"] == 12_000).all()
+    assert (complete["physical_params"] >= complete["params"]).all()
+
+
+def test_load_study_and_best_trials_match_the_run_directory(quick_run):
+    search = SearchConfig.from_yaml(quick_run / "search.yaml")
+    study = optuna.load_study(study_name=search.study, storage=search.storage)
+    assert len(study.trials) == TRIALS
+    table = pd.read_parquet(quick_run / "trials.parquet")
+    complete = table[table["status"] == "complete"].reset_index(drop=True)
+    signs = np.array([-1.0, 1.0, 1.0])
+    mask = nondominated(complete[["val_accuracy", "params", "flops"]].to_numpy(float) * signs)
+    front = set(complete.loc[mask, "trial"])
+    assert {t.number for t in study.best_trials} == front
+    for t in study.trials:
+        row = table[table["trial"] == t.number].iloc[0]
+        if row["status"] == "complete":
+            assert t.values == [row["val_accuracy"], row["params"], row["flops"]]
+
+
+def _search(tmp_path):
+    space = load_space("quick")
+    return SearchConfig(space=space.to_dict(), space_name="quick", dataset="digits", budget=12_000,
+                        trials=1, epochs=1, device="cpu")
+
+
+def test_failed_trials_are_recorded_with_their_error(tmp_path, monkeypatch):
+    import repnas.search._trainer as trainer
+
+    search = _search(tmp_path)
+    point = load_space("quick").sample(0)
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("training diverged at epoch 1 (loss is not finite); lower lr")
+
+    monkeypatch.setattr(trainer, "train", diverge)
+    row = run_trial(search, point, tmp_path / "t0")
+    assert row["status"] == "failed" and row["error"].startswith("FloatingPointError: training diverged")
+    assert "Traceback" in (tmp_path / "t0" / "log.txt").read_text()
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "train", oom)
+    row = run_trial(search, point, tmp_path / "t1")
+    assert row["status"] == "failed" and row["error"].startswith("CUDA out of memory")
+    assert math.isnan(row["val_accuracy"])
+
+
+def test_infeasible_points_never_train(tmp_path, monkeypatch):
+    import repnas.search._trainer as trainer
+
+    search = _search(tmp_path)
+    search.budget = 50
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("an infeasible point was trained"))
+    row = run_trial(search, load_space("quick").sample(1), tmp_path / "t")
+    assert row["status"] == "infeasible" and "needs at least" in row["error"] and row["params"] > 50
+
+
+def test_two_workers_share_a_journal_storage(tmp_path):
+    out = tmp_path / "two"
+    code = main(["search", "--space", "quick", "--trials", "4", "--epochs", "1", "--workers", "2",
+                 "--out", str(out), "--quiet", "--device", "cpu"])
+    assert code == 0
+    assert (out / "journal.log").is_file() and not (out / "study.db").exists()
+    table = pd.read_parquet(out / "trials.parquet")
+    assert sorted(table["trial"]) == [0, 1, 2, 3]
+    assert set(table["worker"].str.split(":").str[0]) <= {"w0", "w1"}
+    search = SearchConfig.from_yaml(out / "search.yaml")
+    from repnas.search._optuna_driver import open_storage
+
+    study = optuna.load_study(study_name=search.study, storage=open_storage(search.storage))
+    assert len(study.trials) == 4
+
+
+def test_ray_backend_writes_the_same_run_directory(tmp_path):
+    pytest.importorskip("ray.tune")
+    out = tmp_path / "ray"
+    try:
+        code = main(["search", "--space", "quick", "--trials", "2", "--epochs", "1", "--backend", "ray",
+                     "--out", str(out), "--quiet", "--device", "cpu"])
+    finally:
+        import ray
+
+        ray.shutdown()
+    assert code == 0
+    table = pd.read_parquet(out / "trials.parquet")
+    assert sorted(table["trial"]) == [0, 1] and (table["status"] == "complete").all()
+    assert (table["params"] <= 12_000).all()
+    assert all((out / "trials" / str(n) / "checkpoint.pt").is_file() for n in table["trial"])
+    search = SearchConfig.from_yaml(out / "search.yaml")
+    study = optuna.load_study(study_name=search.study, storage=search.storage)
+    assert sorted(t.values[0] for t in study.trials) == sorted(table["val_accuracy"])
+
+
+def test_successive_halving_compares_only_peers_of_similar_cost():
+    from repnas.search._early_stop import SuccessiveHalving
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for accuracy in (0.9, 0.8, 0.7):  # three finished peers at rung 1, cost ~1M FLOPs
+        trial = study.ask()
+        SuccessiveHalving(study, trial.number, total_epochs=9)(1, {"val_accuracy": accuracy, "flops": 1e6})
+        study.tell(trial, [accuracy, 1.0, 1e6])
+    rule = SuccessiveHalving(study, study.ask().number, total_epochs=9)
+    assert rule.rungs == {1, 3}
+    assert rule(1, {"val_accuracy": 0.75, "flops": 1.1e6})  # not in the top third of its peers
+    fast = SuccessiveHalving(study, study.ask().number, total_epochs=9)
+    assert not fast(1, {"val_accuracy": 0.95, "flops": 1.2e6})  # the best so far goes on
+    cheap = SuccessiveHalving(study, study.ask().number, total_epochs=9)
+    assert not cheap(1, {"val_accuracy": 0.5, "flops": 1e5})  # a cheaper model has no peers yet
+    assert not cheap(2, {"val_accuracy": 0.5, "flops": 1e5})  # not a rung
+
+
+def test_early_stopping_search_records_pruned_trials(tmp_path):
+    out = tmp_path / "sha"
+    assert main(["search", "--space", "quick", "--trials", "8", "--epochs", "3", "--early-stop", "sha",
+                 "--out", str(out), "--quiet", "--device", "cpu", "--seed", "5"]) == 0
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == 8
+    pruned = table[table["status"] == "pruned"]
+    assert set(table["status"]) <= {"complete", "pruned", "failed", "infeasible"}
+    assert len(pruned) >= 1 and pruned["error"].str.startswith("stopped early after epoch 1").all()
+    search = SearchConfig.from_yaml(out / "search.yaml")
+    study = optuna.load_study(study_name=search.study, storage=search.storage)
+    assert {t.number for t in study.trials if t.state.name == "PRUNED"} == set(pruned["trial"])
