@@ -281,17 +281,20 @@ def test_a_repeated_cnn_learns_real_digits():
     )
     model = rescale(base, {"layers": {"3": {"own": [8, 8]}, "7": {"borrow": "3"}}})
     assert count_params(model) < count_params(base) / 3
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(10):
+    epochs, batches = 10, -(-len(train) // 64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * batches)
+    for _ in range(epochs):
         for idx in train[torch.randperm(len(train))].split(64):
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+            schedule.step()
     model.eval()
     with torch.no_grad():
         accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
-    assert accuracy >= 0.85, accuracy
+    assert accuracy >= 0.93, accuracy  # seeds 0-2 measured 0.975-0.987; chance is 0.10
 
 
 def test_flops_of_a_model_that_borrows_from_a_plain_layer():

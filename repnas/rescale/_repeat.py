@@ -9,9 +9,10 @@ Given a source ``S`` of shape (o, i, k, k) and a target weight shape (O, I, k, k
 * ``(o, i) == (O, I)``: no tiling and no scalars (plain weight, possibly shared or mixed).
 
 Every element of the target is therefore ``f(S[x % o, y % i])`` with the scalars of the tile that
-(x, y) falls in. The forward pass builds exactly that with one ``repeat`` of the source and one
-gather of the per-tile scalars into an (O, I) map, so the cost is a handful of elementwise kernels
-over the physical weight regardless of how many tiles there are.
+(x, y) falls in. Without remainders the forward pass broadcasts the source against the per-tile
+scalars; with remainders it builds the periodic tiling with one ``repeat`` and gathers the scalars
+into an (O, I) map. Either way the cost is a handful of elementwise kernels over the physical weight,
+however many tiles there are.
 
 Why ``parametrize``: the conv stays an ``nn.Conv2d`` (stride, padding, groups, bias and every tool
 that inspects convs keep working), ``parametrize.cached()`` computes a shared weight once per forward,
@@ -134,6 +135,19 @@ class RepeatWeight(nn.Module):
             return source
         big_o, big_i = self.target_shape[:2]
         o, i = source.shape[:2]
+        r0, r1, e0, e1 = self.layout
+        if not (e0 or e1):
+            # Whole tiles only (VGG, WRN): broadcast the source against per-tile scalars shaped
+            # (r0, 1, r1, 1, 1, 1), so the map writes the physical weight in one pass per op, with
+            # no repeated copy of the source and no gather of scalars.
+            tiles = source[None, :, None]  # (1, o, 1, i, k, k)
+            if self.alpha is None:
+                tiles = tiles.expand(r0, o, r1, i, *source.shape[2:])
+            else:
+                alpha = self.alpha.view(r0, 1, r1, 1, 1, 1)
+                beta = self.beta.view(r0, 1, r1, 1, 1, 1) if self.beta is not None else None
+                tiles = self.map.apply(tiles, alpha, beta)
+            return tiles.reshape(self.target_shape)
         periodic = source.repeat(-(-big_o // o), -(-big_i // i), 1, 1)[:big_o, :big_i]
         if self.alpha is None:
             return periodic
