@@ -23,7 +23,7 @@ COMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line (argparse prints usage + message)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -31,8 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="repnas", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineErrorParser(prog="repnas", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     for module_name in COMMANDS.values():
         try:
             module = importlib.import_module(f"repnas.cli.{module_name}")
@@ -46,10 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``repnas`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run a command; bad input (UserError, ValueError, OSError) becomes one line and exit code 2."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except (UserError, ValueError, OSError) as exc:
         if os.environ.get("REPNAS_DEBUG"):
             raise

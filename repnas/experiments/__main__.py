@@ -12,11 +12,10 @@ git-ignored). Bad input prints one ``repnas: error: ...`` line and exits with 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from repnas.errors import UserError
+from repnas.cli import OneLineErrorParser, run_command
 
 
 def _csv(text: str) -> list[str]:
@@ -30,14 +29,9 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds: expected integers like 0,1, got {text!r}") from None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"repnas: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m repnas.experiments", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineErrorParser(prog="python -m repnas.experiments", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     for name, text in (("run", "train what is missing, then write tables and figure"),
                        ("status", "list finished and pending runs (trains nothing)"),
                        ("tables", "rebuild tables and figure from the finished runs")):
@@ -61,13 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _main(args)
-    except (UserError, ValueError, OSError) as exc:
-        if os.environ.get("REPNAS_DEBUG"):
-            raise
-        print(f"repnas: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
+    return run_command(_main, args)
 
 
 def _main(args: argparse.Namespace) -> int:
