@@ -88,3 +88,20 @@ def test_unknown_model_exits_2_without_traceback():
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == ["repnas: error: unknown model 'rep_vgg66'; "
                                         "did you mean rep_vgg6, rep_vgg9, rep_vgg8, rep_vgg7, rep_vgg5?"]
+
+
+@pytest.mark.parametrize(
+    ("layers", "named"),
+    [
+        ({"features.3": {"own": [128, 8]}}, "'features.3'"),  # source larger than the (64, 64) layer
+        ({"features.3": {"borrow": "features.99"}}, "'features.3'"),  # unknown lender
+        ({"features.50": {"own": [8, 8]}}, "'features.50'"),  # unknown layer
+        ({"features.3": {"borrow": "features.7"}, "features.7": {"borrow": "features.3"}}, "cycle"),
+    ],
+)
+def test_bad_plan_in_a_run_config_is_one_line_naming_the_layer(capsys, tmp_path, layers, named):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"model": {"base": "vgg11", "plan": {"layers": layers}}}))
+    assert main(["describe", str(config), "--dataset", "cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("repnas: error:") and err.count("\n") == 1 and named in err
