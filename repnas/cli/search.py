@@ -79,7 +79,7 @@ def build_search_config(args: argparse.Namespace):
 
 def resume_search_config(args: argparse.Namespace):
     """The SearchConfig saved in ``--out``, with the arguments a resume may change applied."""
-    from repnas.search._rundir import RunDir, SearchConfig
+    from repnas.search._rundir import RunDir, SearchConfig, parse_objectives
 
     if not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run directory to continue)")
@@ -89,7 +89,8 @@ def resume_search_config(args: argparse.Namespace):
     search = SearchConfig.from_yaml(run.search_yaml)
     fixed = {"space": (args.space, search.space_name), "dataset": (args.dataset, search.dataset),
              "study": (args.study, search.study), "storage": (args.storage, search.storage),
-             "seed": (args.seed, search.seed), "epochs": (args.epochs, search.epochs)}
+             "seed": (args.seed, search.seed), "epochs": (args.epochs, search.epochs),
+             "sampler": (args.sampler, search.sampler)}
     for name, (given, saved) in fixed.items():
         if given is not None and str(given) != str(saved):
             raise UserError(f"--{name} {given} differs from the run's {saved}; "
@@ -99,6 +100,9 @@ def resume_search_config(args: argparse.Namespace):
 
         if parse_count(args.budget, "--budget") != search.budget:
             raise UserError(f"--budget {args.budget} differs from the run's {search.budget:,}")
+    if args.objectives is not None and parse_objectives(args.objectives) != search.objectives:
+        raise UserError(f"--objectives {args.objectives} differs from the run's "
+                        f"{','.join(search.objective_names)}; a resumed search keeps its config")
     _check_counts(args.trials if args.trials is not None else search.trials, None, args.workers,
                   args.gpus_per_trial)
     for name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend"):
@@ -116,7 +120,7 @@ def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: fl
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     if gpus is not None and not 0 < gpus <= 64:
-        raise UserError(f"--gpus-per-trial must be > 0, got {gpus}")
+        raise UserError(f"--gpus-per-trial must be > 0 and <= 64, got {gpus}")
 
 
 def run(args: argparse.Namespace) -> int:

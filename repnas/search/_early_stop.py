@@ -41,9 +41,10 @@ class SuccessiveHalving:
             return False
         accuracy = float(metrics["val_accuracy"])
         bucket = self.bucket(float(metrics["flops"]))
+        from repnas.search._optuna_driver import trial_id_of
+
         storage = self.study._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(self.study.study_name), self.number)
+        trial_id = trial_id_of(self.study, self.number)
         storage.set_trial_user_attr(trial_id, f"rung.{epoch}", accuracy)
         storage.set_trial_user_attr(trial_id, "cost_bucket", bucket)
         peers = [t.user_attrs[f"rung.{epoch}"] for t in self.study.get_trials(deepcopy=False)

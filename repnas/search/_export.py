@@ -70,6 +70,8 @@ def choose_trials(search: SearchConfig, trials, pareto: bool = False, top: int |
 def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
                   top: int | None = None) -> list[dict]:
     """Write run configs (and materialized state dicts) of the chosen trials to ``out``."""
+    from repnas.search._config import RunConfig
+
     if pareto == (top is not None):
         raise UserError("choose exactly one of --pareto or --top K")
     if top is not None and top < 1:
@@ -85,8 +87,6 @@ def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
         row = by_number[number]
         config = json.loads(row["config"])
         config["device"] = "auto"
-        from repnas.search._config import RunConfig
-
         run_config = RunConfig.from_dict(config)
         config_path = out / f"trial_{number}.yaml"
         run_config.to_yaml(config_path)

@@ -9,8 +9,8 @@ per process). Failed, infeasible and early-stopped trials are told ``FAIL``/``PR
 
 Workers: ``--workers N`` processes share one storage (SQLite for one process, a JournalStorage
 file for several); each gets a device (a GPU, or a ``--gpus-per-trial`` share of one, or the CPU
-with ``cores / N`` threads) and its own sampler seed (``seed + worker``), so workers do not propose
-the same points.
+with ``cores / 2N`` threads, :func:`cpu_threads`) and its own sampler seed (``seed + worker``), so
+workers do not propose the same points.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
-from repnas.search._rundir import RunDir, SearchConfig, trials_frame
+from repnas.search._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
 
 _COUNTED_STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING")
 
@@ -109,9 +109,9 @@ def open_study(search: SearchConfig, worker: int = 0, create: bool = False):
         study.set_user_attr("repnas.search", search.to_dict())
         return study
     study = optuna.load_study(study_name=search.study, storage=storage, sampler=sampler)
-    if [d.name.lower() for d in study.directions] != search.directions:
-        raise UserError(f"study {search.study!r} optimises {[d.name.lower() for d in study.directions]}, "
-                        f"not {search.directions}")
+    directions = [d.name.lower() for d in study.directions]
+    if directions != search.directions:
+        raise UserError(f"study {search.study!r} optimises {directions}, not {search.directions}")
     return study
 
 
@@ -128,10 +128,9 @@ def recover_interrupted(study) -> list[int]:
     from optuna.trial import TrialState
 
     storage = study._storage
-    study_id = storage.get_study_id_from_name(study.study_name)
     numbers = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        trial_id = trial_id_of(study, t.number)
         for key, value in {"interrupted": True, "status": "failed",
                            "error": "interrupted (the search process was killed); re-enqueued"}.items():
             storage.set_trial_user_attr(trial_id, key, value)
@@ -142,6 +141,14 @@ def recover_interrupted(study) -> list[int]:
     return numbers
 
 
+def trial_id_of(study, number: int) -> int:
+    """The storage id of trial ``number``: what ``study._storage``'s setters take for a trial this
+    process holds no ``optuna.Trial`` of (one left RUNNING by a killed process, a rung record)."""
+    storage = study._storage
+    return storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number)
+
+
 def counted_trials(study) -> int:
     """Trials that count towards ``--trials``: finished or running, not interrupted."""
     return sum(1 for t in study.get_trials(deepcopy=False)
@@ -149,12 +156,13 @@ def counted_trials(study) -> int:
 
 
 def progress_counts(study) -> dict[str, int]:
-    counts = {"complete": 0, "failed": 0, "infeasible": 0, "pruned": 0, "running": 0}
+    """Trials per status (``STATUSES``) and ``running``; interrupted trials are not counted."""
+    counts = dict.fromkeys((*STATUSES, "running"), 0)
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "RUNNING":
             counts["running"] += 1
         elif t.state.name in ("COMPLETE", "FAIL", "PRUNED") and not t.user_attrs.get("interrupted"):
-            status = t.user_attrs.get("status", t.state.name.lower().replace("fail", "failed"))
+            status = trial_status(t)
             counts[status if status in counts else "failed"] += 1
     return counts
 
@@ -165,13 +173,17 @@ def write_table(study, run: RunDir, knob_names: list[str]) -> None:
 
 # --------------------------------------------------------------------- devices
 def worker_devices(device: str, workers: int, gpus_per_trial: float) -> list[str]:
-    """One device per worker: GPUs round-robin, ``1 / gpus_per_trial`` workers per GPU."""
-    if device != "auto":
+    """One device per worker: GPUs round-robin, ``1 / gpus_per_trial`` workers per GPU.
+
+    ``auto`` and a bare ``cuda`` both spread the workers over the visible GPUs; a named device
+    (``cpu``, ``cuda:1``) is every worker's.
+    """
+    if device not in ("auto", "cuda"):
         return [device] * workers
     import torch
 
-    if not torch.cuda.is_available():
-        return ["cpu"] * workers
+    if not torch.cuda.is_available():  # auto: the CPU; cuda: the trainer reports it is missing
+        return ["cpu" if device == "auto" else device] * workers
     per_gpu = max(1, math.floor(1.0 / gpus_per_trial + 1e-9))
     count = torch.cuda.device_count()
     return [f"cuda:{(k // per_gpu) % count}" for k in range(workers)]
@@ -228,7 +240,7 @@ def cpu_threads(workers: int) -> int:
 
 
 def _same_config(study, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The row of a completed (or infeasible/failed) trial with exactly this run config, if any."""
+    """The row of a completed trial with exactly this run config (not itself a reused one), if any."""
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
         if t.state.name == "COMPLETE" and attrs.get("config") == config and not attrs.get("duplicate_of"):
@@ -335,8 +347,11 @@ def front_table(study, search: SearchConfig) -> str:
         return "no completed trials: the front is empty"
     names = search.objective_names
     knob_names = list(search.search_space().knobs)
-    key = names.index("val_accuracy") if "val_accuracy" in names else 0
-    trials.sort(key=lambda t: -t.values[key] if "val_accuracy" in names else t.values[key])
+    if "val_accuracy" in names:
+        key = names.index("val_accuracy")
+        trials.sort(key=lambda t: -t.values[key])
+    else:
+        trials.sort(key=lambda t: t.values[0])
     header = ["trial", *names, "test_accuracy", *knob_names]
     rows = []
     for t in trials:

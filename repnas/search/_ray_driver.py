@@ -24,10 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
-from repnas.search._rundir import RunDir, SearchConfig, rows_frame
-
-_ROW_KEYS = ("status", "val_accuracy", "test_accuracy", "params", "physical_params", "flops", "train_seconds",
-             "seed", "error", "budget", "config", "worker")
+from repnas.search._rundir import TRIAL_COLUMNS, RunDir, SearchConfig, rows_frame
 
 
 def _trial_number(run: RunDir) -> int:
@@ -51,20 +48,20 @@ def _trainable(point: dict[str, Any], search_dict: dict, root: str) -> None:
     """One Tune trial: run_trial on the point, then one report of the whole row."""
     import json
 
+    import ray
     import torch
     from ray import tune
 
     from repnas.search._runner import run_trial
 
     search = SearchConfig.from_dict(search_dict)
-    number = _trial_number(RunDir(root))
+    run = RunDir(root)
+    number = _trial_number(run)
     device = "cuda" if torch.cuda.is_available() and search.device in ("auto", "cuda") else (
         "cpu" if search.device == "auto" else search.device)
     if device == "cpu":
         torch.set_num_threads(1)
-    row = run_trial(search, dict(point), RunDir(root).trial_dir(number), device=device)
-    import ray
-
+    row = run_trial(search, dict(point), run.trial_dir(number), device=device)
     row["worker"] = f"ray:{ray.get_runtime_context().get_node_id()[:12]}:{device}"
     metrics: dict[str, Any] = {"trial": number, "config_json": json.dumps(row.pop("config"))}
     for key, value in row.items():
@@ -137,9 +134,8 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
             lines = [ln for ln in str(result.error or "no result").splitlines() if ln.strip()]
             metrics = {"status": "failed", "error": lines[-1][:300] if lines else "no result",
                        "trial": 10_000 + len(rows)}
-        row = {k: metrics[k] for k in _ROW_KEYS if k in metrics}
-        row["config"] = metrics.get("config_json", "")
-        row["trial"] = metrics["trial"]
+        row = {k: metrics[k] for k in TRIAL_COLUMNS if k in metrics}
+        row["config"] = metrics.get("config_json", "")  # Tune's own "config" is the point
         row.update({f"knob.{k}": v for k, v in config.items() if k in space.knobs})
         rows.append(row)
     run.write_trials(rows_frame(rows, list(space.knobs)))

@@ -171,17 +171,18 @@ class RunDir:
         os.replace(tmp, self.trials_parquet)
 
 
+def trial_status(trial) -> str:
+    """The ``status`` of a finished Optuna trial: the one ``run_trial`` stored on it (``infeasible``
+    is told ``FAIL``), else what its state says."""
+    return trial.user_attrs.get("status") or {"COMPLETE": "complete", "PRUNED": "pruned"}.get(
+        trial.state.name, "failed")
+
+
 def trials_frame(trials, knob_names: list[str]):
     """The ``trials.parquet`` table of finished Optuna trials (FrozenTrial list), one row each."""
-    from optuna.trial import TrialState
-
-    rows = []
-    for t in trials:
-        if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
-            continue
-        status = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "failed")
-        rows.append({"status": status, **t.user_attrs, "trial": t.number,
-                     **{f"knob.{k}": v for k, v in t.params.items()}})
+    rows = [{**t.user_attrs, "status": trial_status(t), "trial": t.number,
+             **{f"knob.{k}": v for k, v in t.params.items()}}
+            for t in trials if t.state.name in ("COMPLETE", "FAIL", "PRUNED")]
     return rows_frame(rows, knob_names)
 
 

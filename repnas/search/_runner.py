@@ -24,10 +24,16 @@ from repnas.search._rundir import SearchConfig
 #: report(epoch, metrics) -> True to stop the trial early (the early-stopping rule's verdict).
 Report = Callable[[int, dict[str, Any]], bool]
 
+#: the trainer's metrics that go onto a trial's row (and are copied from an earlier identical trial).
+_METRICS = ("val_accuracy", "test_accuracy", "params", "physical_params", "flops", "train_seconds")
 
-def trial_run_config(search: SearchConfig, model_config: dict, device: str) -> dict[str, Any]:
-    """The RunConfig dict of one trial: the trainer's YAML, as ``repnas train`` accepts it."""
-    space = search.search_space()
+
+def trial_run_config(search: SearchConfig, model_config: dict, device: str, space=None) -> dict[str, Any]:
+    """The RunConfig dict of one trial: the trainer's YAML, as ``repnas train`` accepts it.
+
+    ``space`` is ``search.search_space()`` where the caller already parsed it.
+    """
+    space = space if space is not None else search.search_space()
     recipe = {**space.recipe, **search.recipe, "epochs": int(search.epochs)}
     return {
         "version": 1,
@@ -78,15 +84,13 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
             return row
         print(f"widths: source {solution.source_widths} physical {solution.physical_widths} "
               f"params {solution.params:,} ({100 * solution.fill:.1f}% of {search.budget:,}) "
-              f"torch threads {_threads()}", file=log, flush=True)
-        config = trial_run_config(search, solution.model_config, device or search.device)
+              f"torch threads {torch.get_num_threads()}", file=log, flush=True)
+        config = trial_run_config(search, solution.model_config, device or search.device, space)
         row["config"] = config
         row["params"] = solution.params
         earlier = lookup(config) if lookup is not None else None
         if earlier is not None:
-            row.update({k: earlier[k] for k in ("status", "val_accuracy", "test_accuracy", "params",
-                                                "physical_params", "flops", "train_seconds", "error")
-                        if k in earlier})
+            row.update({k: earlier[k] for k in ("status", *_METRICS, "error") if k in earlier})
             row["duplicate_of"] = int(earlier["trial"])
             print(f"same run config as trial {row['duplicate_of']}: result reused", file=log, flush=True)
             return row
@@ -105,8 +109,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
 
         result = train(config, out_dir=trial_dir, callback=callback, progress=progress, data=data)
         metrics = dict(result)
-        row.update({k: metrics[k] for k in ("val_accuracy", "test_accuracy", "params", "physical_params",
-                                            "flops", "train_seconds")})
+        row.update({k: metrics[k] for k in _METRICS})
         row["params"] = int(row["params"])
         row["physical_params"] = int(row["physical_params"])
         row["flops"] = int(row["flops"])
@@ -122,7 +125,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
         row["status"] = "failed"
         row["error"] = _error_text(exc)
         print(traceback.format_exc(), file=log, flush=True)
-        _free_cuda(exc)
+        _free_cuda()
     finally:
         print(f"status: {row['status']} {row['error']} ({time.time() - started:.1f}s)", file=log, flush=True)
         log.close()
@@ -139,21 +142,18 @@ def _flops(model_config: dict, dataset: str) -> int:
 
 
 def _error_text(exc: BaseException) -> str:
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return f"CUDA out of memory: {str(exc).splitlines()[0] if str(exc) else name}"
-    message = str(exc).splitlines()[0] if str(exc) else ""
+    name, text = type(exc).__name__, str(exc)
+    message = text.splitlines()[0] if text else ""
+    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+        return f"CUDA out of memory: {message or name}"
     return f"{name}: {message}" if message else name
 
 
-def _free_cuda(exc: BaseException) -> None:
-    """After an OOM, release the cached blocks so the next trial starts from a clean device."""
+def _free_cuda() -> None:
+    """After a failed trial (an OOM above all), release the cached blocks so the next trial starts
+    from a clean device."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _threads() -> int:
-    return torch.get_num_threads()
 
 
 def _fmt(value: Any) -> str:

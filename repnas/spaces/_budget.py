@@ -6,12 +6,14 @@ the trainable parameter count is as close to the budget as possible without exce
 what makes candidates comparable: at a fixed budget the search compares *how* parameters are
 repeated, not how many there are.
 
-How the count is measured: the real model is built on ``torch.device("meta")`` (no memory, no
-init) and rescaled by the real plan, then ``repnas.rescale.count_params`` counts it. So the count is
-exactly what the trainer will report (no second, closed-form accounting to drift out of sync) and a
-build costs a few milliseconds. The count is monotone in every ``W_s``, so the solver bisects a
-common scale of the reference widths, then greedily widens single stages while the budget allows
-(a finer step than the common scale; it lands within a few percent under the budget).
+How the count is measured: in closed form (:func:`plan_params`, the base model's conv layout built
+once on ``torch.device("meta")`` plus the plan's effect), because building and rescaling a model
+for each of the solver's dozen counts is slow. The answer is then checked against
+``repnas.rescale.count_params`` of the really built (meta) model, and solved again with real counts
+if they differ, so the count is exactly what the trainer will report. The count is monotone in
+every ``W_s``, so the solver bisects a common scale of the reference widths, then greedily widens
+single stages while the budget allows (a finer step than the common scale; it lands within a few
+percent under the budget).
 """
 
 from __future__ import annotations
@@ -261,15 +263,19 @@ def _head_delta(config: dict, num_classes: int) -> int:
     """Layouts are built with 10 classes; the classifier's size changes with the class count."""
     if num_classes == 10:
         return 0
-    layout, _ = _last_width(config)
-    return (num_classes - 10) * (layout + 1)
+    return (num_classes - 10) * (_last_width(config) + 1)
 
 
-def _last_width(config: dict) -> tuple[int, None]:
+def _last_width(config: dict) -> int:
     kwargs = config["kwargs"]
     if "cfg" in kwargs:
-        return [v for v in kwargs["cfg"] if v != "M"][-1], None
-    return kwargs["widths"][-1], None
+        return [v for v in kwargs["cfg"] if v != "M"][-1]
+    return kwargs["widths"][-1]
+
+
+def _estimate_params(config: dict, family: str, depths: tuple[int, ...], info) -> int:
+    """:func:`plan_params` for the dataset's channels and classes (the solver's fast count)."""
+    return plan_params(config, family, depths, info.in_channels) + _head_delta(config, info.num_classes)
 
 
 def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset: str,
@@ -288,8 +294,7 @@ def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset:
             if exact:
                 cache[widths] = (count_config_params(config, info.num_classes, info.in_channels), config)
             else:
-                cache[widths] = (plan_params(config, space.family, arch.depths, info.in_channels)
-                                 + _head_delta(config, info.num_classes), config)
+                cache[widths] = (_estimate_params(config, space.family, arch.depths, info), config)
         return cache[widths][0]
 
     def at_scale(scale: float) -> tuple[int, ...]:
@@ -368,6 +373,5 @@ def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: 
     for point in points:
         arch = space.architecture({**point, **monotone})
         config = space.model_config(arch, smallest, info.in_channels)
-        counts.append(plan_params(config, space.family, arch.depths, info.in_channels)
-                      + _head_delta(config, info.num_classes))
+        counts.append(_estimate_params(config, space.family, arch.depths, info))
     return min(counts)

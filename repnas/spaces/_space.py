@@ -213,7 +213,7 @@ class SearchSpace:
         return {name: knob.to_ray() for name, knob in self.knobs.items()}
 
     def sample(self, rng: random.Random | int | None = None) -> dict[str, Any]:
-        """A random point (for tests and for estimating the smallest candidate)."""
+        """A random point of the space (``rng``: a ``random.Random`` or a seed)."""
         rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         return {name: knob.sample(rng) for name, knob in self.knobs.items()}
 
@@ -410,7 +410,7 @@ def _check_architecture(arch: Architecture, space: str) -> None:
         raise UserError(f"{where}: rank must be >= 1, got {arch.rank}")
     if arch.bank_scope not in ("stage", "network"):
         raise UserError(f"{where}: bank_scope must be 'stage' or 'network', got {arch.bank_scope!r}")
-    from repnas.rescale._maps import SCALAR_MAPS
+    from repnas.rescale import SCALAR_MAPS
 
     if arch.map not in SCALAR_MAPS:
         raise UserError(f"{where}: unknown map {arch.map!r}; choose one of {sorted(SCALAR_MAPS)}")
