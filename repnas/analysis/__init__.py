@@ -19,7 +19,7 @@ from repnas.analysis._load import (
     trials_from_tune,
 )
 from repnas.analysis._pareto import feasible_mask, pareto_front, pareto_mask
-from repnas.analysis._report import build_report, report_figures, write_images, write_report
+from repnas.analysis._report import build_report, load_inputs, report_figures, write_images, write_report
 from repnas.analysis._tables import front_table, knob_effects, trial_commands
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "ideal_point",
     "knob_effects",
     "load_baselines",
+    "load_inputs",
     "load_run",
     "load_trials",
     "normalize_trials",

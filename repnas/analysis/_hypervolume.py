@@ -84,11 +84,12 @@ def ideal_point(tables: Iterable[pd.DataFrame], objectives: Objectives) -> list[
     best = [math.nan] * len(objectives)
     for trials in tables:
         ok = feasible_mask(trials, objectives)
+        if not ok.any():
+            continue
         values, maximise = objective_matrix(trials, objectives)
         for j, flag in enumerate(maximise):
-            if ok.any():
-                v = values[ok, j].max() if flag else values[ok, j].min()
-                best[j] = v if math.isnan(best[j]) else (max(best[j], v) if flag else min(best[j], v))
+            v = values[ok, j].max() if flag else values[ok, j].min()
+            best[j] = v if math.isnan(best[j]) else (max(best[j], v) if flag else min(best[j], v))
     return best
 
 

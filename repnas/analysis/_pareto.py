@@ -33,8 +33,7 @@ def feasible_mask(trials: pd.DataFrame, objectives: Objectives, budget: float | 
     and ``budget`` (if given) for every trial. Failed, pruned and infeasible trials never count,
     even if some of their metrics were recorded.
     """
-    names = _check_objectives(trials, objectives)
-    values = trials[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    values, _ = objective_matrix(trials, objectives)
     ok = (trials["status"] == "complete").to_numpy() & np.isfinite(values).all(axis=1)
     params = pd.to_numeric(trials["params"], errors="coerce").to_numpy(dtype=float)
     if "budget" in trials.columns:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from repnas._io import atomic_write_text
 from repnas.analysis._hypervolume import hypervolume_history, ideal_point, reference_point
 from repnas.analysis._load import Run, knob_columns, load_run
 from repnas.analysis._pareto import feasible_mask, pareto_mask
@@ -437,7 +438,5 @@ def write_report(sources: Sequence[str | Path | Run], out: str | Path = "report.
     page = build_report(runs, baselines, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, page)
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from repnas.analysis._load import Run, knob_columns
-from repnas.analysis._pareto import Objectives, feasible_mask, pareto_mask
+from repnas.analysis._pareto import Objectives, feasible_mask, pareto_front, pareto_mask
 
 #: How a front row is reproduced: retrain the trial from its run config, or export the whole front
 #: (``repnas export`` writes ``trial_<n>.yaml`` and the trained ``trial_<n>.pt`` for each front
@@ -33,10 +33,7 @@ def trial_commands(run_path: Path | str | None, trial: int) -> dict[str, str]:
 def front_table(run: Run, objectives: Objectives | None = None, budget: float | None = None) -> pd.DataFrame:
     """The run's Pareto front (best first objective first): trial, objectives, cost, knobs, commands."""
     objectives = list(objectives or run.objectives)
-    trials = run.trials
-    front = trials[pareto_mask(trials, objectives, budget)]
-    first = objectives[0]
-    front = front.sort_values(first["name"], ascending=first["direction"] != "maximize", kind="stable")
+    front = pareto_front(run.trials, objectives, budget)
     metrics = [c for c in ("val_accuracy", "test_accuracy", "params", "physical_params", "flops",
                            "train_seconds") if c in front.columns]
     names = list(dict.fromkeys([o["name"] for o in objectives] + metrics))

@@ -26,13 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repnas.analysis import write_images, write_report
+    from repnas.analysis import load_inputs, write_images, write_report
 
+    # load once for both outputs (a study read through Optuna or Ray is the slow part)
+    runs, baselines = load_inputs(args.runs, args.baselines)
     if args.images:  # first, so that a missing kaleido fails before anything is written
-        images = write_images(args.runs, args.images, baselines=args.baselines)
+        images = write_images(runs, args.images, baselines=baselines)
         if not args.quiet:
             print(f"wrote {len(images)} images to {args.images}")
-    out = write_report(args.runs, out=args.out, baselines=args.baselines, title=args.title)
+    out = write_report(runs, out=args.out, baselines=baselines, title=args.title)
     if not args.quiet:
         print(f"wrote {out}")
     return 0

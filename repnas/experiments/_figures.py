@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from repnas.experiments._frontier import HANDMADE_COLUMNS
+
 __all__ = ["accuracy_vs_params", "front_vs_handmade", "write_figure"]
 
 
@@ -36,8 +38,7 @@ def front_vs_handmade(trials: pd.DataFrame, front: pd.DataFrame, handmade: pd.Da
     import plotly.graph_objects as go
 
     acc = f"{accuracy}_pct"
-    mean_col, std_col = {"test_accuracy": ("test_acc_mean", "test_acc_std"),
-                         "val_accuracy": ("val_acc_mean", "val_acc_std")}[accuracy]
+    mean_col, std_col = HANDMADE_COLUMNS[accuracy]
     points = pd.concat([
         trials.assign(kind="search trial", label=trials["trial"].astype(str), std=0.0),
         front.assign(kind="search front", label=front["trial"].astype(str), std=0.0),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repnas._io import atomic_write_text
 from repnas.errors import UserError
 from repnas.experiments._config import Experiment, ModelEntry
 
@@ -175,7 +175,7 @@ def run_experiment(
             "val_curve": [round(float(h["val_accuracy"]), 5) for h in result.history],
             "config": _portable(cfg.to_dict()),
         }
-        _atomic_write(run_path(out, entry, seed), json.dumps(record, indent=1) + "\n")
+        atomic_write_text(run_path(out, entry, seed), json.dumps(record, indent=1) + "\n")
         outcome.trained.append((entry.name, seed))
         longest[entry.name] = max(longest.get(entry.name, 0.0), wall)
         this_call = max(this_call, wall)
@@ -204,7 +204,4 @@ def _torch_version() -> str:
     return f"torch {torch.__version__}" + (f" cuda {torch.version.cuda}" if torch.version.cuda else "")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+

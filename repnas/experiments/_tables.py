@@ -8,7 +8,6 @@ Markdown is written by hand (``DataFrame.to_markdown`` needs the optional ``tabu
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from repnas.experiments._config import Experiment
+from repnas.experiments._runner import read_run
 
 __all__ = ["compare_table", "load_runs", "markdown_table", "relative_gain", "relative_gain_table", "summarize",
            "write_tables"]
@@ -30,9 +30,8 @@ def load_runs(out_dir: str | Path) -> pd.DataFrame:
     """One row per finished run found in ``<out_dir>/runs/*.json``."""
     rows = []
     for path in sorted((Path(out_dir) / "runs").glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        record = read_run(path)
+        if record is None:
             continue
         rows.append({c: record.get(c) for c in RUN_COLUMNS})
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
@@ -81,13 +80,13 @@ def _paired(runs: pd.DataFrame, names: Sequence[str], accuracy: str) -> pd.DataF
 def compare_table(runs: pd.DataFrame, pairs: Sequence[dict[str, str]], accuracy: str = "test_accuracy") -> pd.DataFrame:
     """For each ``{a, b, claim}``: acc(a) - acc(b), mean ± std over the seeds both have, params ratio."""
     rows = []
+    params = runs.groupby("model")["params"].first()
     for pair in pairs:
         a, b = pair["a"], pair["b"]
         paired = _paired(runs, [a, b], accuracy)
         if paired.empty:
             continue
         diff = paired[a] - paired[b]
-        params = runs.groupby("model")["params"].first()
         rows.append({
             "claim": pair.get("claim", ""),
             "a": a,

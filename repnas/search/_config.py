@@ -155,8 +155,8 @@ class RunConfig:
         data = self.to_dict()
         for key, value in changes.items():
             section, _, name = key.rpartition(".")
-            target = data[section] if section else data
-            if section and name not in target:
+            target = data.get(section) if section else data
+            if section and (not isinstance(target, dict) or name not in target):
                 raise UserError(f"unknown key {key!r}")
             target[name] = value
         return RunConfig.from_dict(data)
@@ -186,7 +186,7 @@ class RunConfig:
              f"dataset.image_size must be >= 1, got {d.image_size}"),
             (bool(d.name), "dataset.name must not be empty"),
             (re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None,
-             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
+             f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -220,9 +220,9 @@ def _model_config(model: Any) -> dict[str, Any]:
         raise UserError(f"model.{name_key}: expected a model name, got {model[name_key]!r}")
     if "plan" in model and name_key == "family":
         raise UserError("model.plan goes with model.base, not model.family (a family has its own plan)")
-    out = {name_key: model[name_key], "kwargs": dict(model.get("kwargs") or {})}
     if not isinstance(model.get("kwargs") or {}, dict):
         raise UserError(f"model.kwargs: expected a mapping, got {type(model['kwargs']).__name__}")
+    out = {name_key: model[name_key], "kwargs": dict(model.get("kwargs") or {})}
     if "plan" in model:
         if model["plan"] is not None and not isinstance(model["plan"], dict):
             raise UserError(f"model.plan: expected a mapping, got {type(model['plan']).__name__}")

@@ -30,6 +30,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -41,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from repnas._io import atomic_path
 from repnas.errors import UserError
 
 __all__ = ["DataSplits", "Split", "list_datasets", "load_dataset"]
@@ -135,9 +137,10 @@ def load_dataset(
     elif key == "rotmnist":
         raw = _load_rotmnist(root, download)
     elif key.startswith("imagefolder:"):
-        path = Path(name.split(":", 1)[1]).expanduser()
-        if not name.split(":", 1)[1]:
+        location = name.split(":", 1)[1]
+        if not location:
             raise UserError("imagefolder needs a path: imagefolder:PATH (a folder or a .tar.gz)")
+        path = Path(location).expanduser()
         raw = _load_imagefolder(path, f"imagefolder-{path.name}")
     else:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
@@ -382,7 +385,7 @@ def _decode_imagefolder(files: list[tuple[str, bytes]], where: str) -> tuple:
 
     # Pillow releases the GIL while decoding, so threads give a real speed-up here.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(decode, files, chunksize=256))
+        images = list(pool.map(decode, files))
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise UserError(f"{where}: images have different sizes {sorted(shapes)[:3]}; resize them first")
@@ -401,8 +404,6 @@ def _decode_imagefolder(files: list[tuple[str, bytes]], where: str) -> tuple:
 
 def _natural_key(name: str) -> list:
     """'train/3/10.png' after 'train/3/9.png': numbers compare as numbers."""
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
@@ -454,13 +455,12 @@ def _cache_save(name: str, key: str, raw: _Raw | tuple) -> None:
     directory = _cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{name}-{key}.{os.getpid()}.tmp.npz"
-        np.savez(
-            tmp,
-            train_x=np.asarray(train_x), train_y=np.asarray(train_y),
-            test_x=np.asarray(test_x), test_y=np.asarray(test_y),
-            classes=np.array(classes, dtype=str), source=np.array(source),
-        )
-        os.replace(tmp, directory / f"{name}-{key}.npz")
+        with atomic_path(directory / f"{name}-{key}.npz") as tmp:
+            np.savez(
+                tmp,
+                train_x=np.asarray(train_x), train_y=np.asarray(train_y),
+                test_x=np.asarray(test_x), test_y=np.asarray(test_y),
+                classes=np.array(classes, dtype=str), source=np.array(source),
+            )
     except OSError:
         pass

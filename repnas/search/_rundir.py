@@ -20,13 +20,13 @@ import contextlib
 import fcntl
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from repnas._io import atomic_path, atomic_write_text
 from repnas.errors import UserError
 
 #: objective name -> Optuna direction. Validation accuracy is what the search maximises (test
@@ -97,7 +97,7 @@ class SearchConfig:
         return cls(**data)
 
     def to_yaml(self, path: str | Path) -> None:
-        _atomic_write(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchConfig:
@@ -166,9 +166,8 @@ class RunDir:
 
     def write_trials(self, frame) -> None:
         """Write ``trials.parquet`` atomically (write a temporary file, then rename)."""
-        tmp = self.root / f".trials.{os.getpid()}.parquet"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, self.trials_parquet)
+        with atomic_path(self.trials_parquet) as tmp:
+            frame.to_parquet(tmp, index=False)
 
 
 def trial_status(trial) -> str:
@@ -233,7 +232,4 @@ def _float(value: Any) -> float:
         return math.nan
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repnas._io import atomic_path, atomic_write_text
 from repnas.errors import UserError
 from repnas.search._augment import AugmentSpec, augment, normalize
 from repnas.search._config import RunConfig
@@ -73,6 +74,8 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+    if device.startswith("cuda:") and device[5:].isdigit() and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     if device == "mps" and not torch.backends.mps.is_available():
         raise UserError("device 'mps' requested but MPS is not available")
     return torch.device(device)
@@ -136,10 +139,10 @@ def _train(
     accounting = _describe(model, input_shape)
 
     out = Path(out_dir) if out_dir is not None else None
-    state = _load_checkpoint(out, cfg) if (resume and out is not None) else None
+    state = _load_checkpoint(out, cfg, device) if (resume and out is not None) else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / _CONFIG, cfg.to_yaml())
+        atomic_write_text(out / _CONFIG, cfg.to_yaml())
 
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -147,6 +150,7 @@ def _train(
     else:
         model = model.to(device)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
+    val = Split(data.val.x.to(device), data.val.y.to(device))  # evaluated every epoch: copy it once
     mean = torch.tensor(data.mean, device=device)
     std = torch.tensor(data.std, device=device)
     spec = _augment_spec(recipe, data)
@@ -220,7 +224,7 @@ def _train(
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch + 1} (loss is not finite); lower recipe.lr"
                 )
-            val_loss, val_acc = evaluate(model, data.val, mean, std)
+            val_loss, val_acc = evaluate(model, val, mean, std)
             metrics = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -264,7 +268,7 @@ def _train(
         "device": str(device),
     }
     if out is not None:
-        _atomic_write_text(out / _METRICS, json.dumps({**metrics, "history": history}, indent=2) + "\n")
+        atomic_write_text(out / _METRICS, json.dumps({**metrics, "history": history}, indent=2) + "\n")
     return TrainResult(metrics=metrics, history=history, model=model)
 
 
@@ -382,12 +386,6 @@ def _lr_lambda(schedule: str, warmup: float, total: int) -> Callable[[int], floa
     return factor
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(out: Path, cfg: RunConfig, model, optimizer, scheduler, generator, history, epoch, step,
                      train_seconds, images_seen) -> None:
     state = {
@@ -403,12 +401,11 @@ def _save_checkpoint(out: Path, cfg: RunConfig, model, optimizer, scheduler, gen
         "train_seconds": train_seconds,
         "images_seen": images_seen,
     }
-    tmp = out / f".{_CHECKPOINT}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / _CHECKPOINT)
+    with atomic_path(out / _CHECKPOINT) as tmp:
+        torch.save(state, tmp)
 
 
-def _load_checkpoint(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
+def _load_checkpoint(out: Path, cfg: RunConfig, device: torch.device) -> dict[str, Any] | None:
     path = out / _CHECKPOINT
     if not path.is_file():
         return None
@@ -421,4 +418,7 @@ def _load_checkpoint(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
     now.pop("device", None)
     if saved != now:
         raise UserError(f"cannot resume: {path} was written by a different config")
+    # the device may change between runs, but a CPU generator's state does not fit a CUDA one
+    if state["generator"].numel() != torch.Generator(device=device).get_state().numel():
+        raise UserError(f"cannot resume: {path} was written on another device type than {device.type}")
     return state
