@@ -179,3 +179,23 @@ def test_early_stopping_search_records_pruned_trials(tmp_path):
     search = SearchConfig.from_yaml(out / "search.yaml")
     study = optuna.load_study(study_name=search.study, storage=search.storage)
     assert {t.number for t in study.trials if t.state.name == "PRUNED"} == set(pruned["trial"])
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda", "expected"),
+    [("auto", False, "cpu"), ("auto", True, "cuda"), ("cpu", True, "cpu"), ("cuda:1", True, "cuda"),
+     ("cuda", False, "cuda")],
+)
+def test_ray_trials_use_the_gpu_ray_assigned(device, cuda, expected):
+    """Inside a Tune trial only the assigned GPU is visible, so cuda:N maps to cuda."""
+    from repnas.search._ray_driver import trial_device
+
+    assert trial_device(device, cuda) == expected
+
+
+def test_ray_gpu_request_follows_the_cluster_not_the_driver():
+    from repnas.search._ray_driver import trial_gpus
+
+    assert trial_gpus("auto", 0.25, cluster_gpus=8.0) == 0.25  # a CPU-only driver, GPU workers
+    assert trial_gpus("auto", 0.25, cluster_gpus=0.0) == 0.0
+    assert trial_gpus("cpu", 0.25, cluster_gpus=8.0) == 0.0

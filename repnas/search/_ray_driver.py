@@ -44,6 +44,22 @@ def _trial_number(run: RunDir) -> int:
         return int(numbers[trial_id])
 
 
+def trial_device(device: str, cuda_available: bool) -> str:
+    """The device inside a Tune trial. Ray shows a trial only the GPU share it assigned (through
+    CUDA_VISIBLE_DEVICES), so any ``cuda``/``cuda:N`` of the search means that trial's ``cuda``."""
+    if device == "cpu" or (device == "auto" and not cuda_available):
+        return "cpu"
+    if device == "auto" or device.startswith("cuda"):
+        return "cuda"  # without a GPU the trainer reports the problem and the trial is recorded failed
+    return device
+
+
+def trial_gpus(device: str, gpus_per_trial: float, cluster_gpus: float) -> float:
+    """The GPU share each trial asks Ray for: ``--gpus-per-trial`` where the cluster (not only the
+    driver's machine, which may have none) has GPUs and the search may use them."""
+    return gpus_per_trial if device != "cpu" and cluster_gpus > 0 else 0.0
+
+
 def _trainable(point: dict[str, Any], search_dict: dict, root: str) -> None:
     """One Tune trial: run_trial on the point, then one report of the whole row."""
     import json
@@ -57,8 +73,7 @@ def _trainable(point: dict[str, Any], search_dict: dict, root: str) -> None:
     search = SearchConfig.from_dict(search_dict)
     run = RunDir(root)
     number = _trial_number(run)
-    device = "cuda" if torch.cuda.is_available() and search.device in ("auto", "cuda") else (
-        "cpu" if search.device == "auto" else search.device)
+    device = trial_device(search.device, torch.cuda.is_available())
     if device == "cpu":
         torch.set_num_threads(1)
     row = run_trial(search, dict(point), run.trial_dir(number), device=device)
@@ -80,7 +95,6 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         from ray.tune.search.optuna import OptunaSearch
     except ImportError as exc:  # pragma: no cover - ray is a dependency, but keep the message clear
         raise UserError(f"--backend ray needs ray[tune] ({exc})") from None
-    import torch
 
     from repnas.search._optuna_driver import (
         check_storage,
@@ -111,7 +125,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         study_name=search.study,
         storage=open_storage(search.storage),
     )
-    gpu = search.gpus_per_trial if torch.cuda.is_available() and search.device != "cpu" else 0
+    gpu = trial_gpus(search.device, search.gpus_per_trial, ray.cluster_resources().get("GPU", 0.0))
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, search_dict=search.to_dict(), root=str(run.root.resolve())),
         {"cpu": 1, "gpu": gpu})
