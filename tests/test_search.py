@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from repnas.cli import main
-from repnas.search._export import nondominated
+from repnas.search._front import nondominated
 from repnas.search._rundir import TRIAL_COLUMNS, SearchConfig
 from repnas.search._runner import run_trial
 from repnas.spaces import load_space
@@ -129,15 +129,15 @@ def test_two_workers_share_a_journal_storage(tmp_path):
     assert len(study.trials) == 4
 
 
-def test_ray_backend_writes_the_same_run_directory(tmp_path):
+def test_ray_backend_writes_the_same_run_directory(tmp_path, capsys):
     pytest.importorskip("ray.tune")
+    import ray
+
     out = tmp_path / "ray"
     try:
         code = main(["search", "--space", "quick", "--trials", "2", "--epochs", "1", "--backend", "ray",
                      "--out", str(out), "--quiet", "--device", "cpu"])
     finally:
-        import ray
-
         ray.shutdown()
     assert code == 0
     table = pd.read_parquet(out / "trials.parquet")
@@ -145,8 +145,51 @@ def test_ray_backend_writes_the_same_run_directory(tmp_path):
     assert (table["params"] <= 12_000).all()
     assert all((out / "trials" / str(n) / "checkpoint.pt").is_file() for n in table["trial"])
     search = SearchConfig.from_yaml(out / "search.yaml")
+    assert search.workers == 0  # no --workers: Ray runs as many trials at once as resources allow
     study = optuna.load_study(study_name=search.study, storage=search.storage)
     assert sorted(t.values[0] for t in study.trials) == sorted(table["val_accuracy"])
+    printed = capsys.readouterr().out
+    assert "2 complete, 0 failed" in printed
+    for test_accuracy in table["test_accuracy"]:  # the front shows test accuracy from trials.parquet
+        assert f"{test_accuracy:.4f}" in printed
+
+    # a resume may raise --trials: a second Tune experiment continues the same study
+    try:
+        assert main(["search", "--resume", "--out", str(out), "--trials", "3", "--quiet"]) == 0
+    finally:
+        ray.shutdown()
+    after = pd.read_parquet(out / "trials.parquet")
+    assert sorted(after["trial"]) == [0, 1, 2] and (after["status"] == "complete").all()
+    assert after[after["trial"] < 2].drop(columns="worker").equals(table.drop(columns="worker"))
+    study = optuna.load_study(study_name=search.study, storage=search.storage)
+    assert len(study.trials) == 3 and sorted(t.values[0] for t in study.trials) == sorted(after["val_accuracy"])
+    knobs = [c for c in after.columns if c.startswith("knob.")]
+    points = [tuple(row) for row in after[knobs].itertuples(index=False)]
+    assert points[2] not in points[:2], "the second experiment replayed a point of the first"
+
+
+def test_resumed_search_proposes_what_an_uninterrupted_one_would(tmp_path):
+    args = ["--epochs", "1", "--quiet", "--device", "cpu"]
+    assert main(["search", "--space", "quick", "--trials", "3", "--out", str(tmp_path / "a"), *args]) == 0
+    assert main(["search", "--resume", "--out", str(tmp_path / "a"), "--trials", "6", "--quiet"]) == 0
+    assert main(["search", "--space", "quick", "--trials", "6", "--out", str(tmp_path / "b"), *args]) == 0
+    resumed, straight = (pd.read_parquet(tmp_path / run / "trials.parquet") for run in "ab")
+    columns = ["trial", "val_accuracy", "params", *(c for c in resumed.columns if c.startswith("knob."))]
+    assert len(resumed) == 6 and resumed[columns].equals(straight[columns])
+
+
+def test_resume_without_sampler_state_does_not_replay_points(tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    assert main(["search", "--space", "quick", "--trials", "2", "--epochs", "1", "--out", str(out),
+                 "--quiet", "--device", "cpu"]) == 0
+    shutil.rmtree(out / "samplers")  # e.g. a run made before samplers were saved
+    assert main(["search", "--resume", "--out", str(out), "--trials", "3", "--quiet"]) == 0
+    table = pd.read_parquet(out / "trials.parquet")
+    knobs = [c for c in table.columns if c.startswith("knob.")]
+    points = [tuple(row) for row in table[knobs].itertuples(index=False)]
+    assert len(points) == 3 and points[2] not in points[:2]
 
 
 def test_successive_halving_compares_only_peers_of_similar_cost():

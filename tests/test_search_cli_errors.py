@@ -69,6 +69,26 @@ def test_existing_run_directory_is_untouched(existing, capsys):
     assert _snapshot(existing) == before
 
 
+def test_resume_compares_a_space_file_by_what_it_defines(existing, tmp_path, capsys):
+    import yaml
+
+    from repnas.spaces import load_space
+
+    before = _snapshot(existing)
+    changed = load_space("quick").to_dict()
+    changed["knobs"]["rank"] = {"choices": [1, 2, 3]}
+    (tmp_path / "quick.yaml").write_text(yaml.safe_dump(changed))  # same name, other knobs
+    _fails(capsys, ["search", "--resume", "--out", str(existing), "--space", str(tmp_path / "quick.yaml")],
+           "differs from the run's space 'quick'")
+    assert _snapshot(existing) == before
+    (tmp_path / "same.yaml").write_text(yaml.safe_dump(load_space("quick").to_dict()))
+    assert main(["search", "--resume", "--out", str(existing), "--space", str(tmp_path / "same.yaml"),
+                 "--data-dir", str(tmp_path / "data"), "--quiet"]) == 0
+    from repnas.search._rundir import SearchConfig
+
+    assert SearchConfig.from_yaml(existing / "search.yaml").data_dir == str(tmp_path / "data")
+
+
 def test_storage_holding_another_study(existing, tmp_path, capsys):
     before = _snapshot(existing)
     storage = f"sqlite:///{existing / 'study.db'}"

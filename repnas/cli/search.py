@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "path (default: the run directory's study.db, or journal.log with --workers > 1)")
     p.add_argument("--study", help="study name (default: the run directory's name)")
     p.add_argument("--out", help="run directory (default runs/<space>)")
-    p.add_argument("--workers", type=int, help="worker processes sharing the study (default 1)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the study (default 1); with "
+                   "--backend ray, the most trials at once (default: as many as CPUs/GPUs allow)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share of one trial, e.g. 0.25 packs 4 on a GPU")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial (default 0)")
@@ -64,13 +65,14 @@ def build_search_config(args: argparse.Namespace):
         raise UserError(f"budget {budget:,} is below the smallest candidate of space {space.name!r} on "
                         f"{dataset} ({minimum:,} params); use --budget {minimum:,} or more")
     out = Path(args.out or Path("runs") / space.name)
-    workers = args.workers or 1
+    backend = args.backend or "optuna"
+    workers = args.workers or (0 if backend == "ray" else 1)  # 0: Ray packs trials by resources
     return SearchConfig(
         space=space.to_dict(), space_name=space.name, dataset=dataset, budget=budget, trials=trials,
         epochs=args.epochs or space.epochs, seed=args.seed or 0,
         objectives=parse_objectives(args.objectives or ",".join(DEFAULT_OBJECTIVES)),
         sampler=args.sampler or "nsga2", population_size=default_population(trials),
-        backend=args.backend or "optuna",
+        backend=backend,
         storage=args.storage or RunDir(out).default_storage(workers), study=args.study or out.name,
         workers=workers, gpus_per_trial=args.gpus_per_trial or 1.0, early_stop=args.early_stop or "none",
         device=args.device or "auto", data_dir=args.data_dir,
@@ -87,7 +89,13 @@ def resume_search_config(args: argparse.Namespace):
     if not run.search_yaml.is_file():
         raise UserError(f"cannot resume: {run.search_yaml} not found")
     search = SearchConfig.from_yaml(run.search_yaml)
-    fixed = {"space": (args.space, search.space_name), "dataset": (args.dataset, search.dataset),
+    if args.space is not None:  # a built-in name or a YAML path: compare what it defines
+        from repnas.spaces import load_space
+
+        if load_space(args.space).to_dict() != search.space:
+            raise UserError(f"--space {args.space} differs from the run's space {search.space_name!r}; "
+                            "a resumed search keeps its config")
+    fixed = {"dataset": (args.dataset, search.dataset),
              "study": (args.study, search.study), "storage": (args.storage, search.storage),
              "seed": (args.seed, search.seed), "epochs": (args.epochs, search.epochs),
              "sampler": (args.sampler, search.sampler)}
@@ -105,10 +113,12 @@ def resume_search_config(args: argparse.Namespace):
                         f"{','.join(search.objective_names)}; a resumed search keeps its config")
     _check_counts(args.trials if args.trials is not None else search.trials, None, args.workers,
                   args.gpus_per_trial)
-    for name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend"):
+    for name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir"):
         value = getattr(args, name)
         if value is not None:
             setattr(search, name, value)
+    if search.backend == "optuna" and search.workers == 0:  # a Ray search resumed by the Optuna driver
+        search.workers = 1
     return search, Path(args.out)
 
 
@@ -138,17 +148,15 @@ def run(args: argparse.Namespace) -> int:
     if search.backend == "ray":
         from repnas.search._ray_driver import run_ray_search
 
-        front = run_ray_search(search, out, resume=args.resume, progress=progress, address=args.ray_address)
-        print(front)
+        run_ray_search(search, out, resume=args.resume, progress=progress, address=args.ray_address)
     else:
-        from repnas.search._optuna_driver import front_table, progress_counts, run_optuna_search
+        from repnas.search._optuna_driver import run_optuna_search
 
-        study = run_optuna_search(search, out, resume=args.resume, progress=progress)
-        counts = progress_counts(study)
-        print(f"\n{counts['complete']} complete, {counts['failed']} failed, "
-              f"{counts['infeasible']} infeasible, "
-              f"{counts['pruned']} pruned in {time.time() - started:.0f}s; Pareto front "
-              f"({', '.join(search.objective_names)}):")
-        print(front_table(study, search))
+        run_optuna_search(search, out, resume=args.resume, progress=progress)
+    import pandas as pd
+
+    from repnas.search._front import summary_text
+
+    print("\n" + summary_text(pd.read_parquet(RunDir(out).trials_parquet), search, time.time() - started))
     print(f"run directory: {out}")
     return 0

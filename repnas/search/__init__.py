@@ -4,7 +4,8 @@ from repnas.search._config import RunConfig
 from repnas.search._data import DataSplits, list_datasets, load_dataset
 from repnas.search._early_stop import SuccessiveHalving
 from repnas.search._export import export_trials
-from repnas.search._optuna_driver import front_table, run_optuna_search
+from repnas.search._front import front_rows, front_text
+from repnas.search._optuna_driver import run_optuna_search
 from repnas.search._rundir import OBJECTIVES, RunDir, SearchConfig, trials_frame
 from repnas.search._runner import run_trial
 from repnas.search._trainer import TrainResult, train
@@ -18,7 +19,8 @@ __all__ = [
     "SuccessiveHalving",
     "TrainResult",
     "export_trials",
-    "front_table",
+    "front_rows",
+    "front_text",
     "list_datasets",
     "load_dataset",
     "run_optuna_search",

@@ -6,7 +6,7 @@ and, where the trial left a checkpoint, ``DIR/trial_<n>.pt`` is the *materialize
 into the base model without repnas's repetition machinery). ``DIR/exported.yaml`` lists what was
 exported with the trial's metrics.
 
-The Pareto front is computed here from ``trials.parquet`` with a few lines of numpy (search must not
+The Pareto front is :func:`~repnas.search._front.front_rows` of ``trials.parquet`` (search does not
 import analysis); for an Optuna run it is the same set as ``study.best_trials``.
 """
 
@@ -17,22 +17,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from repnas.errors import UserError
+from repnas.search._front import front_rows
 from repnas.search._rundir import RunDir, SearchConfig
-
-
-def nondominated(values: np.ndarray) -> np.ndarray:
-    """Mask of the rows of ``values`` (to minimise) that no other row dominates."""
-    n = len(values)
-    keep = np.ones(n, dtype=bool)
-    for i in range(n):
-        others = np.delete(values, i, axis=0)
-        dominated = np.all(others <= values[i], axis=1) & np.any(others < values[i], axis=1)
-        keep[i] = not dominated.any()
-    return keep
 
 
 def load_run_trials(run_dir: str | Path):
@@ -48,13 +37,9 @@ def load_run_trials(run_dir: str | Path):
 def choose_trials(search: SearchConfig, trials, pareto: bool = False, top: int | None = None) -> list[int]:
     """Trial numbers of the Pareto front (best validation accuracy first) or of the top K by
     validation accuracy; trials with the same run config as an earlier chosen one are skipped."""
-    complete = trials[trials["status"] == "complete"].copy()
+    complete = front_rows(trials, search) if pareto else trials[trials["status"] == "complete"]
     if complete.empty:
         raise UserError("the run has no completed trials to export")
-    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in search.directions])
-    values = complete[search.objective_names].to_numpy(dtype=float) * signs
-    if pareto:
-        complete = complete[nondominated(values)]
     complete = complete.sort_values(["val_accuracy", "params", "trial"], ascending=[False, True, True])
     chosen, seen = [], set()
     for _, row in complete.iterrows():

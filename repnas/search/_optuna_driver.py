@@ -18,11 +18,13 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import pickle
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from repnas._io import atomic_path
 from repnas.errors import UserError
 from repnas.search._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
 
@@ -93,12 +95,14 @@ def check_storage(search: SearchConfig, resume: bool) -> None:
         raise UserError(f"cannot resume: no study {search.study!r} in {search.storage}")
 
 
-def open_study(search: SearchConfig, worker: int = 0, create: bool = False):
-    """Create (``create=True``) or load the study of ``search``, with worker ``worker``'s sampler."""
+def open_study(search: SearchConfig, worker: int = 0, create: bool = False, sampler=None):
+    """Create (``create=True``) or load the study of ``search``, with worker ``worker``'s sampler
+    (``sampler``, else a new one seeded ``seed + worker``)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = make_sampler(search.sampler, search.seed + worker, search_population(search))
+    if sampler is None:
+        sampler = make_sampler(search.sampler, search.seed + worker, search_population(search))
     storage = open_storage(search.storage)
     if create:
         study = optuna.create_study(storage=storage, study_name=search.study, directions=search.directions,
@@ -117,6 +121,43 @@ def open_study(search: SearchConfig, worker: int = 0, create: bool = False):
 
 def search_population(search: SearchConfig) -> int:
     return search.population_size or default_population(search.trials)
+
+
+# --------------------------------------------------------------------- sampler state across resumes
+def save_sampler(run: RunDir, worker: int, sampler) -> None:
+    """Pickle worker ``worker``'s sampler after each ask. Optuna's storage keeps trials, not sampler
+    state (its RNG, NSGA-II's generation bookkeeping); Optuna's recipe for a reproducible resume is
+    to pickle the sampler and pass it back (tutorial "Saving/Resuming Study with RDB Backend")."""
+    (run.root / "samplers").mkdir(exist_ok=True)
+    with atomic_path(run.root / "samplers" / f"worker{worker}.pkl") as tmp, open(tmp, "wb") as handle:
+        pickle.dump(sampler, handle)
+
+
+def resumed_sampler(search: SearchConfig, run: RunDir, worker: int, trials_so_far: int):
+    """Worker ``worker``'s sampler for a study that already has trials: its pickle, so a resumed
+    search proposes what the uninterrupted one would have; without a readable pickle (an older
+    run, a new worker), a fresh sampler on a seed drawn from (seed, worker, trials so far), so it
+    does not replay the points the first ``seed + worker`` sampler proposed."""
+    path = run.root / "samplers" / f"worker{worker}.pkl"
+    try:
+        with open(path, "rb") as handle:
+            sampler = pickle.load(handle)
+        if type(sampler) is type(make_sampler(search.sampler, 0, search_population(search))):
+            return sampler
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        pass
+    return make_sampler(search.sampler, continuation_seed(search.seed, worker, trials_so_far),
+                        search_population(search))
+
+
+def continuation_seed(seed: int, worker: int, trials_so_far: int) -> int:
+    """The seed of a sampler that joins a study with ``trials_so_far`` trials: ``seed + worker`` for
+    an empty study (a new search), else a fresh deterministic seed."""
+    import numpy as np
+
+    if trials_so_far == 0:
+        return seed + worker
+    return int(np.random.SeedSequence([seed, worker, trials_so_far]).generate_state(1)[0])
 
 
 def recover_interrupted(study) -> list[int]:
@@ -191,8 +232,9 @@ def worker_devices(device: str, workers: int, gpus_per_trial: float) -> list[str
 
 # --------------------------------------------------------------------- the worker loop
 def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str,
-                progress: bool = True) -> None:
-    """Ask, train, tell until the study holds ``search.trials`` counted trials."""
+                progress: bool = True, resume: bool = False) -> None:
+    """Ask, train, tell until the study holds ``search.trials`` counted trials (``resume``: go on
+    with the sampler this worker pickled, :func:`resumed_sampler`)."""
     import torch
 
     from repnas.search._early_stop import make_rule
@@ -205,6 +247,8 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     distributions = space.distributions()
     knob_names = list(distributions)
     study = open_study(search, worker)
+    if resume:
+        study.sampler = resumed_sampler(search, run, worker, len(study.get_trials(deepcopy=False)))
     data = _load_data(search)
     name = f"w{worker}:{device}"
     while True:
@@ -213,6 +257,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
                 break
             trial = study.ask(fixed_distributions=distributions)
             trial.set_user_attr("worker", name)
+            save_sampler(run, worker, study.sampler)
         point = {k: trial.params[k] for k in knob_names}
         rule = make_rule(search, study, trial.number)
         row = run_trial(search, point, run.trial_dir(trial.number), rule, device=device, data=data,
@@ -320,11 +365,11 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
         context = multiprocessing.get_context("spawn")
         for k in range(1, search.workers):
             p = context.Process(target=_worker_main,
-                                args=(search.to_dict(), str(run.root), k, devices[k], progress))
+                                args=(search.to_dict(), str(run.root), k, devices[k], progress, resume))
             p.start()
             processes.append(p)
     try:
-        worker_loop(search, run.root, 0, devices[0], progress)
+        worker_loop(search, run.root, 0, devices[0], progress, resume)
     finally:
         for p in processes:
             p.join()
@@ -336,34 +381,5 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
     return study
 
 
-def _worker_main(search_dict: dict, root: str, worker: int, device: str, progress: bool) -> None:
-    worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress)
-
-
-def front_table(study, search: SearchConfig) -> str:
-    """The Pareto front (``study.best_trials``) as a text table, best validation accuracy first."""
-    trials = list(study.best_trials)
-    if not trials:
-        return "no completed trials: the front is empty"
-    names = search.objective_names
-    knob_names = list(search.search_space().knobs)
-    if "val_accuracy" in names:
-        key = names.index("val_accuracy")
-        trials.sort(key=lambda t: -t.values[key])
-    else:
-        trials.sort(key=lambda t: t.values[0])
-    header = ["trial", *names, "test_accuracy", *knob_names]
-    rows = []
-    for t in trials:
-        cells = [str(t.number)]
-        for name, value in zip(names, t.values, strict=True):
-            cells.append(f"{value:.4f}" if "accuracy" in name else f"{int(value):,}"
-                         if float(value).is_integer() else f"{value:.3g}")
-        test = t.user_attrs.get("test_accuracy")
-        cells.append(f"{test:.4f}" if isinstance(test, float) else "-")
-        cells += [str(t.params.get(k)) for k in knob_names]
-        rows.append(cells)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
+def _worker_main(search_dict: dict, root: str, worker: int, device: str, progress: bool, resume: bool) -> None:
+    worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress, resume)
