@@ -203,3 +203,23 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
                  "--out", str(tmp_path / "x")]) == 2
     assert "no model 'nope'" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_several_configs_share_one_time_limit(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # --smoke writes to runs/experiments-smoke/<name>
+    configs = [str(EXPERIMENTS / "c2_wrn_width.yaml"), str(EXPERIMENTS / "c1c2_vgg_depth.yaml")]
+    smoke = tmp_path / "runs" / "experiments-smoke"
+    # no time left: the first experiment still makes progress (one run), the second starts nothing
+    code, text = _run(capsys, *configs, "--smoke", "--time-limit", "0")
+    assert code == 0, text
+    assert len(list((smoke / "c2_wrn_width" / "runs").glob("*.json"))) == 1
+    assert not list(smoke.glob("c1c2_vgg_depth/runs/*.json"))
+    assert "run the same command again" in text
+    # time enough: both finish, and the first one's finished run is skipped, not redone
+    code, text = _run(capsys, *configs, "--smoke", "--time-limit", "600")
+    assert code == 0, text
+    for name in ("c2_wrn_width", "c1c2_vgg_depth"):
+        exp = load_experiment(EXPERIMENTS / f"{name}.yaml", smoke=True)
+        assert len(list((smoke / name / "runs").glob("*.json"))) == len(exp.models) * len(exp.seeds)
+    assert main(["run", *configs, "--smoke", "--out", str(tmp_path / "x")]) == 2
+    assert "--out takes one experiment config" in capsys.readouterr().err

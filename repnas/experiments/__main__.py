@@ -5,6 +5,10 @@
     python -m repnas.experiments status experiments/c3_rotmnist.yaml   # done / pending runs
     python -m repnas.experiments tables experiments/c3_rotmnist.yaml   # tables + figure only
 
+Several configs run one after the other, in the order given, sharing one ``--time-limit`` (what a
+lent GPU's 10-minute command wants: ``run A.yaml B.yaml --time-limit 480`` finishes what it can of
+A, then spends what is left on B).
+
 Default output: ``results/<name>/`` (``runs/experiments-smoke/<name>/`` with ``--smoke``, which is
 git-ignored). Bad input prints one ``repnas: error: ...`` line and exits with 2.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from repnas.cli import OneLineErrorParser, run_command
@@ -36,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("status", "list finished and pending runs (trains nothing)"),
                        ("tables", "rebuild tables and figure from the finished runs")):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("config", help="experiment YAML, e.g. experiments/c1c2_vgg_depth.yaml")
+        p.add_argument("configs", nargs="+", metavar="config",
+                       help="experiment YAML(s), e.g. experiments/c1c2_vgg_depth.yaml")
         p.add_argument("--smoke", action="store_true", help="the config's tiny variant (CPU, seconds)")
         p.add_argument("--models", type=_csv, help="comma list: only these models (default: all)")
         p.add_argument("--seeds", type=_seeds, help="comma list: only these seeds (default: the config's)")
@@ -59,10 +65,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from repnas.errors import UserError
+
+    if len(args.configs) > 1 and args.out:
+        raise UserError("--out takes one experiment config; give several without --out")
+    start, code = time.perf_counter(), 0
+    for k, config in enumerate(args.configs):
+        left = None if args.time_limit is None else args.time_limit - (time.perf_counter() - start)
+        code = max(code, _one(args, config, left, start_one=k == 0))
+    return code
+
+
+def _one(args: argparse.Namespace, config: str, time_limit: float | None, start_one: bool) -> int:
+    """One experiment of the command: ``time_limit`` is what the command has left of its own."""
     from repnas.experiments._config import load_experiment
     from repnas.experiments._runner import run_experiment
 
-    exp = load_experiment(args.config, smoke=args.smoke)
+    exp = load_experiment(config, smoke=args.smoke)
     suffix = ""
     if args.dataset:
         exp.dataset["name"] = args.dataset
@@ -81,8 +100,8 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.command in ("run", "status"):
         outcome = run_experiment(exp, out, models=args.models, seeds=args.seeds, device=args.device,
-                                 time_limit=args.time_limit, dry_run=args.command == "status",
-                                 progress=not args.quiet)
+                                 time_limit=time_limit, dry_run=args.command == "status",
+                                 progress=not args.quiet, start_one=start_one)
         if args.command == "status":
             print(f"{exp.name} ({out}): {len(outcome.skipped)} done, {len(outcome.left)} pending")
             for name, seed in outcome.left:

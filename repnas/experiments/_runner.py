@@ -96,10 +96,14 @@ def run_experiment(
     dry_run: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    start_one: bool = True,
 ) -> RunOutcome:
     """Train the selected runs that have no result file yet; returns what was done.
 
-    ``device`` overrides the experiment's; ``dry_run`` only reports what would run.
+    ``device`` overrides the experiment's; ``dry_run`` only reports what would run. ``time_limit``
+    stops starting runs that would likely end after it; the first run starts regardless when
+    ``start_one`` (so a command always makes progress), not when this call only uses what an
+    earlier experiment of the same command left of the time.
     """
     from repnas.search import RunConfig, train
     from repnas.search._trainer import resolve_device
@@ -140,7 +144,7 @@ def run_experiment(
     for i, (entry, seed, config, key) in enumerate(pending):
         elapsed = time.perf_counter() - start
         estimate = longest.get(entry.name, this_call)
-        if time_limit is not None and i > 0 and elapsed + estimate > time_limit:
+        if time_limit is not None and (i > 0 or not start_one) and elapsed + estimate > time_limit:
             outcome.left = [(e.name, s) for e, s, _, _ in pending[i:]]
             log(f"time limit {time_limit:.0f} s: stopping with {len(outcome.left)} run(s) left; "
                 "run the same command again to continue")
