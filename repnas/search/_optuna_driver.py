@@ -95,14 +95,12 @@ def check_storage(search: SearchConfig, resume: bool) -> None:
         raise UserError(f"cannot resume: no study {search.study!r} in {search.storage}")
 
 
-def open_study(search: SearchConfig, worker: int = 0, create: bool = False, sampler=None):
-    """Create (``create=True``) or load the study of ``search``, with worker ``worker``'s sampler
-    (``sampler``, else a new one seeded ``seed + worker``)."""
+def open_study(search: SearchConfig, worker: int = 0, create: bool = False):
+    """Create (``create=True``) or load the study of ``search``, with worker ``worker``'s sampler."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if sampler is None:
-        sampler = make_sampler(search.sampler, search.seed + worker, search_population(search))
+    sampler = make_sampler(search.sampler, search.seed + worker, search_population(search))
     storage = open_storage(search.storage)
     if create:
         study = optuna.create_study(storage=storage, study_name=search.study, directions=search.directions,

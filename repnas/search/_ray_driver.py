@@ -116,8 +116,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     run.create()
     search.to_yaml(run.search_yaml)
     knobs = list(search.search_space().knobs)
-    if not resume:
-        open_study(search, create=True)  # metric names and the search config on the study
+    study = open_study(search, create=not resume)  # new: metric names and the search config on it
 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=progress, logging_level="ERROR")
@@ -135,15 +134,16 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     remaining = search.trials - len(rows)
     if remaining > 0:
         name = search.study if not experiments else f"{search.study}-{len(experiments) + 1}"
+        trials_so_far = len(study.get_trials(deepcopy=False))  # as the Optuna backend counts them
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=_searcher(search, len(rows)), num_samples=remaining,
+            tune_config=tune.TuneConfig(search_alg=_searcher(search, trials_so_far), num_samples=remaining,
                                         max_concurrent_trials=search.workers or None,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=str(storage_path), verbose=1 if progress else 0),
         )
         rows.update(_result_rows(run, tuner.fit(), knobs))
-    run.write_trials(rows_frame(list(rows.values()), knobs))
+        run.write_trials(rows_frame(list(rows.values()), knobs))
 
 
 def _experiments(storage_path: Path, study: str) -> list[Path]:
