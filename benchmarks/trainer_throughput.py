@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 
 def repnas_images_per_second(args, splits) -> float:
-    from repnas.search import RunConfig, train
-    from repnas.search._data import Split
+    from repnas.train import RunConfig, train
+    from repnas.train._data import Split
 
     config = RunConfig(
         model=args.model,
@@ -65,8 +65,8 @@ class _PilCifar(torch.utils.data.Dataset):
 def dataloader_images_per_second(args, splits, device: torch.device) -> float:
     import torchvision.transforms as T
 
-    from repnas.search._trainer import param_groups
     from repnas.spaces import create_model
+    from repnas.train._trainer import param_groups
 
     cuda = device.type == "cuda"
     transform = T.Compose([
@@ -122,8 +122,8 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
-    from repnas.search import load_dataset
-    from repnas.search._trainer import resolve_device
+    from repnas.train import load_dataset
+    from repnas.train._trainer import resolve_device
 
     device = resolve_device(args.device)
     args.device = str(device)

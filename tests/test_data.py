@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from repnas.errors import UserError
-from repnas.search import DataSplits, list_datasets, load_dataset
-from repnas.search import _data as data_module
-from repnas.search._augment import AugmentSpec, augment, random_crop, random_flip, rotate
+from repnas.train import DataSplits, list_datasets, load_dataset
+from repnas.train import _data as data_module
+from repnas.train._augment import AugmentSpec, augment, random_crop, random_flip, rotate
 
 
 @pytest.fixture(autouse=True)

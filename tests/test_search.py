@@ -81,7 +81,7 @@ def _search(tmp_path):
 
 
 def test_failed_trials_are_recorded_with_their_error(tmp_path, monkeypatch):
-    import repnas.search._trainer as trainer
+    import repnas.train._trainer as trainer
 
     search = _search(tmp_path)
     point = load_space("quick").sample(0)
@@ -104,7 +104,7 @@ def test_failed_trials_are_recorded_with_their_error(tmp_path, monkeypatch):
 
 
 def test_infeasible_points_never_train(tmp_path, monkeypatch):
-    import repnas.search._trainer as trainer
+    import repnas.train._trainer as trainer
 
     search = _search(tmp_path)
     search.budget = 50

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from repnas.cli import main
-from repnas.search import RunConfig
+from repnas.train import RunConfig
 
 SMALL_YAML = """\
 model: {family: vgg, kwargs: {cfg: [8, M, 16, M]}}

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from repnas.errors import UserError
-from repnas.search import RunConfig, TrainResult, train
-from repnas.search._trainer import _lr_lambda, param_groups
+from repnas.train import RunConfig, TrainResult, train
+from repnas.train._trainer import _lr_lambda, param_groups
 
 SMALL = {"family": "vgg", "kwargs": {"cfg": [16, "M", 32, "M", 64]}}  # 24k params, GAP head
 

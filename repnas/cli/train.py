@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repnas.search import RunConfig, train
+    from repnas.train import RunConfig, train
 
     source = Path(args.model)
     if source.suffix in (".yaml", ".yml") or source.is_file():

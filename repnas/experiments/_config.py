@@ -1,6 +1,6 @@
 """An experiment as a YAML file: which models, which data, which seeds, one shared recipe.
 
-An experiment trains every (model, seed) pair with the *same* :class:`~repnas.search.RunConfig`
+An experiment trains every (model, seed) pair with the *same* :class:`~repnas.train.RunConfig`
 recipe, so the only thing that differs between rows of its table is the model. The file::
 
     name: c1c2_vgg_depth
@@ -208,7 +208,7 @@ def _check(exp: Experiment) -> None:
             raise UserError("models: a train experiment needs at least one model")
         if not exp.seeds:
             raise UserError("seeds: at least one seed")
-        from repnas.search import RunConfig
+        from repnas.train import RunConfig
 
         RunConfig.from_dict(exp.run_config(exp.models[0], exp.seeds[0]))  # recipe/dataset typos fail here
     for pair in exp.compare:

@@ -52,7 +52,7 @@ def run_path(out_dir: str | Path, entry: ModelEntry, seed: int) -> Path:
 
 def fingerprint(run_config: dict[str, Any]) -> str:
     """Hash of what makes a result comparable: model, dataset (not its folder), recipe, seed."""
-    from repnas.search import RunConfig
+    from repnas.train import RunConfig
 
     normal = RunConfig.from_dict(run_config).to_dict()  # defaults filled in: omitted == explicit
     key = {"model": normal["model"], "recipe": normal["recipe"], "seed": normal["seed"],
@@ -105,8 +105,8 @@ def run_experiment(
     ``start_one`` (so a command always makes progress), not when this call only uses what an
     earlier experiment of the same command left of the time.
     """
-    from repnas.search import RunConfig, train
-    from repnas.search._trainer import resolve_device
+    from repnas.train import RunConfig, train
+    from repnas.train._trainer import resolve_device
 
     if exp.kind != "train":
         raise UserError(f"experiment {exp.name!r} is a {exp.kind} experiment: it trains nothing")

@@ -55,7 +55,7 @@ def choose_trials(search: SearchConfig, trials, pareto: bool = False, top: int |
 def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
                   top: int | None = None) -> list[dict]:
     """Write run configs (and materialized state dicts) of the chosen trials to ``out``."""
-    from repnas.search._config import RunConfig
+    from repnas.train._config import RunConfig
 
     if pareto == (top is not None):
         raise UserError("choose exactly one of --pareto or --top K")

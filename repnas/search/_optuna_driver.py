@@ -293,7 +293,7 @@ def _same_config(study, config: dict[str, Any]) -> dict[str, Any] | None:
 
 def _load_data(search: SearchConfig):
     """The worker's dataset, loaded once for all its trials (each trial would reload it otherwise)."""
-    from repnas.search._data import load_dataset
+    from repnas.train._data import load_dataset
 
     return load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed)
 

@@ -105,7 +105,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
             print(f"epoch {epoch}: {line}", file=log, flush=True)
             return bool(report(epoch, metrics)) if report is not None else False
 
-        from repnas.search._trainer import train
+        from repnas.train._trainer import train
 
         result = train(config, out_dir=trial_dir, callback=callback, progress=progress, data=data)
         metrics = dict(result)

@@ -1,7 +1,7 @@
 """Static shapes of the datasets that repnas knows by name.
 
 Only what a model needs to be built and counted (classes, channels, image size), so that
-``spaces`` (and ``repnas describe``) never import the data loaders in ``repnas.search``.
+``spaces`` (and ``repnas describe``) never import the data loaders in ``repnas.train``.
 """
 
 from __future__ import annotations

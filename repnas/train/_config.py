@@ -40,7 +40,7 @@ _MODEL_KEYS = ("family", "base", "kwargs", "plan")
 
 @dataclass
 class DatasetConfig:
-    """Which data: a name from :func:`~repnas.search.list_datasets`, where it lives, the val share.
+    """Which data: a name from :func:`~repnas.train.list_datasets`, where it lives, the val share.
 
     ``image_size`` (square side) resizes the images, for families that pool more than the data allows.
     """

@@ -38,9 +38,9 @@ from torch import nn
 
 from repnas._io import atomic_path, atomic_write_text
 from repnas.errors import UserError
-from repnas.search._augment import AugmentSpec, augment, normalize
-from repnas.search._config import RunConfig
-from repnas.search._data import DataSplits, Split, load_dataset
+from repnas.train._augment import AugmentSpec, augment, normalize
+from repnas.train._config import RunConfig
+from repnas.train._data import DataSplits, Split, load_dataset
 
 __all__ = ["TrainResult", "evaluate", "param_groups", "resolve_device", "train"]
 

@@ -288,7 +288,7 @@ def _load_rotmnist(root: Path, download: bool) -> _Raw:
 
 def _pad_rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """Pad 28x28 to 29x29 (zero row/column at the bottom/right), then rotate about the centre pixel."""
-    from repnas.search._augment import rotate
+    from repnas.train._augment import rotate
 
     x = torch.nn.functional.pad(x, (0, 1, 0, 1))
     out = [rotate(c.float(), a).round_().clamp_(0, 255).to(torch.uint8) for c, a in
