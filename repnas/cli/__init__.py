@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from repnas.errors import UserError
@@ -30,8 +31,18 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"repnas: error: {message}\n")
 
 
+def plain_text(docstring: str | None) -> str:
+    """A help text from a module docstring: its first paragraph, without reST's double backticks
+    (``--help`` is read in a terminal, not rendered)."""
+    first = (docstring or "").strip().split("\n\n")[0]
+    return re.sub(r"``(.*?)``", r"\1", " ".join(first.split()))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="repnas", description=__doc__.splitlines()[0])
+    from repnas import __version__
+
+    parser = OneLineErrorParser(prog="repnas", description=plain_text(__doc__))
+    parser.add_argument("--version", action="version", version=f"repnas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     for module_name in COMMANDS.values():
         try:

@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from repnas.cli import plain_text
 from repnas.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "describe", help="parameters, physical parameters, FLOPs and layers of a model",
-        description=__doc__.splitlines()[0])
+        description=plain_text(__doc__))
     parser.add_argument("model", nargs="?", help="model name, or a run-config YAML with a `model` key")
     parser.add_argument("--dataset", help="decides classes, channels and input size "
                         "(cifar10, cifar100, mnist, fashionmnist, rotmnist, digits; default: the "

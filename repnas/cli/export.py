@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 
+from repnas.cli import plain_text
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="write run configs of the Pareto front or the top K trials",
-                              description=__doc__.splitlines()[0])
+                              description=plain_text(__doc__))
     p.add_argument("run", help="a search run directory (runs/<name>)")
     choice = p.add_mutually_exclusive_group(required=True)
     choice.add_argument("--pareto", action="store_true", help="the Pareto front of the run's objectives")

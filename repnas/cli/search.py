@@ -16,8 +16,10 @@ from repnas.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from repnas.cli import plain_text
+
     p = subparsers.add_parser("search", help="search repetition schemes under a parameter budget",
-                              description=__doc__.splitlines()[0])
+                              description=plain_text(__doc__))
     p.add_argument("--space", help="built-in space (quick, vgg-depth, wrn-width, resnet) or a space YAML")
     p.add_argument("--dataset", help="dataset name (default: the space's)")
     p.add_argument("--budget", help="parameter budget, e.g. 600k or 1.5M (default: the space's)")
@@ -43,40 +45,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="where datasets are read or cached")
     p.add_argument("--ray-address", help="address of an existing Ray cluster (--backend ray)")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    p.add_argument("--config", metavar="FILE", help="start a new search from a run's search.yaml (or any YAML "
+                   "of its keys); flags given as well override it")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds "
+                   "(running trials finish)")
+    p.add_argument("--dry-run", nargs="?", type=int, const=5, metavar="N", help="print the solved model "
+                   "(widths, params, FLOPs) of N sampled points (default 5) and exit; nothing is trained or written")
     p.set_defaults(func=run)
 
 
-def build_search_config(args: argparse.Namespace):
-    """A validated SearchConfig from the arguments (new search), before anything is written."""
-    from repnas.search._optuna_driver import default_population
-    from repnas.search._rundir import DEFAULT_OBJECTIVES, RunDir, SearchConfig, parse_objectives
-    from repnas.spaces import dataset_info, load_space, parse_count, smallest_candidate
+#: flags that are SearchConfig keys of the same name (what --config may also give)
+_CONFIG_FLAGS = ("space", "dataset", "budget", "trials", "epochs", "seed", "objectives", "sampler", "backend",
+                 "storage", "study", "workers", "gpus_per_trial", "early_stop", "device", "data_dir")
 
-    if args.space is None:
-        raise UserError("--space is required for a new search (or --resume an existing one)")
-    space = load_space(args.space)
-    dataset = args.dataset or space.dataset
-    dataset_info(dataset)  # unknown dataset -> UserError
-    budget = parse_count(args.budget if args.budget is not None else space.budget, "--budget")
-    trials = 12 if args.trials is None else args.trials
-    _check_counts(trials, args.epochs, args.workers, args.gpus_per_trial)
-    minimum = smallest_candidate(space, dataset)
-    if budget < minimum:
-        raise UserError(f"budget {budget:,} is below the smallest candidate of space {space.name!r} on "
-                        f"{dataset} ({minimum:,} params); use --budget {minimum:,} or more")
-    out = Path(args.out or Path("runs") / space.name)
-    backend = args.backend or "optuna"
-    workers = args.workers or (0 if backend == "ray" else 1)  # 0: Ray packs trials by resources
-    return SearchConfig(
-        space=space.to_dict(), space_name=space.name, dataset=dataset, budget=budget, trials=trials,
-        epochs=args.epochs or space.epochs, seed=args.seed or 0,
-        objectives=parse_objectives(args.objectives or ",".join(DEFAULT_OBJECTIVES)),
-        sampler=args.sampler or "nsga2", population_size=default_population(trials),
-        backend=backend,
-        storage=args.storage or RunDir(out).default_storage(workers), study=args.study or out.name,
-        workers=workers, gpus_per_trial=args.gpus_per_trial or 1.0, early_stop=args.early_stop or "none",
-        device=args.device or "auto", data_dir=args.data_dir,
-    ), out
+
+def build_search_config(args: argparse.Namespace):
+    """A validated SearchConfig from the arguments (new search), before anything is written: the
+    defaults are ``repnas.search.search_config``'s (the Python API's), a ``--config`` file fills in
+    what the flags do not give."""
+    from repnas.search._api import config_file_arguments, search_config
+
+    given = {name: getattr(args, name, None) for name in _CONFIG_FLAGS}
+    options = config_file_arguments(args.config) if getattr(args, "config", None) else {}
+    options.update({k: v for k, v in given.items() if v is not None})
+    if args.out is not None:
+        options["out"] = args.out
+    return search_config(**options)
 
 
 def resume_search_config(args: argparse.Namespace):
@@ -113,6 +107,8 @@ def resume_search_config(args: argparse.Namespace):
                         f"{','.join(search.objective_names)}; a resumed search keeps its config")
     _check_counts(args.trials if args.trials is not None else search.trials, None, args.workers,
                   args.gpus_per_trial)
+    if getattr(args, "config", None):
+        raise UserError("--config starts a new search; --resume continues the run's own search.yaml")
     for name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir"):
         value = getattr(args, name)
         if value is not None:
@@ -123,40 +119,32 @@ def resume_search_config(args: argparse.Namespace):
 
 
 def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: float | None) -> None:
-    if trials < 1:
-        raise UserError(f"--trials must be >= 1, got {trials}")
-    if epochs is not None and epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {epochs}")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
-    if gpus is not None and not 0 < gpus <= 64:
-        raise UserError(f"--gpus-per-trial must be > 0 and <= 64, got {gpus}")
+    from repnas.search._api import check_counts
+
+    check_counts(trials, epochs, workers, gpus)
 
 
 def run(args: argparse.Namespace) -> int:
+    from repnas.search._api import run_search_config
     from repnas.search._rundir import RunDir
 
     if args.resume:
         search, out = resume_search_config(args)
     else:
         search, out = build_search_config(args)
+        if args.dry_run is not None:
+            from repnas.search._dry_run import dry_run_text
+
+            print(dry_run_text(search, args.dry_run))
+            return 0
         if RunDir(out).is_used():
             raise UserError(f"run directory {out} already exists; "
                             "use --resume to continue it or another --out")
+    if args.dry_run is not None:
+        raise UserError("--dry-run previews a new search; it does not combine with --resume")
     started = time.time()
-    progress = not args.quiet
-    if search.backend == "ray":
-        from repnas.search._ray_driver import run_ray_search
-
-        run_ray_search(search, out, resume=args.resume, progress=progress, address=args.ray_address)
-    else:
-        from repnas.search._optuna_driver import run_optuna_search
-
-        run_optuna_search(search, out, resume=args.resume, progress=progress)
-    import pandas as pd
-
-    from repnas.search._front import summary_text
-
-    print("\n" + summary_text(pd.read_parquet(RunDir(out).trials_parquet), search, time.time() - started))
+    result = run_search_config(search, out, resume=args.resume, progress=not args.quiet, timeout=args.timeout,
+                               ray_address=args.ray_address)
+    print("\n" + result.summary(time.time() - started))
     print(f"run directory: {out}")
     return 0

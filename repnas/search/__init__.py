@@ -1,6 +1,7 @@
 """How candidates are explored: Optuna and Ray Tune drivers, the run directory, the trial runner,
 export and early stopping. Training one candidate lives in :mod:`repnas.train`."""
 
+from repnas.search._api import SearchResult, run_search, search_config
 from repnas.search._early_stop import SuccessiveHalving
 from repnas.search._export import export_trials
 from repnas.search._front import front_rows, front_text
@@ -12,11 +13,14 @@ __all__ = [
     "OBJECTIVES",
     "RunDir",
     "SearchConfig",
+    "SearchResult",
     "SuccessiveHalving",
     "export_trials",
     "front_rows",
     "front_text",
     "run_optuna_search",
+    "run_search",
     "run_trial",
+    "search_config",
     "trials_frame",
 ]

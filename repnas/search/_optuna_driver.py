@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import pickle
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,14 @@ def check_storage(search: SearchConfig, resume: bool) -> None:
         raise UserError(f"cannot resume: no study {search.study!r} in {search.storage}")
 
 
-def open_study(search: SearchConfig, worker: int = 0, create: bool = False):
-    """Create (``create=True``) or load the study of ``search``, with worker ``worker``'s sampler."""
+def open_study(search: SearchConfig, worker: int = 0, create: bool = False, sampler=None):
+    """Create (``create=True``) or load the study of ``search``, with worker ``worker``'s sampler
+    (``sampler``: a given ``BaseSampler`` object, used as is)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = make_sampler(search.sampler, search.seed + worker, search_population(search))
+    if sampler is None:
+        sampler = make_sampler(search.sampler, search.seed + worker, search_population(search))
     storage = open_storage(search.storage)
     if create:
         study = optuna.create_study(storage=storage, study_name=search.study, directions=search.directions,
@@ -230,9 +233,12 @@ def worker_devices(device: str, workers: int, gpus_per_trial: float) -> list[str
 
 # --------------------------------------------------------------------- the worker loop
 def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str,
-                progress: bool = True, resume: bool = False) -> None:
+                progress: bool = True, resume: bool = False, *, sampler=None, after_trial=None,
+                deadline: float | None = None) -> None:
     """Ask, train, tell until the study holds ``search.trials`` counted trials (``resume``: go on
-    with the sampler this worker pickled, :func:`resumed_sampler`)."""
+    with the sampler this worker pickled, :func:`resumed_sampler`), or until ``deadline``
+    (``time.time()``), or until ``after_trial(study, frozen_trial)`` returns True. ``sampler``: a
+    given sampler object, used as is (``repnas.search.run_search``)."""
     import torch
 
     from repnas.search._early_stop import make_rule
@@ -244,14 +250,14 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     space = search.search_space()
     distributions = space.distributions()
     knob_names = list(distributions)
-    study = open_study(search, worker)
-    if resume:
+    study = open_study(search, worker, sampler=sampler)
+    if resume and sampler is None:
         study.sampler = resumed_sampler(search, run, worker, len(study.get_trials(deepcopy=False)))
     data = _load_data(search)
     name = f"w{worker}:{device}"
     while True:
         with run.lock():
-            if counted_trials(study) >= search.trials:
+            if counted_trials(study) >= search.trials or (deadline is not None and time.time() >= deadline):
                 break
             trial = study.ask(fixed_distributions=distributions)
             trial.set_user_attr("worker", name)
@@ -269,6 +275,13 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
                 print(line, file=log)
             if progress:
                 print(line, flush=True)
+        if after_trial is not None and after_trial(study, _frozen(study, trial.number)):
+            break
+
+
+def _frozen(study, number: int):
+    """The finished trial ``number`` as the ``FrozenTrial`` Optuna's callbacks receive."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 def cpu_threads(workers: int) -> int:
@@ -339,19 +352,25 @@ def _si(value: Any) -> str:
 
 
 # --------------------------------------------------------------------- the whole search
-def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = False, progress: bool = True):
-    """Run (or resume) the search of ``search`` in run directory ``root``; returns the study."""
+def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = False, progress: bool = True, *,
+                      sampler=None, after_trial=None, timeout: float | None = None):
+    """Run (or resume) the search of ``search`` in run directory ``root``; returns the study.
+
+    ``sampler``, ``after_trial`` and ``timeout``: see ``repnas.search.run_search``."""
+    from repnas.search._api import worker_sampler
+
+    deadline = time.time() + timeout if timeout is not None else None
     run = RunDir(root)
     check_storage(search, resume)
     run.create()
     search.to_yaml(run.search_yaml)
     if resume:
-        study = open_study(search)
+        study = open_study(search, sampler=sampler)
         interrupted = recover_interrupted(study)
         if interrupted and progress:
             print(f"resume: trials {interrupted} were interrupted; their points are queued again", flush=True)
     else:
-        study = open_study(search, create=True)
+        study = open_study(search, create=True, sampler=sampler)
     devices = worker_devices(search.device, search.workers, search.gpus_per_trial)
     if progress:
         print(f"search {search.study}: space {search.space_name}, dataset {search.dataset}, budget "
@@ -363,15 +382,17 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
         context = multiprocessing.get_context("spawn")
         for k in range(1, search.workers):
             p = context.Process(target=_worker_main,
-                                args=(search.to_dict(), str(run.root), k, devices[k], progress, resume))
+                                args=(search.to_dict(), str(run.root), k, devices[k], progress, resume,
+                                      worker_sampler(sampler, k), deadline))
             p.start()
             processes.append(p)
     try:
-        worker_loop(search, run.root, 0, devices[0], progress, resume)
+        worker_loop(search, run.root, 0, devices[0], progress, resume, sampler=sampler, after_trial=after_trial,
+                    deadline=deadline)
     finally:
         for p in processes:
             p.join()
-    study = open_study(search)
+    study = open_study(search, sampler=sampler)
     write_table(study, run, list(search.search_space().knobs))
     bad = [p.exitcode for p in processes if p.exitcode]
     if bad:
@@ -379,5 +400,7 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
     return study
 
 
-def _worker_main(search_dict: dict, root: str, worker: int, device: str, progress: bool, resume: bool) -> None:
-    worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress, resume)
+def _worker_main(search_dict: dict, root: str, worker: int, device: str, progress: bool, resume: bool,
+                 sampler=None, deadline: float | None = None) -> None:
+    worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress, resume, sampler=sampler,
+                deadline=deadline)

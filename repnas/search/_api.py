@@ -1,0 +1,364 @@
+"""The Python entry point of a search: :func:`run_search`, with exactly ``repnas search``'s defaults.
+
+``repnas search`` is a thin caller of this module: it turns its flags into :func:`search_config`'s
+keyword arguments (``None`` = not given) and calls :func:`run_search_config`. So the defaults live
+in one place, here, and a search started from Python writes the same ``search.yaml`` as the same
+search started from the command line.
+
+What Python adds over the flags, in Optuna's own terms:
+
+- ``sampler`` may be any ``optuna.samplers.BaseSampler`` instance, used as given (the study's
+  ``sampler`` is that object). ``search.yaml`` records it as ``custom:<ClassName>``; a resume
+  (``repnas search --resume`` or ``run_search(..., resume=True)``) goes on with the pickled copy in
+  ``samplers/worker0.pkl`` unless another instance is passed. Extra workers (``workers > 1``) get a
+  copy each, reseeded with Optuna's ``reseed_rng`` (what Optuna does for its own parallel jobs), so
+  they do not propose the same points.
+- ``callbacks``: ``callback(study, frozen_trial)`` after each trial, as ``Study.optimize(callbacks=)``
+  calls them; ``study.stop()`` inside one ends the search after that trial. They run in the calling
+  process, so with ``workers > 1`` they see the trials of worker 0 (the calling process).
+- ``timeout``: stop asking for new trials after that many seconds (``Study.optimize(timeout=)``);
+  running trials finish.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from repnas.errors import UserError
+from repnas.search._rundir import DEFAULT_OBJECTIVES, SAMPLERS, RunDir, SearchConfig, parse_objectives
+
+#: ``callback(study, frozen_trial)``, as ``optuna.Study.optimize(callbacks=...)`` takes them.
+Callback = Callable[[Any, Any], None]
+
+#: Defaults of a new search, shared by :func:`run_search` and ``repnas search`` (``None`` in either
+#: means "the default"; the space supplies dataset, budget and epochs).
+DEFAULTS: dict[str, Any] = {
+    "trials": 12,
+    "seed": 0,
+    "objectives": ",".join(DEFAULT_OBJECTIVES),
+    "sampler": "nsga2",
+    "backend": "optuna",
+    "gpus_per_trial": 1.0,
+    "early_stop": "none",
+    "device": "auto",
+}
+
+_CUSTOM = "custom:"
+
+
+def _space_of(space: Any):
+    """A SearchSpace from a built-in name, a YAML path, a SearchSpace or its dict definition."""
+    from repnas.spaces import SearchSpace, load_space
+
+    if isinstance(space, SearchSpace):
+        return space
+    if isinstance(space, Mapping):
+        return SearchSpace.from_dict(dict(space), "space")
+    if isinstance(space, (str, Path)):
+        return load_space(space)
+    raise UserError(f"space must be a built-in name, a YAML path or a SearchSpace, not {type(space).__name__}")
+
+
+def _sampler_name(sampler: Any) -> str:
+    """The ``search.yaml`` value of a sampler argument: a name, or ``custom:<Class>`` for an instance."""
+    import optuna
+
+    if sampler is None:
+        return DEFAULTS["sampler"]
+    if isinstance(sampler, optuna.samplers.BaseSampler):
+        return f"{_CUSTOM}{type(sampler).__name__}"
+    if isinstance(sampler, str) and sampler in SAMPLERS:
+        return sampler
+    raise UserError(f"sampler must be one of {', '.join(SAMPLERS)} or an optuna.samplers.BaseSampler, "
+                    f"not {sampler!r}")
+
+
+def check_counts(trials: int, epochs: int | None, workers: int | None, gpus: float | None,
+                 timeout: float | None = None) -> None:
+    """One-line errors for counts a search cannot run with."""
+    if trials < 1:
+        raise UserError(f"--trials must be >= 1, got {trials}")
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if gpus is not None and not 0 < gpus <= 64:
+        raise UserError(f"--gpus-per-trial must be > 0 and <= 64, got {gpus}")
+    if timeout is not None and not timeout > 0:
+        raise UserError(f"--timeout must be > 0 seconds, got {timeout}")
+
+
+def search_config(space: Any = None, *, out: str | Path | None = None, dataset: str | None = None,
+                  budget: int | str | None = None, trials: int | None = None, epochs: int | None = None,
+                  seed: int | None = None, objectives: str | list | None = None, sampler: Any = None,
+                  population_size: int | None = None, backend: str | None = None, storage: str | None = None,
+                  study: str | None = None, workers: int | None = None, gpus_per_trial: float | None = None,
+                  early_stop: str | None = None, device: str | None = None, data_dir: str | None = None,
+                  recipe: dict | None = None) -> tuple[SearchConfig, Path]:
+    """A validated ``(SearchConfig, run directory)`` of a new search; ``None`` = the default.
+
+    Checks everything a new search needs (space, dataset, budget against the space's smallest
+    candidate, counts) before anything is written.
+    """
+    from repnas.search._optuna_driver import default_population
+    from repnas.spaces import dataset_info, parse_count, smallest_candidate
+
+    if space is None:
+        raise UserError("a new search needs a space (--space; or resume an existing run)")
+    space = _space_of(space)
+    dataset = dataset or space.dataset
+    dataset_info(dataset)  # unknown dataset -> UserError
+    budget = parse_count(budget if budget is not None else space.budget, "--budget")
+    trials = DEFAULTS["trials"] if trials is None else int(trials)
+    check_counts(trials, epochs, workers, gpus_per_trial)
+    minimum = smallest_candidate(space, dataset)
+    if budget < minimum:
+        raise UserError(f"budget {budget:,} is below the smallest candidate of space {space.name!r} on "
+                        f"{dataset} ({minimum:,} params); use --budget {minimum:,} or more")
+    out = Path(out if out is not None else Path("runs") / space.name)
+    backend = backend or DEFAULTS["backend"]
+    if backend not in ("optuna", "ray"):
+        raise UserError(f"unknown backend {backend!r}; choose optuna or ray")
+    workers = workers or (0 if backend == "ray" else 1)  # 0: Ray packs trials by resources
+    if isinstance(objectives, str) or objectives is None:
+        objectives = parse_objectives(objectives or DEFAULTS["objectives"])
+    else:
+        objectives = parse_objectives(",".join(o["name"] if isinstance(o, Mapping) else str(o) for o in objectives))
+    config = SearchConfig(
+        space=space.to_dict(), space_name=space.name, dataset=dataset, budget=budget, trials=trials,
+        epochs=epochs or space.epochs, seed=DEFAULTS["seed"] if seed is None else int(seed),
+        objectives=objectives, sampler=_sampler_name(sampler),
+        population_size=population_size or default_population(trials), backend=backend,
+        storage=storage or RunDir(out).default_storage(workers), study=study or out.name, workers=workers,
+        gpus_per_trial=gpus_per_trial or DEFAULTS["gpus_per_trial"],
+        early_stop=early_stop or DEFAULTS["early_stop"], device=device or DEFAULTS["device"], data_dir=data_dir,
+    )
+    if recipe:
+        config.recipe = dict(recipe)
+    return config, out
+
+
+def config_file_arguments(path: str | Path) -> dict[str, Any]:
+    """:func:`search_config`'s keyword arguments from a YAML of ``search.yaml``'s keys (a run's own
+    ``search.yaml``, or a hand-written subset), for a *new* search.
+
+    A run's storage URL and study name are where that run keeps its study, so they are dropped when
+    they are the defaults of the folder holding the file (the new search derives its own from its
+    run directory); so is NSGA-II's population when it is the default for the file's trial count.
+    """
+    import yaml
+
+    from repnas.search._optuna_driver import default_population
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise UserError(f"--config {path}: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of search.yaml keys")
+    unknown = sorted(set(data) - set(SearchConfig.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"{path}: unknown keys {unknown}")
+    data = dict(data)
+    space_name = data.pop("space_name", None)
+    if isinstance(data.get("space"), dict) and space_name and "name" not in data["space"]:
+        data["space"] = {"name": space_name, **data["space"]}
+    home = RunDir(path.parent)
+    workers = data.get("workers") or 1
+    if data.get("storage") in (home.default_storage(workers), home.default_storage(1),
+                               home.default_storage(2)):
+        data.pop("storage")
+    if data.get("study") == path.parent.name or data.get("study") == path.parent.resolve().name:
+        data.pop("study", None)
+    if data.get("population_size") == default_population(int(data.get("trials") or DEFAULTS["trials"])):
+        data.pop("population_size")
+    if isinstance(data.get("objectives"), list):
+        data["objectives"] = ",".join(o["name"] if isinstance(o, dict) else str(o) for o in data["objectives"])
+    if data.get("sampler", "").startswith(_CUSTOM):
+        raise UserError(f"{path}: sampler {data['sampler']!r} was a Python object; pass --sampler")
+    return data
+
+
+# --------------------------------------------------------------------- the result handle
+@dataclass
+class SearchResult:
+    """What a search leaves: its Optuna study and its run directory (table, front, export)."""
+
+    study: Any
+    config: SearchConfig
+    path: Path
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.path)
+
+    @property
+    def trials(self):
+        """``trials.parquet`` (docs/design.md) as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.read_parquet(self.run_dir.trials_parquet)
+
+    @property
+    def front(self):
+        """The Pareto front of the completed trials over the search's objectives (``trials`` rows)."""
+        from repnas.search._front import front_rows
+
+        return front_rows(self.trials, self.config)
+
+    def export(self, out: str | Path, pareto: bool = True, top: int | None = None) -> list[dict]:
+        """``repnas export``: run configs, weights and deployable models of the front (or top K)."""
+        from repnas.search._export import export_trials
+
+        return export_trials(self.path, out, pareto=pareto and top is None, top=top)
+
+    def summary(self, seconds: float = 0.0) -> str:
+        from repnas.search._front import summary_text
+
+        return summary_text(self.trials, self.config, seconds)
+
+
+# --------------------------------------------------------------------- running
+def run_search(space: Any = None, *, out: str | Path | None = None, sampler: Any = None,
+               callbacks: Iterable[Callback] = (), timeout: float | None = None, resume: bool = False,
+               progress: bool = True, ray_address: str | None = None, **options: Any) -> SearchResult:
+    """Run a multi-objective search, as ``repnas search`` does, and return a :class:`SearchResult`.
+
+    ``space``: a built-in name (``quick``...), a space YAML path or a ``SearchSpace``. ``options``
+    are :func:`search_config`'s (``dataset``, ``budget``, ``trials``, ``epochs``, ``seed``,
+    ``objectives``, ``backend``, ``workers``, ``device``...), with the command line's defaults.
+    ``sampler``: a name or any ``optuna.samplers.BaseSampler`` (used as given). ``resume=True``
+    continues the search in ``out`` (``options`` that a resume may change: trials, workers, device...).
+    """
+    if resume:
+        if out is None:
+            raise UserError("resume needs out= (the run directory to continue)")
+        search = resume_config(out, space=space, **options)
+        out = Path(out)
+    else:
+        search, out = search_config(space, out=out, sampler=sampler, **options)
+        if RunDir(out).is_used():
+            raise UserError(f"run directory {out} already exists; use --resume to continue it or another --out")
+    return run_search_config(search, out, resume=resume, sampler=sampler, callbacks=callbacks,
+                             timeout=timeout, progress=progress, ray_address=ray_address)
+
+
+def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
+    """The saved ``search.yaml`` of ``out`` with the options a resume may change applied (trials,
+    workers, gpus_per_trial, device, early_stop, backend, data_dir); others must match it."""
+    run = RunDir(out)
+    if not run.search_yaml.is_file():
+        raise UserError(f"cannot resume: {run.search_yaml} not found")
+    search = SearchConfig.from_yaml(run.search_yaml)
+    for name, value in changes.items():
+        if value is None:
+            continue
+        if name == "space":
+            if _space_of(value).to_dict() != search.space:
+                raise UserError(f"--space {value} differs from the run's space {search.space_name!r}; "
+                                "a resumed search keeps its config")
+            continue
+        if name == "budget":
+            from repnas.spaces import parse_count
+
+            value = parse_count(value, "--budget")
+        if name == "objectives":
+            value = parse_objectives(value if isinstance(value, str) else ",".join(value))
+            if value != search.objectives:
+                raise UserError(f"--objectives {','.join(o['name'] for o in value)} differs from the run's "
+                                f"{','.join(search.objective_names)}; a resumed search keeps its config")
+            continue
+        if name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir"):
+            setattr(search, name, value)
+        elif str(getattr(search, name, None)) != str(value):
+            raise UserError(f"--{name.replace('_', '-')} {value} differs from the run's "
+                            f"{getattr(search, name, None)}; a resumed search keeps its config")
+    check_counts(search.trials, None, search.workers or None, search.gpus_per_trial)
+    if search.backend == "optuna" and search.workers == 0:  # a Ray search resumed by the Optuna driver
+        search.workers = 1
+    return search
+
+
+def run_search_config(search: SearchConfig, out: str | Path, *, resume: bool = False, sampler: Any = None,
+                      callbacks: Iterable[Callback] = (), timeout: float | None = None, progress: bool = True,
+                      ray_address: str | None = None) -> SearchResult:
+    """Run (or resume) the search ``search`` in ``out`` with either backend; the one place both the
+    command line and :func:`run_search` go through."""
+    import optuna
+
+    callbacks = list(callbacks)
+    check_counts(search.trials, None, None, None, timeout)
+    if isinstance(sampler, str):
+        sampler = None  # a name is in search.sampler already
+    if sampler is None and search.sampler.startswith(_CUSTOM):
+        sampler = _pickled_sampler(RunDir(out), search)
+    if search.backend == "ray":
+        if sampler is not None or callbacks:
+            raise UserError("a sampler object and callbacks need the optuna backend (Ray Tune runs its own "
+                            "OptunaSearch); pass a sampler name")
+        from repnas.search._optuna_driver import open_study
+        from repnas.search._ray_driver import run_ray_search
+
+        if timeout is not None:
+            raise UserError("--timeout needs the optuna backend")
+        run_ray_search(search, out, resume=resume, progress=progress, address=ray_address)
+        study = open_study(search)
+    else:
+        from repnas.search._optuna_driver import run_optuna_search
+
+        study = run_optuna_search(search, out, resume=resume, progress=progress, sampler=sampler,
+                                  after_trial=_after_trial(callbacks) if callbacks else None, timeout=timeout)
+    assert isinstance(study, optuna.Study)
+    return SearchResult(study=study, config=search, path=Path(out))
+
+
+def _pickled_sampler(run: RunDir, search: SearchConfig):
+    """The custom sampler a run pickled (``samplers/worker0.pkl``), for a resume without one given."""
+    path = run.root / "samplers" / "worker0.pkl"
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        raise UserError(f"the run used sampler {search.sampler.removeprefix(_CUSTOM)} (a Python object) and "
+                        f"{path} cannot be read ({type(exc).__name__}); resume from Python with sampler=") from None
+
+
+def worker_sampler(sampler, worker: int):
+    """Worker ``worker``'s copy of a given sampler: the object itself for worker 0, a reseeded deep
+    copy for the others (``BaseSampler.reseed_rng``, as Optuna does for ``n_jobs``)."""
+    if sampler is None or worker == 0:
+        return sampler
+    clone = copy.deepcopy(sampler)
+    clone.reseed_rng()
+    return clone
+
+
+def _after_trial(callbacks: list[Callback]) -> Callable[[Any, Any], bool]:
+    """One hook for the driver: run the callbacks on (study, frozen trial); True = stop the search.
+
+    ``Study.stop()`` only works inside ``optimize`` (it checks a thread-local flag), so the flag is
+    raised around the callbacks and the stop flag read back: the same idiom works here.
+    """
+    def hook(study, frozen) -> bool:
+        local = getattr(study, "_thread_local", None)
+        previous = getattr(local, "in_optimize_loop", None)
+        if local is not None:
+            local.in_optimize_loop = True
+        study._stop_flag = False
+        try:
+            for callback in callbacks:
+                callback(study, frozen)
+        finally:
+            if local is not None:
+                local.in_optimize_loop = previous
+        return bool(getattr(study, "_stop_flag", False))
+
+    return hook
