@@ -1,7 +1,9 @@
 """``repnas export RUN (--pareto | --top K) --out DIR``: chosen trials as ``repnas train`` configs.
 
-Writes ``DIR/trial_<n>.yaml`` (a RunConfig), ``DIR/trial_<n>.pt`` (the materialized model's plain
-``state_dict``, where the trial left a checkpoint) and ``DIR/exported.yaml`` (what was exported).
+Writes ``DIR/trial_<n>.yaml`` (a RunConfig) and, where the trial left a checkpoint,
+``DIR/trial_<n>.pt`` (the materialized model's plain ``state_dict``), ``DIR/trial_<n>.ts``
+(TorchScript) and ``DIR/trial_<n>.onnx`` (ONNX; needs ``repnas[deploy]``), both checked against the
+repeated model, and ``DIR/exported.yaml`` (what was exported, paths relative to it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     exported = export_trials(args.run, args.out, pareto=args.pareto, top=args.top)
     for entry in exported:
-        weights = f" + {entry['state_dict']}" if "state_dict" in entry else ""
+        files = [entry[k] for k in ("state_dict", "torchscript", "onnx") if entry.get(k)]
+        weights = f" + {', '.join(files)}" if files else ""
         print(f"trial {entry['trial']:>4}: val {entry['val_accuracy']:.4f}  params {entry['params']:,}  "
               f"-> {args.out}/{entry['config']}{weights}")
     print(f"exported {len(exported)} trial(s) to {args.out}")

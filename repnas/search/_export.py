@@ -3,8 +3,13 @@
 For each chosen trial ``DIR/trial_<n>.yaml`` is the trial's RunConfig (device reset to ``auto``)
 and, where the trial left a checkpoint, ``DIR/trial_<n>.pt`` is the *materialized* model's plain
 ``state_dict`` (``repnas.rescale.materialize``: ordinary convs holding the generated weights, loadable
-into the base model without repnas's repetition machinery). ``DIR/exported.yaml`` lists what was
-exported with the trial's metrics.
+into the base model without repnas's repetition machinery), and two deployable files of that
+materialized model that need no repnas at all (:mod:`repnas.search._deploy`): ``trial_<n>.ts``
+(TorchScript, ``torch.jit.load``) and ``trial_<n>.onnx`` (ONNX). Both are checked at export time
+against the trained *repeated* model in eval mode (max abs logit difference <= 1e-4; the ONNX file
+through onnxruntime where it is installed, ``pip install repnas[deploy]``), and the differences are
+recorded. ``DIR/exported.yaml`` lists what was exported with the trial's metrics, every path
+relative to itself, so the folder can be moved or shipped as a whole.
 
 The Pareto front is :func:`~repnas.search._front.front_rows` of ``trials.parquet`` (search does not
 import analysis); for an Optuna run it is the same set as ``study.best_trials``.
@@ -13,12 +18,13 @@ import analysis); for an Optuna run it is the same set as ``study.best_trials``.
 from __future__ import annotations
 
 import json
-import math
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from repnas._io import atomic_path, atomic_write_text
 from repnas.errors import UserError
 from repnas.search._front import front_rows
 from repnas.search._rundir import RunDir, SearchConfig
@@ -55,6 +61,8 @@ def choose_trials(search: SearchConfig, trials, pareto: bool = False, top: int |
 def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
                   top: int | None = None) -> list[dict]:
     """Write run configs (and materialized state dicts) of the chosen trials to ``out``."""
+    import pandas as pd
+
     from repnas.train._config import RunConfig
 
     if pareto == (top is not None):
@@ -78,19 +86,22 @@ def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
         entry: dict[str, Any] = {"trial": number, "config": config_path.name}
         for key in ("val_accuracy", "test_accuracy", "params", "physical_params", "flops"):
             value = row[key]
-            entry[key] = None if value is None or (isinstance(value, float) and math.isnan(value)) else (
+            entry[key] = None if value is None or pd.isna(value) else (
                 float(value) if "accuracy" in key else int(value))
         checkpoint = _checkpoint_for(run, trials, number, row["config"])
         if checkpoint is not None:
-            state_path = out / f"trial_{number}.pt"
-            _write_materialized(run_config, checkpoint, state_path)
-            entry["state_dict"] = state_path.name
-            entry["checkpoint"] = str(checkpoint)
+            entry.update(_write_materialized(run_config, checkpoint, out, f"trial_{number}"))
+            entry["checkpoint"] = _relative(checkpoint, out)
         exported.append(entry)
-    (out / "exported.yaml").write_text(yaml.safe_dump(
-        {"run": str(Path(run_dir)), "selection": "pareto" if pareto else f"top {top}", "trials": exported},
-        sort_keys=False))
+    atomic_write_text(out / "exported.yaml", yaml.safe_dump(
+        {"run": _relative(Path(run_dir), out), "selection": "pareto" if pareto else f"top {top}",
+         "trials": exported}, sort_keys=False))
     return exported
+
+
+def _relative(path: Path, base: Path) -> str:
+    """``path`` relative to the folder ``base`` (``exported.yaml``'s paths are relative to itself)."""
+    return os.path.relpath(Path(path).resolve(), Path(base).resolve())
 
 
 def _checkpoint_for(run: RunDir, trials, number: int, config: str) -> Path | None:
@@ -104,15 +115,21 @@ def _checkpoint_for(run: RunDir, trials, number: int, config: str) -> Path | Non
     return None
 
 
-def _write_materialized(run_config, checkpoint: Path, path: Path) -> None:
+def _write_materialized(run_config, checkpoint: Path, out: Path, stem: str) -> dict[str, Any]:
+    """Write ``<stem>.pt`` (state dict), ``<stem>.ts`` and ``<stem>.onnx`` of the materialized model;
+    return their ``exported.yaml`` fields (file names, input shape, checked differences)."""
     import torch
 
     from repnas.rescale import materialize
+    from repnas.search._deploy import write_deployables
     from repnas.spaces import build_model, dataset_info
 
     info = dataset_info(run_config.dataset.name)
     model = build_model(run_config.model, info.num_classes, info.in_channels)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    plain = materialize(model.eval())
-    torch.save(plain.state_dict(), path)
+    model.eval()
+    plain = materialize(model).eval()
+    with atomic_path(out / f"{stem}.pt") as tmp:
+        torch.save(plain.state_dict(), tmp)
+    return {"state_dict": f"{stem}.pt", **write_deployables(model, plain, info.input_shape, out, stem)}

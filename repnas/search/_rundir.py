@@ -41,8 +41,30 @@ OBJECTIVES = {
 DEFAULT_OBJECTIVES = ("val_accuracy", "params", "flops")
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 STATUSES = ("complete", "failed", "infeasible", "pruned")
-TRIAL_COLUMNS = ("trial", "status", "val_accuracy", "test_accuracy", "params", "physical_params", "flops",
-                 "train_seconds", "seed", "worker", "error", "budget", "config")
+#: ``trials.parquet``'s columns and their pandas dtypes, the same whatever the trials' statuses (an
+#: all-failed run has the dtypes of a normal one): counts are nullable ``Int64`` (missing = <NA>, not a
+#: float NaN), times are UTC timestamps. ``knob.<name>`` columns follow, typed by their values
+#: (:func:`knob_dtype`). docs/design.md, "The run directory", documents each column.
+TRIAL_SCHEMA: dict[str, str] = {
+    "trial": "int64",
+    "status": "string",
+    "val_accuracy": "float64",
+    "test_accuracy": "float64",
+    "params": "Int64",
+    "physical_params": "Int64",
+    "flops": "Int64",
+    "train_seconds": "float64",
+    "epochs": "Int64",
+    "seed": "Int64",
+    "worker": "string",
+    "error": "string",
+    "budget": "Int64",
+    "config": "string",
+    "duplicate_of": "Int64",
+    "started": "datetime64[ns, UTC]",
+    "finished": "datetime64[ns, UTC]",
+}
+TRIAL_COLUMNS = tuple(TRIAL_SCHEMA)
 
 
 @dataclass
@@ -178,58 +200,91 @@ def trial_status(trial) -> str:
 
 
 def trials_frame(trials, knob_names: list[str]):
-    """The ``trials.parquet`` table of finished Optuna trials (FrozenTrial list), one row each."""
-    rows = [{**t.user_attrs, "status": trial_status(t), "trial": t.number,
-             **{f"knob.{k}": v for k, v in t.params.items()}}
+    """The ``trials.parquet`` table of finished Optuna trials (FrozenTrial list), one row each; a
+    trial without its own ``started``/``finished`` attributes gets Optuna's start/complete times."""
+    rows = [{"started": _utc(t.datetime_start), "finished": _utc(t.datetime_complete), **t.user_attrs,
+             "status": trial_status(t), "trial": t.number, **{f"knob.{k}": v for k, v in t.params.items()}}
             for t in trials if t.state.name in ("COMPLETE", "FAIL", "PRUNED")]
     return rows_frame(rows, knob_names)
 
 
 def rows_frame(rows: list[dict[str, Any]], knob_names: list[str]):
     """The ``trials.parquet`` table of result rows (``run_trial``'s rows + ``trial``, ``worker`` and
-    ``knob.<name>`` keys): contract columns and dtypes, sorted by trial number."""
+    ``knob.<name>`` keys): the columns and dtypes of ``TRIAL_SCHEMA``, sorted by trial number."""
     import pandas as pd
 
     table = []
     for attrs in rows:
-        row = {
-            "trial": int(attrs["trial"]),
-            "status": str(attrs.get("status") or "failed"),
-            "val_accuracy": _float(attrs.get("val_accuracy")),
-            "test_accuracy": _float(attrs.get("test_accuracy")),
-            "params": _float(attrs.get("params")),
-            "physical_params": _float(attrs.get("physical_params")),
-            "flops": _float(attrs.get("flops")),
-            "train_seconds": _float(attrs.get("train_seconds")),
-            "seed": int(attrs.get("seed", -1)),
-            "worker": str(attrs.get("worker", "")),
-            "error": str(attrs.get("error", "")),
-            "budget": int(attrs.get("budget", -1)),
-            "config": (attrs["config"] if isinstance(attrs.get("config"), str)
-                       else json.dumps(attrs["config"]) if attrs.get("config") is not None else ""),
-        }
+        row: dict[str, Any] = {name: _missing(attrs.get(name)) for name in TRIAL_SCHEMA}
+        row["trial"] = int(attrs["trial"])
+        row["status"] = str(attrs.get("status") or "failed")
+        row["worker"] = str(attrs.get("worker") or "")
+        row["error"] = str(attrs.get("error") or "")
+        config = attrs.get("config")
+        row["config"] = config if isinstance(config, str) else json.dumps(config) if config is not None else ""
+        for name in ("params", "physical_params", "flops", "epochs", "seed", "budget", "duplicate_of"):
+            row[name] = _count(row[name])
+        for name in ("val_accuracy", "test_accuracy", "train_seconds"):
+            row[name] = _float(row[name])
         for name in knob_names:
-            row[f"knob.{name}"] = attrs.get(f"knob.{name}")
+            row[f"knob.{name}"] = _missing(attrs.get(f"knob.{name}"))
         table.append(row)
-    columns = list(TRIAL_COLUMNS) + [f"knob.{n}" for n in knob_names]
+    columns = list(TRIAL_SCHEMA) + [f"knob.{n}" for n in knob_names]
     frame = pd.DataFrame(table, columns=columns)
-    if len(frame) and frame["status"].eq("complete").any():
-        complete = frame["status"] == "complete"
-        if frame.loc[complete, ["params", "physical_params", "flops"]].notna().all().all():
-            for col in ("params", "physical_params", "flops"):
-                frame[col] = frame[col].astype("Int64" if frame[col].isna().any() else "int64")
-    for name in knob_names:  # mixed-type object columns (e.g. all ints) need one dtype for parquet
-        col = frame[f"knob.{name}"]
-        if len(col) and all(isinstance(v, str) for v in col.dropna()):
-            frame[f"knob.{name}"] = col.astype("string")
+    for name, dtype in TRIAL_SCHEMA.items():
+        frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601").astype(dtype) \
+            if dtype.startswith("datetime") else frame[name].astype(dtype)
+    for name in knob_names:
+        column = f"knob.{name}"
+        frame[column] = frame[column].astype(knob_dtype(frame[column]))
     return frame.sort_values("trial").reset_index(drop=True)
+
+
+def knob_dtype(values) -> str:
+    """A knob column's dtype from its values' Python types (fixed by the knob's distribution, not by
+    the trials' statuses): ``Int64`` for integers, ``float64``, ``boolean``, else ``string``."""
+    import numpy as np
+
+    kinds = {type(v) for v in values if not _is_missing(v)}
+    if kinds and all(issubclass(k, (bool, np.bool_)) for k in kinds):
+        return "boolean"
+    if kinds and all(issubclass(k, (int, np.integer)) and not issubclass(k, (bool, np.bool_)) for k in kinds):
+        return "Int64"
+    if kinds and all(issubclass(k, (int, float, np.integer, np.floating)) for k in kinds):
+        return "float64"
+    return "string"
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        import pandas as pd
+
+        return bool(pd.isna(value)) if not isinstance(value, (list, dict, tuple)) else False
+    except (TypeError, ValueError):
+        return False
+
+
+def _missing(value: Any) -> Any:
+    return None if _is_missing(value) else value
+
+
+def _count(value: Any) -> int | None:
+    """An integer count, or None (<NA>) when missing or not a finite number."""
+    value = _float(value)
+    return None if math.isnan(value) else int(value)
+
+
+def _utc(moment) -> str | None:
+    """An Optuna trial time (a naive local datetime) as an ISO 8601 UTC string."""
+    from datetime import timezone
+
+    return moment.astimezone(timezone.utc).isoformat() if moment is not None else None
 
 
 def _float(value: Any) -> float:
     try:
-        return float(value) if value is not None else math.nan
+        return float(value) if not _is_missing(value) else math.nan
     except (TypeError, ValueError):
         return math.nan
-
-
-

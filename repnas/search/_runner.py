@@ -127,9 +127,17 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
         print(traceback.format_exc(), file=log, flush=True)
         _free_cuda()
     finally:
+        row["started"], row["finished"] = _iso(started), _iso(time.time())
         print(f"status: {row['status']} {row['error']} ({time.time() - started:.1f}s)", file=log, flush=True)
         log.close()
     return row
+
+
+def _iso(seconds: float) -> str:
+    """A ``time.time()`` as an ISO 8601 UTC string (the ``started``/``finished`` columns)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
 
 
 def _flops(model_config: dict, dataset: str) -> int:
