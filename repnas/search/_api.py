@@ -317,7 +317,7 @@ def run_search_config(search: SearchConfig, out: str | Path, *, resume: bool = F
         study = run_optuna_search(search, out, resume=resume, progress=progress, sampler=sampler,
                                   after_trial=_after_trial(callbacks) if callbacks else None, timeout=timeout)
     assert isinstance(study, optuna.Study)
-    return SearchResult(study=study, config=search, path=Path(out))
+    return SearchResult(study=study, config=search, path=Path(out).resolve())  # valid after a chdir
 
 
 def _pickled_sampler(run: RunDir, search: SearchConfig):
