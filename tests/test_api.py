@@ -203,3 +203,57 @@ def test_design_md_documents_the_trials_schema():
     text = (REPO_ROOT / "docs" / "design.md").read_text()
     documented = dict(re.findall(r"^\| `([a-z_]+)` \| `([^`]+)` \|", text, re.M))
     assert documented == TRIAL_SCHEMA
+
+
+def read_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a TensorBoard event file (TFRecord framing: length, crc, event, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, pos, scalars = path.read_bytes(), 0, {}
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        pos += 12 + length + 4
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_scalars_per_trial_and_epoch_and_eta_lines(tmp_path, capsys):
+    import json
+
+    pytest.importorskip("tensorboardX")
+    result = run_search("quick", trials=2, epochs=2, out=tmp_path / "tb")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("trial ")]
+    assert len(lines) == 2 and all(re.search(r" eta (\d+m)?\d+s$", ln) for ln in lines)
+    assert lines[-1].endswith(" eta 0s")
+    for number in (0, 1):
+        folder = result.path / "trials" / str(number)
+        (events,) = folder.glob("events.out.tfevents.*")
+        scalars = read_scalars(events)
+        history = json.loads((folder / "metrics.json").read_text())["history"]
+        assert [step for step, _ in scalars["val_accuracy"]] == [1, 2]
+        assert [v for _, v in scalars["val_accuracy"]] == pytest.approx([h["val_accuracy"] for h in history])
+
+
+def test_progress_line_shows_the_running_epoch_and_an_eta(monkeypatch):
+    import io
+
+    import repnas.search._progress as progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "time", lambda: now[0])
+    display = progress.SearchProgress(total=10, done_before=2, workers=1, stream=Terminal())
+    display.start_trial()
+    now[0] = 130.0  # half of the first trial of this session took 30 s: 60 s per trial, 8 left
+    display.epoch(2, 1, 2, {"val_accuracy": 0.5}, done=2)
+    assert "trial    2 epoch 1/2  val 0.5000 | done 2/10 eta 8m00s" in display.stream.getvalue()
+    now[0] = 160.0
+    assert display.eta_text(3) == "eta 7m00s"  # 60 s for the one finished trial, 7 left
+    assert progress.duration(4000) == "1h06m"

@@ -291,6 +291,82 @@ def test_figures_plot_every_measured_trial_and_overlay_runs(run_dir, other_run):
     assert len(figures["fig-parallel-0"].data[0].dimensions) == 3 + 2  # knobs + params + accuracy
 
 
+def _run_with_copies(run_dir: Path, copies: int = 2):
+    """The run with trial 0's row repeated ``copies`` more times (as new trial numbers)."""
+    from repnas.analysis import Run
+
+    run = load_run(run_dir)
+    first = run.trials[run.trials["status"] == "complete"].iloc[[0]]
+    extra = pd.concat([first.assign(trial=100 + k) for k in range(copies)])
+    return Run(run.name, pd.concat([run.trials, extra], ignore_index=True), run.objectives, run.config, run.path)
+
+
+def test_identical_points_are_drawn_once_with_their_count(run_dir):
+    run = _run_with_copies(run_dir)
+    fig = dict((d, f) for d, f, _ in report_figures([run]))["fig-accuracy-params"]
+    points = sum(v for k, v in _trace_points(fig).items() if k != "front")
+    assert points == _measured(run_dir)  # 3 identical trials -> one marker
+    labels = [t for trace in fig.data for t in (trace.text or ()) if t]
+    assert labels == ["×3"]
+    trials = [c for trace in fig.data if trace.customdata is not None for c in trace.customdata[:, -1] if "," in str(c)]
+    assert trials and set(str(trials[0]).split(", ")) == {str(int(run.trials["trial"].iloc[0])), "100", "101"}
+
+
+def test_axes_carry_units_and_the_flops_convention(run_dir):
+    from repnas.analysis._report import AXIS_TITLES
+
+    figures = {d: f for d, f, _ in report_figures([load_run(run_dir)])}
+    assert figures["fig-accuracy-flops"].layout.xaxis.title.text == AXIS_TITLES["flops"]
+    assert "2 × multiply-adds" in AXIS_TITLES["flops"]
+    assert figures["fig-accuracy-params"].layout.xaxis.title.text == AXIS_TITLES["params"]
+    assert figures["fig-three-objectives"].layout.yaxis.title.text == AXIS_TITLES["flops"]
+    assert "validation accuracy" in figures["fig-accuracy-params"].layout.yaxis.title.text
+
+
+def test_overlaid_runs_have_distinct_colours_everywhere(run_dir, other_run):
+    figures = {d: f for d, f, _ in report_figures([load_run(run_dir), load_run(other_run)])}
+    for name in ("fig-accuracy-params", "fig-hypervolume"):
+        colours: dict[str, set] = {}
+        for trace in figures[name].data:
+            run = trace.name.split(",")[0].removeprefix("front (").rstrip(")")
+            colour = trace.line.color if trace.mode == "lines" else trace.marker.color
+            colours.setdefault(run, set()).add(colour)
+        assert all(len(c) == 1 for c in colours.values()), (name, colours)  # one colour per run
+        assert colours["quick"] != colours["other"], name
+
+
+def test_a_far_baseline_gets_a_zoomed_view_and_a_near_one_does_not(run_dir):
+    near = load_baselines_text(BASELINES_CSV)
+    figures = {d for d, _, _ in report_figures([load_run(run_dir)], near)}
+    assert "fig-accuracy-params-zoom" not in figures
+    far = load_baselines_text(BASELINES_CSV + FAR_BASELINE)
+    zoom = {d: f for d, f, _ in report_figures([load_run(run_dir)], far)}["fig-accuracy-params-zoom"]
+    trials = load_run(run_dir).trials
+    shown = 10 ** np.array(zoom.layout.xaxis.range)
+    params = trials.loc[trials["status"] == "complete", "params"]
+    assert shown[0] <= params.min() and params.max() <= shown[1] < 9_000_000
+    assert "vgg16" in zoom.layout.title.text
+
+
+def load_baselines_text(text: str):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "b.csv"
+        path.write_text(text)
+        return load_baselines(path)
+
+
+def test_plotlyjs_cdn_makes_a_small_page(tmp_path, run_dir, capsys):
+    out = tmp_path / "cdn.html"
+    assert main(["report", str(run_dir), "--out", str(out), "--plotlyjs", "cdn", "-q"]) == 0
+    page = out.read_text()
+    assert len(page) < 300_000 and "window.PlotlyConfig" in page
+    assert re.search(r'<script src="https://cdn\.plot\.ly/plotly-[\d.]+\.min\.js"', page)
+    assert main(["report", str(run_dir), "--out", str(out), "--plotlyjs", "web"]) == 2
+    assert "invalid choice: 'web'" in capsys.readouterr().err
+
+
 def test_report_is_self_contained_with_plotly_once(tmp_path, run_dir, other_run):
     out = write_report([run_dir, other_run], tmp_path / "r.html")
     page = out.read_text()
@@ -347,7 +423,11 @@ def test_static_images_with_kaleido(tmp_path, run_dir):
 # ----------------------------------------------------------------------------- real browser
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--enable-unsafe-swiftshader", "--enable-logging=stderr", "--v=0"]
+#: console lines the browser's own software GL writes about its speed (not the page's scripts): the
+#: parallel-coordinates canvas reads pixels back, which SwiftShader reports as a "GPU stall"
+_GL_PERFORMANCE = re.compile(r'"\[\.WebGL-0x[0-9a-f]+\]GL Driver Message \(OpenGL, Performance, ')
 
 
 def _chromium() -> str:
@@ -357,11 +437,14 @@ def _chromium() -> str:
     pytest.skip("no Chromium found (apt-get install chromium)")
 
 
-def render(page: Path, tmp: Path) -> tuple[str, list[str]]:
+def render(page: Path, tmp: Path, console: list[str] | None = None) -> tuple[str, list[str]]:
     """Load ``page`` in headless Chromium; return the DOM after scripts ran and the URLs the page
     itself requested over the network (from Chromium's net log: requests made for a file:// page
-    carry a ``file://`` network isolation key; the browser's own update/account pings do not)."""
+    carry a ``file://`` network isolation key; the browser's own update/account pings do not).
+    ``console`` receives every console message of the page (log, warning, error, uncaught
+    exception), except the software GL's performance notes."""
     netlog = tmp / "netlog.json"
+    shutil.rmtree(tmp / "profile", ignore_errors=True)
     proc = subprocess.run(
         [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", f"--log-net-log={netlog}",
          "--dump-dom", page.resolve().as_uri()],
@@ -370,6 +453,9 @@ def render(page: Path, tmp: Path) -> tuple[str, list[str]]:
     start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
     requested = [e["params"]["url"] for e in log["events"] if e["type"] == start_job
                  and "file://" in e.get("params", {}).get("network_isolation_key", "")]
+    if console is not None:
+        console.extend(line.split(":CONSOLE", 1)[1] for line in proc.stderr.splitlines()
+                       if ":CONSOLE" in line and not _GL_PERFORMANCE.search(line))
     return proc.stdout, requested
 
 
@@ -381,14 +467,19 @@ def figure_dom(dom: str) -> dict[str, str]:
             for i, (s, name) in enumerate(starts)}
 
 
-def test_network_detector_catches_a_cdn_page(tmp_path):
-    """The check below would fail for a page that loads plotly from a CDN: prove it on one."""
+def test_network_and_console_detectors_catch_a_bad_page(tmp_path):
+    """The checks below would fail for a page that loads plotly from a CDN or writes to the console:
+    prove it on one."""
     page = tmp_path / "cdn.html"
     page.write_text('<html><head><script src="https://cdn.plot.ly/plotly-2.35.2.min.js"></script></head>'
-                    '<body><div id="x"></div></body></html>')
-    dom, requested = render(page, tmp_path)
+                    '<body><div id="x"></div><script>console.warn("Invalid color specifier: number 0.98");'
+                    "Plotly.newPlot('x', [])</script></body></html>")
+    console: list[str] = []
+    dom, requested = render(page, tmp_path, console)
     assert requested == ["https://cdn.plot.ly/plotly-2.35.2.min.js"]
     assert "main-svg" not in dom
+    assert any("Invalid color specifier" in line for line in console)
+    assert any("Plotly is not defined" in line for line in console)  # uncaught errors too
 
 
 def _quick_runs() -> list[Path]:
@@ -397,20 +488,27 @@ def _quick_runs() -> list[Path]:
     return [real] if (real / "trials.parquet").exists() else []
 
 
+FAR_BASELINE = "vgg16,9000000,150000000,0.99,0.985\n"  # 100x the trials' parameters
+
+
 def test_report_renders_every_figure_offline_in_chromium(tmp_path, run_dir, other_run):
     baselines = tmp_path / "baselines.csv"
-    baselines.write_text(BASELINES_CSV)
+    baselines.write_text(BASELINES_CSV + FAR_BASELINE)
     sources = [run_dir, other_run, *_quick_runs()]
     out = write_report(sources, tmp_path / "report.html", baselines=baselines)
-    dom, requested = render(out, tmp_path)
+    console: list[str] = []
+    dom, requested = render(out, tmp_path, console)
     assert requested == []
+    assert console == []  # no error, warning or message of any kind
     figures = figure_dom(dom)
-    assert len(figures) == 4 + len(sources)
+    assert len(figures) == 4 + 2 + len(sources)  # + the two zoomed views (vgg16 is far away)
     measured = _measured(*sources)
     for name, html in figures.items():
         assert 'class="main-svg"' in html, f"{name} did not render"
-        if name.startswith("fig-accuracy"):
-            n_base = 3 if name.endswith("params") else 2  # wrn16_4 has no FLOPs in the file
+        if name.endswith("-zoom"):  # drawn like the full view; points off its range may be culled
+            assert len(re.findall(r'class="point\b', html)) >= measured // 2, name
+        elif name.startswith("fig-accuracy"):
+            n_base = 4 if name.endswith("params") else 3  # wrn16_4 has no FLOPs in the file
             assert len(re.findall(r'class="point\b', html)) == measured + n_base, name
         elif name == "fig-three-objectives":
             assert len(re.findall(r'class="point\b', html)) >= measured, name

@@ -148,6 +148,12 @@ def test_ray_backend_writes_the_same_run_directory(tmp_path, capsys):
     assert search.workers == 0  # no --workers: Ray runs as many trials at once as resources allow
     study = optuna.load_study(study_name=search.study, storage=search.storage)
     assert sorted(t.values[0] for t in study.trials) == sorted(table["val_accuracy"])
+    # the study's trials carry the Optuna backend's user attributes (optuna-dashboard shows them)
+    for t in study.trials:
+        row = table[table["trial"] == int(t.user_attrs["trial_dir"].split("/")[1])].iloc[0]
+        assert t.user_attrs["test_accuracy"] == row["test_accuracy"] and t.user_attrs["status"] == "complete"
+        assert t.user_attrs["config"] == json.loads(row["config"]) and t.user_attrs["params"] == row["params"]
+        assert {"started", "finished", "epochs", "worker", "budget", "seed"} <= set(t.user_attrs)
     printed = capsys.readouterr().out
     assert "2 complete, 0 failed" in printed
     for test_accuracy in table["test_accuracy"]:  # the front shows test accuracy from trials.parquet

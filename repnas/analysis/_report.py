@@ -2,7 +2,8 @@
 
 Figures are plotly.express/graph_objects; the page embeds plotly.js once (``include_plotlyjs=True``
 on the first figure, ``False`` on the rest), so it opens offline, from a file or an email
-attachment, with no request to a CDN. Every figure is SVG-rendered except the parallel-coordinates
+attachment, with no request to a CDN (``plotlyjs="cdn"`` loads it from plotly's CDN instead: a
+small page that needs the network). Every figure is SVG-rendered except the parallel-coordinates
 lines (plotly draws those with WebGL). plotly is imported here, lazily, so ``import repnas`` never
 needs it.
 """
@@ -27,6 +28,19 @@ from repnas.analysis._tables import front_table, knob_effects
 from repnas.errors import UserError
 
 ACCURACY = "val_accuracy"
+#: axis titles with units; repnas's FLOPs are 2 x multiply-adds (``torch.utils.flop_counter``), while
+#: ptflops and fvcore report multiply-adds under the name "FLOPs": half of these numbers.
+AXIS_TITLES = {
+    "params": "trainable parameters (count, log scale)",
+    "flops": "FLOPs per image (2 × multiply-adds, log scale)",
+    ACCURACY: "validation accuracy (fraction correct)",
+}
+FLOPS_NOTE = ("FLOPs are forward-pass floating-point operations per image, counted as 2 × multiply-adds "
+              "(torch.utils.flop_counter); tools such as ptflops and fvcore report multiply-adds as "
+              "\"FLOPs\", half of these numbers.")
+PLOTLYJS = ("inline", "cdn")
+#: a baseline this many times beyond the trials' cost range gets a zoomed copy of the figure
+_ZOOM_FACTOR = 3.0
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True,
                 "toImageButtonOptions": {"format": "svg", "scale": 1}}
 _KIND_SYMBOLS = {"on front": "diamond", "dominated": "circle", "infeasible": "x-thin-open"}
@@ -86,33 +100,90 @@ def _step_front(points: pd.DataFrame, x: str) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- figures
 
 
-def _accuracy_vs_cost(table: pd.DataFrame, x: str, baselines: pd.DataFrame | None, multi: bool):
+def run_colours(names: Sequence[str]) -> dict[str, str]:
+    """One distinct colour per run (plotly's qualitative palettes, in order): the same run has the
+    same colour in every figure, and never a colour that means a kind of trial."""
+    from plotly.colors import qualitative
+
+    palette = [c for c in (*qualitative.D3, *qualitative.Dark24) if c.upper() not in ("#D62728", "#7F7F7F")]
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def _identical_points_once(data: pd.DataFrame, x: str) -> pd.DataFrame:
+    """One row per (run, kind, cost, accuracy): identical points are drawn once, with ``count`` and
+    the ``trials`` they stand for (duplicate configs and reused results land exactly on each other)."""
+    keys = ["run", "kind", x, ACCURACY]
+    grouped = data.groupby(keys, sort=False, dropna=False)["trial"]
+    data = data.assign(count=grouped.transform("size"),
+                       trials=grouped.transform(lambda t: ", ".join(str(int(v)) for v in t)))
+    data = data.drop_duplicates(keys).copy()
+    data["label"] = np.where(data["count"] > 1, "×" + data["count"].astype(str), "")
+    return data
+
+
+def _accuracy_vs_cost(table: pd.DataFrame, x: str, baselines: pd.DataFrame | None, multi: bool,
+                      colours: dict[str, str] | None = None):
     import plotly.express as px
     import plotly.graph_objects as go
 
     data = table[np.isfinite(table[x].astype(float)) & np.isfinite(table[ACCURACY].astype(float))].copy()
     if data.empty:
         return None
+    data[x] = data[x].astype(float)
     data["kind"] = np.where(data[f"front_{x}"], "on front",
                             np.where(data["feasible"], "dominated", "infeasible"))
+    data = _identical_points_once(data, x)
+    most = int(data["count"].max())
     fig = px.scatter(
         data, x=x, y=ACCURACY, color="run" if multi else "kind", symbol="kind",
-        symbol_map=_KIND_SYMBOLS, hover_data=_hover_columns(data), log_x=True,
-        category_orders={"kind": list(_KIND_SYMBOLS)},
-        color_discrete_map=None if multi else {"on front": "#d62728", "dominated": "#1f77b4",
-                                               "infeasible": "#999999"},
-        labels={x: x, ACCURACY: "validation accuracy"},
+        symbol_map=_KIND_SYMBOLS, hover_data={**_hover_columns(data), "count": True, "trials": True, "label": False},
+        log_x=True, size="count", size_max=9 * math.sqrt(most), text="label",
+        category_orders={"kind": list(_KIND_SYMBOLS), "run": list(colours or [])},
+        color_discrete_map=colours if multi else {"on front": "#d62728", "dominated": "#1f77b4",
+                                                  "infeasible": "#999999"},
+        labels={x: AXIS_TITLES[x], ACCURACY: AXIS_TITLES[ACCURACY], "count": "identical trials"},
     )
-    fig.update_traces(marker={"size": 9, "line": {"width": 0.5, "color": "#333"}})
+    fig.update_traces(marker={"line": {"width": 0.5, "color": "#333"}, "sizemin": 4}, textposition="middle right",
+                      textfont={"size": 10})
     for run, points in data[data[f"front_{x}"]].groupby("run", sort=False):
         front = _step_front(points, x)
+        colour = (colours or {}).get(run, "#d62728") if multi else "#d62728"
         fig.add_trace(go.Scatter(x=front[x], y=front[ACCURACY], mode="lines", line_shape="hv",
-                                 line={"width": 1.5, "dash": "dot"}, hoverinfo="skip",
+                                 line={"width": 1.5, "dash": "dot", "color": colour}, hoverinfo="skip",
                                  name=f"front ({run})" if multi else "front", legendgroup="front"))
     _add_baselines(fig, baselines, x)
     fig.update_layout(title=f"Validation accuracy vs {x} (front: best accuracy for its {x})",
                       legend_title_text="", height=520)
     return fig
+
+
+def _zoomed(fig, table: pd.DataFrame, baselines: pd.DataFrame | None, x: str):
+    """A copy of an accuracy-vs-cost figure zoomed on the trials, when a baseline lies so far away
+    (more than ``_ZOOM_FACTOR`` times beyond the trials' cost range, or below their accuracies) that
+    the trials would collapse into one column; None when every baseline is near."""
+    import plotly.graph_objects as go
+
+    if fig is None or baselines is None or baselines.empty or x not in baselines:
+        return None
+    data = table[np.isfinite(table[x].astype(float)) & np.isfinite(table[ACCURACY].astype(float))]
+    cost = data[x].astype(float)
+    acc = data[ACCURACY].astype(float)
+    low, high = float(cost.min()), float(cost.max())
+    base = baselines[baselines[x].notna()]
+    base_acc = base[ACCURACY].where(base[ACCURACY].notna(), base["test_accuracy"]).astype(float)
+    spread = max(float(acc.max() - acc.min()), 0.01)
+    far = (base[x].astype(float) > high * _ZOOM_FACTOR) | (base[x].astype(float) < low / _ZOOM_FACTOR) | \
+        (base_acc < float(acc.min()) - 3 * spread)
+    if not far.any():
+        return None
+    pad = max(0.05, 0.08 * (math.log10(high) - math.log10(low)))
+    zoom = go.Figure(fig)
+    zoom.update_xaxes(range=[math.log10(low) - pad, math.log10(high) + pad])
+    zoom.update_yaxes(range=[float(acc.min()) - 0.1 * spread, float(acc.max()) + 0.1 * spread])
+    names = ", ".join(str(n) for n in base.loc[far, "name"])
+    zoom.update_layout(title=f"Zoomed on the trials: validation accuracy vs {x} "
+                             f"(baselines off this view: {names})")
+    return zoom
 
 
 def _add_baselines(fig, baselines: pd.DataFrame | None, x: str) -> None:
@@ -146,9 +217,16 @@ def _three_objective_view(table: pd.DataFrame, multi: bool):
     fig = px.scatter(
         data, x="params", y="flops", color=ACCURACY, symbol="run" if multi else None,
         hover_data={"run": multi, **_hover_columns(data)}, log_x=True, log_y=True,
-        color_continuous_scale="Viridis", labels={ACCURACY: "val acc"},
+        color_continuous_scale="Viridis",
+        labels={ACCURACY: "val acc", "params": AXIS_TITLES["params"], "flops": AXIS_TITLES["flops"]},
     )
-    fig.update_traces(marker={"size": 9})
+    # a legend entry drawn from a trace whose colours are numbers (accuracy) is an invalid colour to
+    # plotly.js (a console warning per entry): hide those entries, show one grey symbol per run instead
+    fig.update_traces(marker={"size": 9}, showlegend=False)
+    if multi:
+        for trace in list(fig.data):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=trace.name,
+                                     marker={"symbol": trace.marker.symbol, "size": 9, "color": "#555"}))
     front = data[data["front"]]
     if not front.empty:
         fig.add_trace(go.Scatter(
@@ -161,7 +239,7 @@ def _three_objective_view(table: pd.DataFrame, multi: bool):
     return fig
 
 
-def _hypervolume_figure(runs: Sequence[Run], names: Sequence[str]):
+def _hypervolume_figure(runs: Sequence[Run], names: Sequence[str], colours: dict[str, str] | None = None):
     """Normalised hypervolume vs trial number; runs with the same objectives share ref and ideal."""
     import plotly.express as px
 
@@ -187,7 +265,8 @@ def _hypervolume_figure(runs: Sequence[Run], names: Sequence[str]):
     if data.empty or not data["front_size"].gt(0).any():  # nothing feasible yet: a flat zero says nothing
         return None, ""
     fig = px.line(data, x="trial", y="hypervolume", color="run", markers=True,
-                  hover_data={"front_size": True}, line_shape="hv")
+                  hover_data={"front_size": True}, line_shape="hv", color_discrete_map=colours,
+                  labels={"trial": "trial number", "hypervolume": "hypervolume (fraction of the box)"})
     fig.update_layout(title="Hypervolume of the front found so far (fraction of the box between the "
                             "ideal and reference points)", height=420, yaxis_rangemode="tozero")
     return fig, "; ".join(captions)
@@ -302,8 +381,9 @@ def _run_summary(run: Run, name: str) -> dict[str, Any]:
     }
 
 
-def _figure_html(fig, div_id: str, first: bool) -> str:
-    body = fig.to_html(full_html=False, include_plotlyjs=first, div_id=div_id, config=_PLOT_CONFIG)
+def _figure_html(fig, div_id: str, first: bool, plotlyjs: str = "inline") -> str:
+    include = ("cdn" if plotlyjs == "cdn" else True) if first else False
+    body = fig.to_html(full_html=False, include_plotlyjs=include, div_id=div_id, config=_PLOT_CONFIG)
     return f'<div class="figure" data-figure="{div_id}">{body}</div>'
 
 
@@ -313,17 +393,23 @@ def _figure_html(fig, div_id: str, first: bool) -> str:
 def report_figures(runs: Sequence[Run], baselines: pd.DataFrame | None = None) -> list[tuple[str, Any, str]]:
     """The report's figures as ``(div id, plotly figure or None, caption)``; None where no data."""
     names = _unique_names(runs)
+    colours = run_colours(names)
     table = _combined(runs, names)
     multi = len(runs) > 1
     figures: list[tuple[str, Any, str]] = []
     for x in ("params", "flops"):
-        fig = _accuracy_vs_cost(table, x, baselines, multi)
-        figures.append((f"fig-accuracy-{x}", fig,
-                        f"Each point is a trial; hover for its knobs. Diamonds: no other trial is both "
-                        f"more accurate and cheaper in {x}. Crosses: over budget or marked infeasible."))
+        fig = _accuracy_vs_cost(table, x, baselines, multi, colours)
+        caption = (f"Each point is a trial; hover for its knobs. Diamonds: no other trial is both more "
+                   f"accurate and cheaper in {x}. Crosses: over budget or marked infeasible. Identical "
+                   "points are drawn once, larger, labelled ×N." + (" " + FLOPS_NOTE if x == "flops" else ""))
+        figures.append((f"fig-accuracy-{x}", fig, caption))
+        zoom = _zoomed(fig, table, baselines, x)
+        if zoom is not None:
+            figures.append((f"fig-accuracy-{x}-zoom", zoom, "The same figure zoomed on the trials, so that "
+                            "they stay readable beside far-away baselines."))
     figures.append(("fig-three-objectives", _three_objective_view(table, multi),
                     "Cheaper is down-left; rings mark the front over all of the run's objectives."))
-    hv_fig, hv_caption = _hypervolume_figure(runs, names)
+    hv_fig, hv_caption = _hypervolume_figure(runs, names, colours)
     figures.append(("fig-hypervolume", hv_fig, "Flat tail: the search stopped finding better trade-offs. "
                                                f"Reference point: {hv_caption}."))
     for i, run in enumerate(runs):
@@ -340,13 +426,17 @@ def _check_runs(runs: Sequence[Run]) -> None:
         raise UserError(f"{where}: no trials yet (has the search started?)")
 
 
-def build_report(runs: Sequence[Run], baselines: pd.DataFrame | None = None, title: str | None = None) -> str:
+def build_report(runs: Sequence[Run], baselines: pd.DataFrame | None = None, title: str | None = None,
+                 plotlyjs: str = "inline") -> str:
     """The report as an HTML string (see :func:`write_report`)."""
+    if plotlyjs not in PLOTLYJS:
+        raise UserError(f"plotlyjs must be one of {', '.join(PLOTLYJS)}, not {plotlyjs!r}")
     _check_runs(runs)
     names = _unique_names(runs)
     parts = [f"<h1>{html.escape(title or 'repnas report: ' + ', '.join(names))}</h1>",
              f'<p class="note">Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. '
-             "Feasible = complete, all objectives measured, parameters within budget.</p>",
+             "Feasible = complete, all objectives measured, parameters within budget. "
+             f"{html.escape(FLOPS_NOTE)}</p>",
              _html_table(pd.DataFrame([_run_summary(r, n) for r, n in zip(runs, names, strict=True)]))]
     first = True
     for div_id, fig, caption in report_figures(runs, baselines):
@@ -355,7 +445,7 @@ def build_report(runs: Sequence[Run], baselines: pd.DataFrame | None = None, tit
             parts.append(f'<p class="note warn" data-missing="{div_id}">No data for {what}: '
                          "no complete trial has the needed metrics.</p>")
             continue
-        parts.append(_figure_html(fig, div_id, first))
+        parts.append(_figure_html(fig, div_id, first, plotlyjs))
         parts.append(f'<p class="note">{html.escape(caption)}</p>')
         first = False
 
@@ -431,11 +521,13 @@ def load_inputs(sources: Sequence[str | Path | Run], baselines: str | Path | pd.
 
 
 def write_report(sources: Sequence[str | Path | Run], out: str | Path = "report.html",
-                 baselines: str | Path | pd.DataFrame | None = None, title: str | None = None) -> Path:
-    """Write one offline HTML report for one or more runs (run directories, Tune experiments,
-    Optuna storages, or loaded :class:`Run` objects); returns the path written."""
+                 baselines: str | Path | pd.DataFrame | None = None, title: str | None = None,
+                 plotlyjs: str = "inline") -> Path:
+    """Write one HTML report for one or more runs (run directories, Tune experiments, Optuna
+    storages, or loaded :class:`Run` objects); returns the path written. ``plotlyjs="inline"``
+    (default) embeds plotly.js (about 4.7 MB, opens offline); ``"cdn"`` loads it from cdn.plot.ly."""
     runs, baselines = load_inputs(sources, baselines)
-    page = build_report(runs, baselines, title)
+    page = build_report(runs, baselines, title, plotlyjs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)

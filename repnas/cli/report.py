@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--title", default=None, help="page title (default: the run names)")
     parser.add_argument("--images", metavar="DIR", default=None,
                         help="also write each figure as PNG and SVG into DIR (needs kaleido and a Chromium)")
+    parser.add_argument("--plotlyjs", choices=("inline", "cdn"), default="inline",
+                        help="inline (default): embed plotly.js, the page opens offline; cdn: load it from "
+                        "cdn.plot.ly, a page of kilobytes that needs the network")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not print the paths written")
     parser.set_defaults(func=run)
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         images = write_images(runs, args.images, baselines=baselines)
         if not args.quiet:
             print(f"wrote {len(images)} images to {args.images}")
-    out = write_report(runs, out=args.out, baselines=baselines, title=args.title)
+    out = write_report(runs, out=args.out, baselines=baselines, title=args.title, plotlyjs=args.plotlyjs)
     if not args.quiet:
         print(f"wrote {out}")
     return 0

@@ -27,6 +27,7 @@ from typing import Any
 
 from repnas._io import atomic_path
 from repnas.errors import UserError
+from repnas.search._progress import SearchProgress
 from repnas.search._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
 
 _COUNTED_STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING")
@@ -255,6 +256,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
         study.sampler = resumed_sampler(search, run, worker, len(study.get_trials(deepcopy=False)))
     data = _load_data(search)
     name = f"w{worker}:{device}"
+    display = SearchProgress(search.trials, counted_trials(study), search.workers)
     while True:
         with run.lock():
             if counted_trials(study) >= search.trials or (deadline is not None and time.time() >= deadline):
@@ -264,19 +266,34 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
             save_sampler(run, worker, study.sampler)
         point = {k: trial.params[k] for k in knob_names}
         rule = make_rule(search, study, trial.number)
+        display.start_trial()
+        show = _epoch_display(display, study, trial.number, search.epochs) if progress and worker == 0 else None
         row = run_trial(search, point, run.trial_dir(trial.number), rule, device=device, data=data,
-                        lookup=lambda config: _same_config(study, config))
+                        lookup=lambda config: _same_config(study, config), on_epoch=show)
         row["worker"] = name
         with run.lock():
             _tell(study, trial, row, search)
             write_table(study, run, knob_names)
-            line = _progress_line(trial.number, row, study, search)
+            line = _progress_line(trial.number, row, study, search, display)
             with (run.logs / f"worker{worker}.log").open("a") as log:
                 print(line, file=log)
             if progress:
+                display.clear()
                 print(line, flush=True)
         if after_trial is not None and after_trial(study, _frozen(study, trial.number)):
             break
+
+
+def _epoch_display(display, study, number: int, epochs: int):
+    """The per-epoch status line of trial ``number`` (None off a terminal: nothing to redraw)."""
+    if not display.stream.isatty():
+        return None
+
+    def show(epoch: int, metrics: dict[str, Any]) -> None:
+        counts = progress_counts(study)
+        display.epoch(number, epoch, epochs, metrics, sum(v for k, v in counts.items() if k != "running"))
+
+    return show
 
 
 def _frozen(study, number: int):
@@ -328,7 +345,7 @@ def _tell(study, trial, row: dict[str, Any], search: SearchConfig) -> None:
     study.tell(trial, state=TrialState.PRUNED if row["status"] == "pruned" else TrialState.FAIL)
 
 
-def _progress_line(number: int, row: dict[str, Any], study, search: SearchConfig) -> str:
+def _progress_line(number: int, row: dict[str, Any], study, search: SearchConfig, display=None) -> str:
     counts = progress_counts(study)
     done = sum(v for k, v in counts.items() if k != "running")
     failed = counts["failed"] + counts["infeasible"]
@@ -339,8 +356,9 @@ def _progress_line(number: int, row: dict[str, Any], study, search: SearchConfig
     else:
         body = str(row.get("error", ""))[:70]
     front = len(study.best_trials) if counts["complete"] else 0
+    eta = f" {display.eta_text(done)}" if display is not None else ""
     return (f"{head} {body:<60} | done {done}/{search.trials} running {counts['running']} "
-            f"failed {failed} front {front}")
+            f"failed {failed} front {front}{eta}")
 
 
 def _si(value: Any) -> str:

@@ -53,7 +53,8 @@ def _on_cpu(device: str) -> bool:
 
 def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path,
               report: Report | None = None, *, device: str | None = None, data=None,
-              progress: bool = False, lookup: Callable[[dict], dict | None] | None = None) -> dict[str, Any]:
+              progress: bool = False, lookup: Callable[[dict], dict | None] | None = None,
+              on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train the candidate ``point`` of ``search`` in ``trial_dir``; return its result row.
 
     ``report(epoch, metrics)`` is called after every epoch; returning True stops the trial, which
@@ -61,7 +62,10 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
     ``lookup(run_config)`` may return the row of an earlier trial with the very same run config
     (different knob values often build the same model: sharing in a one-layer stage, the rank of
     absent banks); training is deterministic for a seed, so that row is reused instead of retraining.
+    ``on_epoch(epoch, metrics)`` is told every epoch (the search's progress display); the epoch's
+    numbers also go to TensorBoard in ``trial_dir`` (:mod:`repnas.search._tensorboard`).
     """
+    from repnas.search._tensorboard import EpochScalars
     from repnas.spaces import InfeasibleError
 
     trial_dir = Path(trial_dir)
@@ -73,6 +77,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
         "seed": int(search.seed), "error": "", "budget": int(search.budget), "config": None,
     }
     started = time.time()
+    scalars = EpochScalars(trial_dir)
     try:
         print(f"point: {point}", file=log, flush=True)
         space = search.search_space()
@@ -103,6 +108,9 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
             metrics = {**metrics, **cost}
             line = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
             print(f"epoch {epoch}: {line}", file=log, flush=True)
+            scalars(epoch, metrics)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
             return bool(report(epoch, metrics)) if report is not None else False
 
         from repnas.train._trainer import train
@@ -127,6 +135,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
         print(traceback.format_exc(), file=log, flush=True)
         _free_cuda()
     finally:
+        scalars.close()
         row["started"], row["finished"] = _iso(started), _iso(time.time())
         print(f"status: {row['status']} {row['error']} ({time.time() - started:.1f}s)", file=log, flush=True)
         log.close()
