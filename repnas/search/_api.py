@@ -182,7 +182,7 @@ def config_file_arguments(path: str | Path) -> dict[str, Any]:
         data.pop("population_size")
     if isinstance(data.get("objectives"), list):
         data["objectives"] = ",".join(o["name"] if isinstance(o, dict) else str(o) for o in data["objectives"])
-    if data.get("sampler", "").startswith(_CUSTOM):
+    if str(data.get("sampler") or "").startswith(_CUSTOM):
         raise UserError(f"{path}: sampler {data['sampler']!r} was a Python object; pass --sampler")
     return data
 
