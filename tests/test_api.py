@@ -141,9 +141,17 @@ def test_a_callback_can_stop_the_search_as_in_optuna(tmp_path):
         if trial.number == 1:
             study.stop()
 
-    result = run_search("quick", trials=10, epochs=1, out=tmp_path / "s", progress=False,
+    sampler = optuna.samplers.RandomSampler(seed=3)
+    result = run_search("quick", trials=10, epochs=1, out=tmp_path / "s", progress=False, sampler=sampler,
                         callbacks=[stop_after_two])
     assert len(result.study.trials) == 2
+    assert yaml.safe_load((tmp_path / "s" / "search.yaml").read_text())["sampler"] == "custom:RandomSampler"
+    # the command line resumes it with the pickled sampler: the points a straight run would propose
+    assert main(["search", "--resume", "--out", str(tmp_path / "s"), "--trials", "3", "--quiet"]) == 0
+    resumed = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    straight = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    distributions = result.config.search_space().distributions()
+    assert [t.params for t in resumed.trials] == [straight.ask(distributions).params for _ in range(3)]
 
 
 def test_dry_run_prints_solved_models_and_writes_nothing(tmp_path, capsys):
