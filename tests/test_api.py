@@ -259,9 +259,9 @@ def test_progress_line_shows_the_running_epoch_and_an_eta(monkeypatch):
     monkeypatch.setattr(progress.time, "time", lambda: now[0])
     display = progress.SearchProgress(total=10, done_before=2, workers=1, stream=Terminal())
     display.start_trial()
-    now[0] = 130.0  # half of the first trial of this session took 30 s: 60 s per trial, 8 left
+    now[0] = 130.0  # half of the first trial of this session took 30 s: 60 s per trial, 7.5 left
     display.epoch(2, 1, 2, {"val_accuracy": 0.5}, done=2)
-    assert "trial    2 epoch 1/2  val 0.5000 | done 2/10 eta 8m00s" in display.stream.getvalue()
+    assert "trial    2 epoch 1/2  val 0.5000 | done 2/10 eta 7m30s" in display.stream.getvalue()
     now[0] = 160.0
     assert display.eta_text(3) == "eta 7m00s"  # 60 s for the one finished trial, 7 left
     assert progress.duration(4000) == "1h06m"

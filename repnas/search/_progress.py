@@ -5,8 +5,8 @@ status line is redrawn in place after every epoch (``\\r``), so a long trial is 
 terminal (a log file, CI) only the per-trial lines are written, each with the ETA.
 
 The ETA is the time per finished trial of this session (all workers together, so parallel workers
-count) times the trials left; before the first trial finishes, the running trial's own pace
-(seconds per epoch times the epochs of all trials left, over the workers).
+count) times the trials left (less the epochs the running trial has done); before the first trial
+finishes, the running trial's own pace (seconds per epoch times the epochs left, over the workers).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class SearchProgress:
 
     def eta(self, done: int, epoch_fraction: float = 0.0) -> float | None:
         """Seconds left for ``total`` trials when ``done`` are finished (None: no pace yet)."""
-        left = max(0, self.total - done)
+        left = max(0.0, self.total - done - epoch_fraction)  # the running trial's done part is not left
         finished_here = done - self.done_before
         now = time.time()
         if finished_here > 0:
