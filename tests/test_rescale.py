@@ -318,7 +318,7 @@ def paper_rule_by_loops(source: torch.Tensor, out: int, in_: int, f) -> torch.Te
     maps, f_e1(f_e0(f_(0,0)(W[p, q]))). ``f(w, pair)`` maps with scalar pair ``pair``: whole tiles
     are pairs a*r1 + b, then the output remainder's pair, then the input remainder's."""
     o, i = source.shape[:2]
-    r0, r1, e0, e1 = out // o, in_ // i, out % o, in_ % i
+    r0, r1, e0 = out // o, in_ // i, out % o
     pair_e0, pair_e1 = r0 * r1, r0 * r1 + (e0 > 0)
     weight = torch.empty(out, in_, *source.shape[2:], dtype=source.dtype)
     for x in range(out):
