@@ -247,7 +247,7 @@ def test_materialize_gives_the_same_outputs_and_gradients_reach_everything(name)
     _randomize(model)
     model.eval()
     info = spaces.dataset_info(spaces.default_dataset(name))
-    size = 16 if info.image_size > 24 and info.in_channels == 3 else info.image_size  # rot-MNIST needs 24+
+    size = 24 if spaces.default_dataset(name) == "rotmnist" else 8  # the smallest the authors' rot-MNIST nets take
     x = torch.randn(2, info.in_channels, size, size, generator=torch.Generator().manual_seed(1))
     plain = materialize(model).eval()
     assert not list(repeated_layers(plain))

@@ -192,7 +192,7 @@ def plan_for(space: SearchSpace, arch: Architecture, widths: tuple[int, ...], co
         if c.name not in layers and c.role != "stem" and own[c.name] != (c.out, c.in_):
             layers[c.name] = {"own": list(own[c.name])}
     order = {c.name: k for k, c in enumerate(layout)}
-    plan: dict[str, Any] = {"version": 1, "map": arch.map, "scalar_init": arch.scalar_init}
+    plan: dict[str, Any] = arch.plan_header()
     if banks:
         plan["banks"] = banks
     plan["layers"] = dict(sorted(layers.items(), key=lambda kv: order[kv[0]]))

@@ -12,7 +12,9 @@ per stage and the repetition *knobs* (see :data:`KNOB_DEFAULTS`):
                      (all mix one shared rank-``rank`` template bank);
 * ``rank``           mixing rank R of the banks; ``bank_scope`` ``stage`` (one bank per stage) or
                      ``network`` (one bank for every ``bank`` stage);
-* ``map``            tile scalar map (``swish`` | ``linear`` | ``none``); ``scalar_init``.
+* ``map``            tile scalar map (``swish`` | ``linear`` | ``none``); ``scalar_init``;
+* ``remainder``, ``source_init``, ``bias_init``: the plan options of docs/method.md (the authors'
+                     choice by default: ``paper``, ``small_xavier``, ``zeros``).
 
 The same definition gives Optuna distributions (:meth:`SearchSpace.distributions`), a Ray Tune
 ``param_space`` (:meth:`SearchSpace.to_ray`) and, for a sampled point and a parameter budget, a
@@ -60,6 +62,9 @@ KNOB_DEFAULTS: dict[str, tuple[Any, bool]] = {
     "bank_scope": ("stage", False),
     "map": ("swish", False),
     "scalar_init": ("xavier", False),
+    "remainder": ("paper", False),
+    "source_init": ("small_xavier", False),
+    "bias_init": ("zeros", False),
 }
 _SPACE_KEYS = {"name", "description", "family", "widths", "budget", "dataset", "epochs", "recipe", "knobs",
                "min_width"}
@@ -181,6 +186,14 @@ class Architecture:
     bank_scope: str = "stage"
     map: str = "swish"
     scalar_init: str = "xavier"
+    remainder: str = "paper"
+    source_init: str = "small_xavier"
+    bias_init: str = "zeros"
+
+    def plan_header(self) -> dict[str, Any]:
+        """The plan-wide part of this architecture's RepetitionPlan dict (version 2)."""
+        return {"version": 2, "map": self.map, "scalar_init": self.scalar_init, "remainder": self.remainder,
+                "source_init": self.source_init, "bias_init": self.bias_init}
 
 
 @dataclass
@@ -250,6 +263,9 @@ class SearchSpace:
             bank_scope=str(get("bank_scope")),
             map=str(get("map")),
             scalar_init=str(get("scalar_init")),
+            remainder=str(get("remainder")),
+            source_init=str(get("source_init")),
+            bias_init=str(get("bias_init")),
         )
         _check_architecture(arch, self.name)
         return arch
@@ -416,6 +432,11 @@ def _check_architecture(arch: Architecture, space: str) -> None:
         raise UserError(f"{where}: unknown map {arch.map!r}; choose one of {sorted(SCALAR_MAPS)}")
     if arch.scalar_init not in ("xavier", "identity"):
         raise UserError(f"{where}: scalar_init must be 'xavier' or 'identity', got {arch.scalar_init!r}")
+    from repnas.rescale import PLAN_OPTIONS
+
+    for key, allowed in PLAN_OPTIONS.items():
+        if getattr(arch, key) not in allowed:
+            raise UserError(f"{where}: {key} must be one of {', '.join(allowed)}, got {getattr(arch, key)!r}")
 
 
 # --------------------------------------------------------------------- built-in spaces
