@@ -240,7 +240,7 @@ def test_base_defaults_are_a_family(base, family):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_materialize_gives_the_same_outputs_and_gradients_reach_everything(name):
+def test_materialize_gives_the_same_outputs_and_gradients_reach_every_parameter(name):
     if "gcnn" in name and not HAS_E2CNN:
         pytest.skip("e2cnn is not installed")
     model = built(DEFAULTS_OF.get(name, name))
@@ -254,6 +254,8 @@ def test_materialize_gives_the_same_outputs_and_gradients_reach_everything(name)
     assert count_params(plain) == count_physical_params(model)
     with torch.no_grad():
         assert (model(x) - plain(x)).abs().max().item() <= 1e-5
+    if not list(repeated_layers(model)):
+        return  # a plain model's gradients are torch's own business
     model.train()
     model.zero_grad()
     model(x).square().sum().backward()

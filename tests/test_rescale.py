@@ -454,3 +454,29 @@ def test_version_1_documents_keep_their_meaning(tmp_path):
     assert (v2.remainder, v2.source_init, v2.bias_init) == ("paper", "small_xavier", "zeros")
     # no version but a version-2 key: version 2
     assert RepetitionPlan.from_dict({"bias_init": "default", "layers": {}}).remainder == "paper"
+
+
+def test_an_exported_version_1_run_config_still_builds_what_it_built():
+    """Old exported run configs carry version-1 plans: the model they build is unchanged."""
+    import yaml
+
+    from repnas.spaces import build_model
+    from repnas.train import RunConfig
+
+    text = """
+model:
+  base: vgg
+  kwargs: {cfg: [8, 12, M, 12]}
+  plan: {version: 1, map: swish, scalar_init: xavier, layers: {features.3: {own: [5, 8]}}}
+dataset: {name: digits}
+"""
+    config = RunConfig.from_dict(yaml.safe_load(text))
+    torch.manual_seed(0)
+    model = build_model(config.model, num_classes=10, in_channels=1)
+    torch.manual_seed(0)
+    base = build_model({"base": "vgg", "kwargs": {"cfg": [8, 12, "M", 12]}}, num_classes=10, in_channels=1)
+    ((_, conv, rep),) = repeated_layers(model)
+    assert rep.remainder == "source" and rep.layout == (2, 1, 2, 0)
+    assert torch.equal(conv.bias, base.features[3].bias)  # default bias, not zeros
+    assert torch.equal(rep.source(), base.features[3].weight[:5, :8])  # physical init
+    assert RunConfig.from_dict(config.to_dict()).model == config.model
