@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from repnas.errors import UserError
+from repnas.spaces._lenders import apply_lenders, drop_misfits
 
 if TYPE_CHECKING:
     from repnas.spaces._space import Architecture, SearchSpace
@@ -128,7 +129,7 @@ def plan_for(space: SearchSpace, arch: Architecture, widths: tuple[int, ...], co
     """The RepetitionPlan dict of ``arch`` with source widths ``widths`` on ``config``'s base model."""
     layout, _ = _conv_layout(space.family, config["base"], json.dumps(config["kwargs"], sort_keys=True),
                              in_channels, arch.depths)
-    physical = [w * r for w, r in zip(widths, arch.width_reps, strict=True)]
+    physical = space.physical_widths(arch, widths)
     layers: dict[str, dict[str, Any]] = {}
     banks: dict[str, dict[str, int]] = {}
 
@@ -188,15 +189,34 @@ def plan_for(space: SearchSpace, arch: Architecture, widths: tuple[int, ...], co
             banks["network"] = {"out": size, "in": size, "rank": arch.rank}
             for c in members:
                 layers[c.name] = {"bank": "network"}
+    replaced = _lend(layout, layers, arch) if arch.lenders else {}
     for c in layout:
         if c.name not in layers and c.role != "stem" and own[c.name] != (c.out, c.in_):
             layers[c.name] = {"own": list(own[c.name])}
+    if arch.lenders:
+        drop_misfits([c.name for c in layout], {c.name: (c.out, c.in_, c.kernel) for c in layout},
+                     layers, banks, own, replaced)
+        used = {rule["bank"] for rule in layers.values() if "bank" in rule}
+        for name in [b for b in banks if b not in used]:
+            del banks[name]
     order = {c.name: k for k, c in enumerate(layout)}
-    plan: dict[str, Any] = {"version": 1, "map": arch.map, "scalar_init": arch.scalar_init}
+    plan: dict[str, Any] = {"version": 1, **space.plan_options, "map": arch.map, "scalar_init": arch.scalar_init}
     if banks:
         plan["banks"] = banks
     plan["layers"] = dict(sorted(layers.items(), key=lambda kv: order[kv[0]]))
     return plan
+
+
+def _lend(layout: tuple[_Conv, ...], layers: dict[str, dict], arch: Architecture) -> dict[str, dict | None]:
+    """Apply the ``lender.<s>.<j>`` knobs over the share rules (slot j = j-th main conv of stage s)."""
+    main: dict[tuple[int, int], str] = {}
+    per_stage: dict[int, int] = {}
+    for c in layout:
+        if c.role in ("first", "inner"):
+            j = per_stage.get(c.stage, 0)
+            main[(c.stage, j)] = c.name
+            per_stage[c.stage] = j + 1
+    return apply_lenders(main, layers, arch.lenders)
 
 
 # --------------------------------------------------------------------- counting and solving
@@ -283,6 +303,8 @@ def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset:
     """Source widths for ``point`` with params <= ``budget`` and as close to it as the widths allow."""
     from repnas.spaces._datasets_info import dataset_info
 
+    if space.shape == "fixed":
+        return solve_fixed_shape(space, point, budget, dataset, exact)
     info = dataset_info(dataset)
     arch = space.architecture(point)
     refs = space.widths
@@ -334,6 +356,67 @@ def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset:
         if real != params:  # the closed form missed something: solve again with real counts
             return solve_point(space, point, budget, dataset, exact=True)
     physical = tuple(w * r for w, r in zip(best, arch.width_reps, strict=True))
+    return Solution(source_widths=best, physical_widths=physical, params=params, budget=budget,
+                    model_config=config)
+
+
+#: Scales the fixed-shape solver probes first: 2**(-k/4) down to about 1/1000 of the physical widths.
+_FIXED_SCALES = tuple(2 ** (-k / 4) for k in range(41))
+
+
+def solve_fixed_shape(space: SearchSpace, point: dict[str, Any], budget: int, dataset: str,
+                      exact: bool = False) -> Solution:
+    """``shape: fixed``: the physical widths are given; pick how large the owned sources are.
+
+    Every owning stage's source is ``round(t * physical)`` (at least ``min_width``, at most the
+    physical width) for one scale ``t <= 1``: the largest ``t`` whose count fits the budget. If the
+    plain-width sources fit, the convs stay plain (a point like RepVGG-6 at its own count is
+    exactly RepVGG-6). The count is not monotone at tiny sources (a 2-channel source tiled over
+    512 channels needs 2 scalars per tile, tens of thousands), so the solver first probes a fixed
+    geometric ladder of scales for the largest one that fits, then bisects between it and the next
+    rung up: a fixed number of closed-form counts, whatever the space's ranges.
+    """
+    from repnas.spaces._datasets_info import dataset_info
+
+    info = dataset_info(dataset)
+    arch = space.architecture(point)
+    physical = space.physical_widths(arch, space.widths)
+    cache: dict[tuple[int, ...], tuple[int, dict]] = {}
+
+    def count(widths: tuple[int, ...]) -> int:
+        if widths not in cache:
+            config = space.model_config(arch, widths, info.in_channels)
+            if exact:
+                cache[widths] = (count_config_params(config, info.num_classes, info.in_channels), config)
+            else:
+                cache[widths] = (_estimate_params(config, space.family, arch.depths, info), config)
+        return cache[widths][0]
+
+    def at_scale(scale: float) -> tuple[int, ...]:
+        return tuple(min(p, max(space.min_width, round(scale * p))) for p in physical)
+
+    lo = next((t for t in _FIXED_SCALES if count(at_scale(t)) <= budget), None)
+    if lo is None:
+        smallest = min(count(at_scale(t)) for t in _FIXED_SCALES)
+        raise InfeasibleError(f"{_describe(point)} needs at least {smallest:,} params "
+                              f"(budget {budget:,})", smallest)
+    if lo < 1.0:
+        hi = lo * 2 ** 0.25  # the rung above: it does not fit
+        for _ in range(40):
+            low_w, high_w = at_scale(lo), at_scale(hi)
+            if sum(h - w for h, w in zip(high_w, low_w, strict=True)) <= 1:
+                break
+            mid = (lo + hi) / 2
+            if count(at_scale(mid)) <= budget:
+                lo = mid
+            else:
+                hi = mid
+    best = at_scale(lo)
+    params, config = cache[best]
+    if not exact:
+        real = count_config_params(config, info.num_classes, info.in_channels)
+        if real != params:  # the closed form missed something: solve again with real counts
+            return solve_fixed_shape(space, point, budget, dataset, exact=True)
     return Solution(source_widths=best, physical_widths=physical, params=params, budget=budget,
                     model_config=config)
 
