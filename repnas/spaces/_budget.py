@@ -364,6 +364,11 @@ def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset:
 _FIXED_SCALES = tuple(2 ** (-k / 4) for k in range(41))
 
 
+def _fixed_widths(space: SearchSpace, physical: tuple[int, ...], scale: float) -> tuple[int, ...]:
+    """Source widths at ``scale`` of the physical ones: at least ``min_width``, at most physical."""
+    return tuple(min(p, max(space.min_width, round(scale * p))) for p in physical)
+
+
 def solve_fixed_shape(space: SearchSpace, point: dict[str, Any], budget: int, dataset: str,
                       exact: bool = False) -> Solution:
     """``shape: fixed``: the physical widths are given; pick how large the owned sources are.
@@ -393,7 +398,7 @@ def solve_fixed_shape(space: SearchSpace, point: dict[str, Any], budget: int, da
         return cache[widths][0]
 
     def at_scale(scale: float) -> tuple[int, ...]:
-        return tuple(min(p, max(space.min_width, round(scale * p))) for p in physical)
+        return _fixed_widths(space, physical, scale)
 
     lo = next((t for t in _FIXED_SCALES if count(at_scale(t)) <= budget), None)
     if lo is None:
@@ -442,10 +447,12 @@ def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: 
     from repnas.spaces._datasets_info import dataset_info
 
     info = dataset_info(dataset or space.dataset)
-    monotone = {n: min(k.grid() or [k.low]) for n, k in space.knobs.items()
+    monotone = {n: min(k.choices) if k.choices is not None else k.low for n, k in space.knobs.items()
                 if n.partition(".")[0] == "depth"}
     names = [n for n in space.knobs if n not in monotone]
     grids = [space.knobs[n].grid() or [space.knobs[n].low] for n in names]
+    if space.shape == "fixed":  # each point needs a scan over scales (see solve_fixed_shape)
+        samples = min(samples, 64)
     if math.prod(len(g) for g in grids) <= samples:
         points = [dict(zip(names, values, strict=True)) for values in itertools.product(*grids)]
     else:
@@ -455,6 +462,19 @@ def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: 
     counts = []
     for point in points:
         arch = space.architecture({**point, **monotone})
+        if space.shape == "fixed":
+            counts.append(_fixed_shape_minimum(space, arch, info))
+            continue
         config = space.model_config(arch, smallest, info.in_channels)
+        counts.append(_estimate_params(config, space.family, arch.depths, info))
+    return min(counts)
+
+
+def _fixed_shape_minimum(space: SearchSpace, arch: Architecture, info) -> int:
+    """The fewest parameters of a fixed-shape architecture over the solver's ladder of scales."""
+    physical = space.physical_widths(arch, space.widths)
+    counts = []
+    for scale in _FIXED_SCALES:
+        config = space.model_config(arch, _fixed_widths(space, physical, scale), info.in_channels)
         counts.append(_estimate_params(config, space.family, arch.depths, info))
     return min(counts)

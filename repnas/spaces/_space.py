@@ -240,8 +240,12 @@ class SearchSpace:
     def grid_size(self) -> float:
         size = 1.0
         for knob in self.knobs.values():
-            values = knob.grid()
-            size *= len(values) if values is not None else math.inf
+            if knob.choices is not None:
+                size *= len(knob.choices)
+            elif knob.is_int:  # counted, not enumerated: a range may be huge
+                size *= (int(knob.high) - int(knob.low)) // (knob.step or 1) + 1
+            else:
+                size = math.inf
         return size
 
     def architecture(self, point: dict[str, Any]) -> Architecture:
