@@ -16,7 +16,9 @@ per stage and the repetition *knobs* (see :data:`KNOB_DEFAULTS`):
 * ``lender.<s>.<j>`` cross-layer borrowing: conv j of stage s tiles an earlier conv ``"s'.j'"``
                      (``none``: the stage's share rule); ``lender: {per_conv: true}`` makes one knob
                      per conv (``_lenders.py``);
-* ``widen``          with ``shape: fixed`` only: physical widths are ``widths`` times this (WRN's k).
+* ``widen``          with ``shape: fixed`` only: physical widths are ``widths`` times this (WRN's k);
+* ``plan.<key>``     a plan-level RepetitionPlan key other than map/scalar_init (searched or fixed),
+                     so a point carries plan options into its plan.
 
 Two shape modes. ``shape: solved`` (default): ``widths`` are reference *source* widths and the
 solver scales them to fill the budget (physical = source x width_rep). ``shape: fixed``: ``widths``
@@ -144,9 +146,10 @@ class Knob:
         return None
 
     def sample(self, rng: random.Random) -> Any:
-        values = self.grid()
-        if values is not None:
-            return rng.choice(values)
+        if self.choices is not None:
+            return rng.choice(self.choices)
+        if self.is_int:  # the same draw as rng.choice(self.grid()), without listing a huge range
+            return rng.randrange(int(self.low), int(self.high) + 1, self.step or 1)
         if self.log:
             return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
         return rng.uniform(self.low, self.high)
@@ -199,6 +202,8 @@ class Architecture:
     #: (borrower slot, lender slot) pairs of the ``lender.<s>.<j>`` knobs that name a lender.
     lenders: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = ()
     widen: int = 1
+    #: (key, value) of the point's ``plan.<key>`` knobs: plan-level options for its plan.
+    plan_options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -278,6 +283,7 @@ class SearchSpace:
             scalar_init=str(get("scalar_init")),
             lenders=_lenders_of(values, f"space {self.name!r}"),
             widen=int(get("widen")),
+            plan_options=tuple(sorted((n[len("plan."):], v) for n, v in values.items() if n.startswith("plan."))),
         )
         _check_architecture(arch, self.name)
         _check_shape_mode(arch, self)
@@ -381,6 +387,9 @@ class SearchSpace:
             base, _, stage = str(name).partition(".")
             if base == "lender":
                 _parse_lender_knob(str(name), spec, len(widths), knobs, fixed, where)
+                continue
+            if base == "plan":
+                _parse_plan_knob(str(name), spec, knobs, fixed, where)
                 continue
             if base not in KNOB_DEFAULTS:
                 close = difflib.get_close_matches(base, KNOB_DEFAULTS, n=1)
@@ -488,6 +497,32 @@ def _parse_lender_knob(name: str, spec: Any, num_stages: int, knobs: dict[str, K
         knobs[name] = knob
     else:
         check_lender_knob(name, [spec], num_stages, where)
+        fixed[name] = spec
+
+
+#: Plan keys a ``plan.<key>`` knob may not set: the space makes them, or they are knobs of their own.
+_NOT_PLAN_KNOBS = ("layers", "banks", "map", "scalar_init")
+
+
+def _parse_plan_knob(name: str, spec: Any, knobs: dict[str, Knob], fixed: dict[str, Any], where: str) -> None:
+    """``plan.<key>``: a searched or fixed plan-level option, each value checked by RepetitionPlan."""
+    key = name[len("plan."):]
+    if not key or key in _NOT_PLAN_KNOBS:
+        raise UserError(f"{where}: knob {name!r}: plan.<key> sets a plan-level option other than "
+                        f"{', '.join(_NOT_PLAN_KNOBS)} (map and scalar_init are knobs of their own)")
+    knob = Knob.from_spec(name, spec, where) if isinstance(spec, dict) else None
+    if knob is not None and knob.choices is None:
+        raise UserError(f"{where}: knob {name!r} needs choices (plan options are categorical)")
+    from repnas.rescale import RepetitionPlan
+
+    for value in knob.choices if knob is not None else [spec]:
+        try:
+            RepetitionPlan.from_dict({key: value, "layers": {}})
+        except ValueError as exc:
+            raise UserError(f"{where}: knob {name!r}: {exc}") from None
+    if knob is not None:
+        knobs[name] = knob
+    else:
         fixed[name] = spec
 
 
