@@ -14,6 +14,9 @@ if they differ, so the count is exactly what the trainer will report. The count 
 every ``W_s``, so the solver bisects a common scale of the reference widths, then greedily widens
 single stages while the budget allows (a finer step than the common scale; it lands within a few
 percent under the budget).
+
+A ``shape: fixed`` space gives the physical widths instead; :func:`solve_fixed_shape` then only
+sizes the sources of the convs that own weights, by one scale of the physical widths.
 """
 
 from __future__ import annotations
@@ -44,7 +47,11 @@ class InfeasibleError(UserError):
 
 @dataclass(frozen=True)
 class Solution:
-    """The solver's answer for one point: widths, the model config and its exact parameter count."""
+    """The solver's answer for one point: widths, the model config and its exact parameter count.
+
+    ``source_widths`` are the owned sources' widths per stage; with ``shape: fixed`` they equal
+    ``physical_widths`` when the plain convs fit the budget.
+    """
 
     source_widths: tuple[int, ...]
     physical_widths: tuple[int, ...]
@@ -440,7 +447,8 @@ def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: 
     held at their smallest values and the other knobs are enumerated: exact when they have at most
     ``samples`` combinations, else the minimum over ``samples`` seeded random ones (an upper bound).
     Width factors are not monotone: a factor that makes a stage as wide as the stem removes its
-    projection shortcut.
+    projection shortcut. A ``shape: fixed`` point's fewest is over the solver's ladder of scales
+    (tiny sources need many tile scalars), so those spaces try at most 64 points.
     """
     import itertools
     import random
