@@ -34,8 +34,23 @@ def _meta_count(build) -> int:
         return count_params(build())
 
 
+def _full_source(family: str) -> str:
+    """``own`` if the family's plan lists convs that own an untiled (full-size) source, else ``plain``."""
+    spec = model_spec(family)
+    with torch.device("meta"):
+        base = build_model({"base": spec.base, "kwargs": spec.base_kwargs})
+    shapes = {name: tuple(m.weight.shape[:2]) for name, m in base.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    full = any(rule.own is not None and rule.own == shapes[name] for name, rule in spec.plan.layers.items())
+    return "own" if full else "plain"
+
+
 def _assert_is_family(space: SearchSpace, point: dict, family: str) -> None:
-    """The space builds exactly ``family`` from ``point`` at the family's parameter count."""
+    """The space builds exactly ``family`` from ``point`` at the family's parameter count; where
+    the space searches ``full_source``, the point takes the family's choice."""
+    if "full_source" in space.knobs:
+        point = {**point, "full_source": _full_source(family)}
+    else:
+        assert _full_source(family) == "plain"
     expected = _meta_count(lambda: create_model(family))
     solution = space.solve(point, expected, "cifar10")
     spec = model_spec(family)
@@ -155,13 +170,17 @@ def test_fixed_shape_solver_fills_the_budget_with_real_counts(name, budgets):
             assert real == solution.params
 
 
-def test_fixed_shape_infeasible_below_the_smallest_candidate():
+def test_fixed_shape_infeasible_names_the_points_minimum():
     space = load_space("wrn16-shape")
-    minimum = smallest_candidate(space)
-    point = {**space.sample(0), "widen": 1}
+    point = {**space.sample(0), "widen": 4}
     with pytest.raises(InfeasibleError) as info:
+        space.solve(point, 1000)
+    minimum = info.value.min_params
+    assert f"{minimum:,}" in str(info.value)
+    assert space.solve(point, minimum).params <= minimum  # the named minimum is a budget that fits
+    with pytest.raises(InfeasibleError):
         space.solve(point, minimum - 1)
-    assert info.value.min_params >= minimum
+    assert smallest_candidate(space) > 1000
 
 
 def test_huge_depth_range_is_never_enumerated(monkeypatch):

@@ -197,12 +197,13 @@ def plan_for(space: SearchSpace, arch: Architecture, widths: tuple[int, ...], co
             for c in members:
                 layers[c.name] = {"bank": "network"}
     replaced = _lend(layout, layers, arch) if arch.lenders else {}
+    keep_full = arch.full_source == "own"
     for c in layout:
-        if c.name not in layers and c.role != "stem" and own[c.name] != (c.out, c.in_):
+        if c.name not in layers and c.role != "stem" and (keep_full or own[c.name] != (c.out, c.in_)):
             layers[c.name] = {"own": list(own[c.name])}
     if arch.lenders:
         drop_misfits([c.name for c in layout], {c.name: (c.out, c.in_, c.kernel) for c in layout},
-                     layers, banks, own, replaced)
+                     layers, banks, own, replaced, keep_full)
         used = {rule["bank"] for rule in layers.values() if "bank" in rule}
         for name in [b for b in banks if b not in used]:
             del banks[name]

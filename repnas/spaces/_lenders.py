@@ -121,13 +121,13 @@ def apply_lenders(main_convs: dict[tuple[int, int], str], layers: dict[str, dict
 
 def drop_misfits(order: list[str], shapes: dict[str, tuple[int, int, tuple[int, ...]]],
                  layers: dict[str, dict], banks: dict[str, dict], own: dict[str, tuple[int, int]],
-                 replaced: dict[str, dict | None]) -> None:
+                 replaced: dict[str, dict | None], keep_full: bool = False) -> None:
     """Undo every borrow whose (resolved) source does not fit its conv.
 
     ``order`` lists convs in network order (lenders before borrowers), ``shapes`` gives each conv's
     (out, in, kernel). A misfit borrower gets back its ``replaced`` share rule when that was a bank,
-    else its ``own`` source (a conv whose own source is its full shape stays plain). One pass
-    suffices because lenders come first.
+    else its ``own`` source (a conv whose own source is its full shape stays plain unless
+    ``keep_full``: the space's ``full_source: own``). One pass suffices because lenders come first.
     """
     source: dict[str, tuple[int, int]] = {}
     for name in order:
@@ -141,7 +141,7 @@ def drop_misfits(order: list[str], shapes: dict[str, tuple[int, int, tuple[int, 
                 previous = replaced.get(name)
                 if previous is not None and "bank" in previous:
                     layers[name] = previous
-                elif own_shape == (out, in_):
+                elif own_shape == (out, in_) and not keep_full:
                     del layers[name]
                 else:
                     layers[name] = {"own": list(own_shape)}

@@ -18,7 +18,10 @@ per stage and the repetition *knobs* (see :data:`KNOB_DEFAULTS`):
                      per conv (``_lenders.py``);
 * ``widen``          with ``shape: fixed`` only: physical widths are ``widths`` times this (WRN's k);
 * ``plan.<key>``     a plan-level RepetitionPlan key other than map/scalar_init (searched or fixed),
-                     so a point carries plan options into its plan.
+                     so a point carries plan options into its plan;
+* ``full_source``    a conv whose owned source is as large as the conv: ``plain`` (left out of the
+                     plan: an ordinary conv, as RepVGG's owners) or ``own`` (an untiled own source,
+                     initialised by the plan's source init, as the authors' RepWRN-16-1).
 
 Two shape modes. ``shape: solved`` (default): ``widths`` are reference *source* widths and the
 solver scales them to fill the budget (physical = source x width_rep). ``shape: fixed``: ``widths``
@@ -76,6 +79,7 @@ KNOB_DEFAULTS: dict[str, tuple[Any, bool]] = {
     "scalar_init": ("xavier", False),
     "lender": (NO_LENDER, False),
     "widen": (1, False),
+    "full_source": ("plain", False),
 }
 _SPACE_KEYS = {"name", "description", "family", "widths", "budget", "dataset", "epochs", "recipe", "knobs",
                "min_width", "shape", "plan_options"}
@@ -204,6 +208,7 @@ class Architecture:
     widen: int = 1
     #: (key, value) of the point's ``plan.<key>`` knobs: plan-level options for its plan.
     plan_options: tuple[tuple[str, Any], ...] = ()
+    full_source: str = "plain"
 
 
 @dataclass
@@ -284,6 +289,7 @@ class SearchSpace:
             lenders=_lenders_of(values, f"space {self.name!r}"),
             widen=int(get("widen")),
             plan_options=tuple(sorted((n[len("plan."):], v) for n, v in values.items() if n.startswith("plan."))),
+            full_source=str(get("full_source")),
         )
         _check_architecture(arch, self.name)
         _check_shape_mode(arch, self)
@@ -571,6 +577,8 @@ def _check_shape_mode(arch: Architecture, space: SearchSpace) -> None:
         raise UserError(f"{where}: widen needs shape: fixed (in a solved space, width_rep sets the tiling)")
     if arch.widen < 1:
         raise UserError(f"{where}: widen must be >= 1, got {arch.widen}")
+    if arch.full_source not in ("plain", "own"):
+        raise UserError(f"{where}: full_source must be 'plain' or 'own', got {arch.full_source!r}")
 
 
 def _check_architecture(arch: Architecture, space: str) -> None:
