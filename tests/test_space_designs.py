@@ -222,6 +222,7 @@ SOLVED = "name: x\nfamily: vgg\nwidths: [8, 16]\n"
     (SOLVED + "knobs: {lender.0.1: 0.0}", "quoted 'stage.conv'"),
     (SOLVED + "knobs: {lender.5.0: '0.1'}", "no stage 5"),
     (SOLVED + "knobs: {lender: own}", "per_conv: true"),
+    (SOLVED + "knobs: {lender.1.2: '0.1'}", "stage 1 has no conv 2"),
     (SOLVED + "plan_options: {layers: {}}", "not layers or banks"),
     (SOLVED + "plan_options: {like: vgg11}", "has no plan"),
     (SOLVED + "plan_options: {map: sparkle}", "unknown map"),

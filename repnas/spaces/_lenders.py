@@ -102,6 +102,15 @@ def check_lender_knob(name: str, values: list, num_stages: int, where: str) -> N
             raise UserError(f"{where}: knob {name!r}: a conv borrows only from an earlier conv, got {value!r}")
 
 
+def check_slots_exist(name: str, values: list, family: str, max_depths: tuple[int, ...], where: str) -> None:
+    """Every slot a lender knob names exists at the stage's largest depth (else it is a typo)."""
+    per_block = 1 if family == "vgg" else 2
+    for text in [name.partition(".")[2], *(v for v in values if v != NO_LENDER)]:
+        stage, index = parse_slot(text, f"{where}: knob {name!r}")
+        if stage >= len(max_depths) or index >= per_block * max_depths[stage]:
+            raise UserError(f"{where}: knob {name!r}: stage {stage} has no conv {index} even at its largest depth")
+
+
 def apply_lenders(main_convs: dict[tuple[int, int], str], layers: dict[str, dict],
                   lenders: tuple[tuple[tuple[int, int], tuple[int, int]], ...]) -> dict[str, dict | None]:
     """Make each borrower of ``lenders`` (both present at this depth) borrow its lender's source.

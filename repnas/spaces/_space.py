@@ -63,7 +63,7 @@ from typing import Any
 import yaml
 
 from repnas.errors import UserError
-from repnas.spaces._lenders import NO_LENDER, check_lender_knob, lender_choices, parse_slot, slots
+from repnas.spaces._lenders import NO_LENDER, check_lender_knob, check_slots_exist, lender_choices, parse_slot, slots
 
 FAMILIES = ("vgg", "resnet", "wrn")
 SHARE_MODES = ("own", "borrow", "bank")
@@ -415,8 +415,12 @@ class SearchSpace:
         if family == "wrn" and any(n.startswith("depth.") for n in knobs):
             raise UserError(f"{where}: wrn has the same depth in every stage; "
                             "use knob 'depth', not per stage")
+        max_depths = _max_depths(knobs, fixed, len(widths))
+        for name in [n for n in [*knobs, *fixed] if n.startswith("lender.")]:
+            values = list(knobs[name].choices or ()) if name in knobs else [fixed[name]]
+            check_slots_exist(name, values, family, max_depths, where)
         if lender_spec is not None:  # {per_conv: true}: one knob per conv, after the depths are known
-            generated = lender_choices(slots(family, tuple(widths), _max_depths(knobs, fixed, len(widths))))
+            generated = lender_choices(slots(family, tuple(widths), max_depths))
             for n, choices in generated.items():
                 if n not in knobs and n not in fixed:
                     knobs[n] = Knob(n, choices=tuple(choices))
