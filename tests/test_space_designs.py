@@ -159,15 +159,18 @@ def test_fixed_shape_solver_fills_the_budget_with_real_counts(name, budgets):
     space = load_space(name)
     info = dataset_info(space.dataset)
     rng = random.Random(7)
+    sized = 0
     for budget in budgets:
         for _ in range(2):
             solution = space.solve(space.sample(rng), budget)
             assert solution.params <= budget
             plain = solution.source_widths == solution.physical_widths
+            sized += not plain
             assert plain or solution.fill >= 0.95, (solution.source_widths, solution.fill)
             assert all(s <= p for s, p in zip(solution.source_widths, solution.physical_widths, strict=True))
             real = _meta_count(lambda c=solution.model_config: build_model(c, info.num_classes, info.in_channels))
             assert real == solution.params
+    assert sized >= 2  # the solver really sized sources, not only kept plain convs
 
 
 def test_fixed_shape_infeasible_names_the_points_minimum():
