@@ -208,12 +208,12 @@ def plan_for(space: SearchSpace, arch: Architecture, widths: tuple[int, ...], co
         for name in [b for b in banks if b not in used]:
             del banks[name]
     order = {c.name: k for k, c in enumerate(layout)}
-    plan: dict[str, Any] = {"version": 1, **space.plan_options, **dict(arch.plan_options), "map": arch.map,
-                            "scalar_init": arch.scalar_init}
+    plan: dict[str, Any] = {"version": 1, "map": arch.map, "scalar_init": arch.scalar_init}
     if banks:
         plan["banks"] = banks
     plan["layers"] = dict(sorted(layers.items(), key=lambda kv: order[kv[0]]))
-    return plan
+    # the space's plan_options (e.g. a family's) under what the point itself decides
+    return {**space.plan_options, **plan}
 
 
 def _lend(layout: tuple[_Conv, ...], layers: dict[str, dict], arch: Architecture) -> dict[str, dict | None]:

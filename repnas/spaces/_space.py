@@ -12,13 +12,19 @@ per stage and the repetition *knobs* (see :data:`KNOB_DEFAULTS`):
                      (all mix one shared rank-``rank`` template bank);
 * ``rank``           mixing rank R of the banks; ``bank_scope`` ``stage`` (one bank per stage) or
                      ``network`` (one bank for every ``bank`` stage);
-* ``map``            tile scalar map (``swish`` | ``linear`` | ``none``); ``scalar_init``;
+* ``map``            tile scalar map (``swish`` | ``linear`` | ``none``); ``scalar_init``.
+
+The same definition gives Optuna distributions (:meth:`SearchSpace.distributions`), a Ray Tune
+``param_space`` (:meth:`SearchSpace.to_ray`) and, for a sampled point and a parameter budget, a
+deterministic model config (:meth:`SearchSpace.to_model_config`): the budget solver
+(``_budget.py``) picks the source widths, so every candidate uses (almost) the whole budget.
+
+Which layers share, and the paper's own designs as points (RepVGG-N, RepWRN-16-k):
+
 * ``lender.<s>.<j>`` cross-layer borrowing: conv j of stage s tiles an earlier conv ``"s'.j'"``
-                     (``none``: the stage's share rule); ``lender: {per_conv: true}`` makes one knob
-                     per conv (``_lenders.py``);
+                     of the same or an earlier stage (``none``: the stage's share rule);
+                     ``lender: {per_conv: true}`` makes one knob per conv (``_lenders.py``);
 * ``widen``          with ``shape: fixed`` only: physical widths are ``widths`` times this (WRN's k);
-* ``plan.<key>``     a plan-level RepetitionPlan key other than map/scalar_init (searched or fixed),
-                     so a point carries plan options into its plan;
 * ``full_source``    a conv whose owned source is as large as the conv: ``plain`` (left out of the
                      plan: an ordinary conv, as RepVGG's owners) or ``own`` (an untiled own source,
                      initialised by the plan's source init, as the authors' RepWRN-16-1).
@@ -27,13 +33,9 @@ Two shape modes. ``shape: solved`` (default): ``widths`` are reference *source* 
 solver scales them to fill the budget (physical = source x width_rep). ``shape: fixed``: ``widths``
 (times ``widen``) are the *physical* widths, e.g. VGG11's, and the solver only decides how large the
 sources of the convs that own weights are (never larger than the conv: a budget that fits the
-plain convs gives plain convs). ``plan_options`` are plan-level RepetitionPlan keys copied into
-every plan (``like: rep_vgg6`` copies a family's), so a space point can rebuild a family exactly.
-
-The same definition gives Optuna distributions (:meth:`SearchSpace.distributions`), a Ray Tune
-``param_space`` (:meth:`SearchSpace.to_ray`) and, for a sampled point and a parameter budget, a
-deterministic model config (:meth:`SearchSpace.to_model_config`): the budget solver
-(``_budget.py``) picks the source widths, so every candidate uses (almost) the whole budget.
+plain convs gives plain convs). ``plan_options`` are plan-level RepetitionPlan keys for every plan
+(``like: rep_vgg6`` copies a family's); a knob the YAML leaves unset takes its value from them
+before :data:`KNOB_DEFAULTS`, so a space point rebuilds the family exactly.
 
 Space YAML (built-ins live in ``spaces/builtin/``)::
 
@@ -63,7 +65,6 @@ from typing import Any
 import yaml
 
 from repnas.errors import UserError
-from repnas.spaces._lenders import NO_LENDER, check_lender_knob, check_slots_exist, lender_choices, parse_slot, slots
 
 FAMILIES = ("vgg", "resnet", "wrn")
 SHARE_MODES = ("own", "borrow", "bank")
@@ -73,13 +74,13 @@ KNOB_DEFAULTS: dict[str, tuple[Any, bool]] = {
     "depth": (2, True),
     "width_rep": (1, True),
     "share": ("own", True),
+    "lender": ("none", False),
+    "widen": (1, False),
+    "full_source": ("plain", False),
     "rank": (1, False),
     "bank_scope": ("stage", False),
     "map": ("swish", False),
     "scalar_init": ("xavier", False),
-    "lender": (NO_LENDER, False),
-    "widen": (1, False),
-    "full_source": ("plain", False),
 }
 _SPACE_KEYS = {"name", "description", "family", "widths", "budget", "dataset", "epochs", "recipe", "knobs",
                "min_width", "shape", "plan_options"}
@@ -199,16 +200,14 @@ class Architecture:
     depths: tuple[int, ...]
     width_reps: tuple[int, ...]
     shares: tuple[str, ...]
+    #: (borrower slot, lender slot) pairs of the ``lender.<s>.<j>`` knobs that name a lender.
+    lenders: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = ()
+    widen: int = 1
+    full_source: str = "plain"
     rank: int = 1
     bank_scope: str = "stage"
     map: str = "swish"
     scalar_init: str = "xavier"
-    #: (borrower slot, lender slot) pairs of the ``lender.<s>.<j>`` knobs that name a lender.
-    lenders: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = ()
-    widen: int = 1
-    #: (key, value) of the point's ``plan.<key>`` knobs: plan-level options for its plan.
-    plan_options: tuple[tuple[str, Any], ...] = ()
-    full_source: str = "plain"
 
 
 @dataclass
@@ -282,14 +281,13 @@ class SearchSpace:
             depths=tuple(int(get("depth", s)) for s in stages),
             width_reps=tuple(int(get("width_rep", s)) for s in stages),
             shares=tuple(str(get("share", s)) for s in stages),
+            lenders=_lenders_of(values, f"space {self.name!r}"),
+            widen=int(get("widen")),
+            full_source=str(get("full_source")),
             rank=int(get("rank")),
             bank_scope=str(get("bank_scope")),
             map=str(get("map")),
             scalar_init=str(get("scalar_init")),
-            lenders=_lenders_of(values, f"space {self.name!r}"),
-            widen=int(get("widen")),
-            plan_options=tuple(sorted((n[len("plan."):], v) for n, v in values.items() if n.startswith("plan."))),
-            full_source=str(get("full_source")),
         )
         _check_architecture(arch, self.name)
         _check_shape_mode(arch, self)
@@ -394,9 +392,6 @@ class SearchSpace:
             if base == "lender":
                 _parse_lender_knob(str(name), spec, len(widths), knobs, fixed, where)
                 continue
-            if base == "plan":
-                _parse_plan_knob(str(name), spec, knobs, fixed, where)
-                continue
             if base not in KNOB_DEFAULTS:
                 close = difflib.get_close_matches(base, KNOB_DEFAULTS, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
@@ -415,6 +410,8 @@ class SearchSpace:
         if family == "wrn" and any(n.startswith("depth.") for n in knobs):
             raise UserError(f"{where}: wrn has the same depth in every stage; "
                             "use knob 'depth', not per stage")
+        from repnas.spaces._lenders import check_slots_exist, lender_choices, slots
+
         max_depths = _max_depths(knobs, fixed, len(widths))
         for name in [n for n in [*knobs, *fixed] if n.startswith("lender.")]:
             values = list(knobs[name].choices or ()) if name in knobs else [fixed[name]]
@@ -494,6 +491,8 @@ def _max_depths(knobs: dict[str, Knob], fixed: dict[str, Any], num_stages: int) 
 def _parse_lender_knob(name: str, spec: Any, num_stages: int, knobs: dict[str, Knob], fixed: dict[str, Any],
                        where: str) -> None:
     """``lender: {per_conv: true}`` (generated later) or ``lender.<s>.<j>``: choices or a fixed slot."""
+    from repnas.spaces._lenders import check_lender_knob
+
     if name == "lender":
         if spec != {"per_conv": True}:
             raise UserError(f"{where}: knob 'lender' takes {{per_conv: true}}; for one conv write "
@@ -510,34 +509,10 @@ def _parse_lender_knob(name: str, spec: Any, num_stages: int, knobs: dict[str, K
         fixed[name] = spec
 
 
-#: Plan keys a ``plan.<key>`` knob may not set: the space makes them, or they are knobs of their own.
-_NOT_PLAN_KNOBS = ("layers", "banks", "map", "scalar_init")
-
-
-def _parse_plan_knob(name: str, spec: Any, knobs: dict[str, Knob], fixed: dict[str, Any], where: str) -> None:
-    """``plan.<key>``: a searched or fixed plan-level option, each value checked by RepetitionPlan."""
-    key = name[len("plan."):]
-    if not key or key in _NOT_PLAN_KNOBS:
-        raise UserError(f"{where}: knob {name!r}: plan.<key> sets a plan-level option other than "
-                        f"{', '.join(_NOT_PLAN_KNOBS)} (map and scalar_init are knobs of their own)")
-    knob = Knob.from_spec(name, spec, where) if isinstance(spec, dict) else None
-    if knob is not None and knob.choices is None:
-        raise UserError(f"{where}: knob {name!r} needs choices (plan options are categorical)")
-    from repnas.rescale import RepetitionPlan
-
-    for value in knob.choices if knob is not None else [spec]:
-        try:
-            RepetitionPlan.from_dict({key: value, "layers": {}})
-        except ValueError as exc:
-            raise UserError(f"{where}: knob {name!r}: {exc}") from None
-    if knob is not None:
-        knobs[name] = knob
-    else:
-        fixed[name] = spec
-
-
 def _lenders_of(values: dict[str, Any], where: str) -> tuple[tuple[tuple[int, int], tuple[int, int]], ...]:
     """The (borrower, lender) slot pairs of a point's ``lender.<s>.<j>`` values other than ``none``."""
+    from repnas.spaces._lenders import NO_LENDER, parse_slot
+
     pairs = []
     for name, value in values.items():
         if name.startswith("lender.") and value != NO_LENDER:
