@@ -477,8 +477,13 @@ def _max_depths(knobs: dict[str, Knob], fixed: dict[str, Any], num_stages: int) 
     def largest(name: str) -> int | None:
         if name in knobs:
             knob = knobs[name]
-            return int(max(knob.choices) if knob.choices is not None else knob.high)
-        return int(fixed[name]) if name in fixed else None
+            values = list(knob.choices) if knob.choices is not None else [knob.high]
+        else:
+            values = [fixed[name]] if name in fixed else []
+        for value in values:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise UserError(f"space: {name} must be a whole number, got {value!r}")
+        return int(max(values)) if values else None
 
     out = []
     for s in range(num_stages):
