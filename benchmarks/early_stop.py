@@ -5,16 +5,19 @@ order) once per (rule, seed) on a CPU task where accuracy is far from saturated:
 the shared ImageFolder archive, downscaled to 8x8 and cut to 2000 training images (best validation
 accuracy about 0.37), searched with the
 ``quick`` space (tiny two-stage VGGs, 12k-parameter budget). Every rule gets the same number of
-trials; the stopping rules simply spend less compute on them. Then, per seed, with one
-reference point for the three runs (``repnas.analysis.reference_point`` over all of them):
+trials first; then a stopping rule's search is extended (``--resume`` with ``--extend`` more trials, up
+to ``--max-trials``) while it has spent less work (below) than ``none``: what early stopping is
+for is trying more models with the same compute. Then, per seed, with one reference point for the
+three runs (``repnas.analysis.reference_point`` over all of them):
 
 * ``hv@T``: the hypervolume (val accuracy max, params min, FLOPs min) of the front found within
   ``T`` cumulative train-seconds, ``T`` = the smallest total of the three runs, as a ratio to
   ``none`` at the same ``T``;
 * ``t95``: the cumulative train-seconds at which the run's front first reaches 95% of ``none``'s
   final hypervolume, as a ratio to ``none``'s total train-seconds (``inf`` = never reached);
-* ``epochs``: epochs trained in all, as a ratio to ``none`` (compute that load on a shared machine
-  cannot blur).
+* the same two figures with compute counted as ``work`` = epochs x forward FLOPs per image (the
+  training arithmetic: on a shared, loaded machine train-seconds of one trial vary several-fold
+  with the load, work does not), and the epochs trained in all.
 
 Printed as mean +- standard deviation over seeds, with every seed's value. The decision rule of
 issue 15: ``moasha`` becomes the default only if its mean ``t95`` ratio is <= 0.60.
@@ -77,7 +80,9 @@ def load_subset(archive: Path, size: int, train: int, val: int, seed: int):
                                test=cut(data.test, val))
 
 
-def run_search(rule: str, seed: int, args, data, root: Path) -> pd.DataFrame:
+def run_search(rule: str, seed: int, args, data, root: Path, trials: int) -> pd.DataFrame:
+    """The trials table of rule ``rule``'s search with at least ``trials`` trials: run, extended
+    with ``--resume`` (its pickled sampler proposes what one longer run would have), or read back."""
     import repnas.search._optuna_driver as driver
     from repnas.search import SearchConfig, run_optuna_search
     from repnas.spaces import load_space
@@ -89,13 +94,15 @@ def run_search(rule: str, seed: int, args, data, root: Path) -> pd.DataFrame:
         epochs=args.epochs, seed=seed, population_size=max(4, args.trials // 3), early_stop=rule,
         device="cpu", storage=f"sqlite:///{(out / 'study.db').resolve()}", study=out.name,
         recipe={"crop_padding": 2, "batch_size": 128, "lr": 0.1})
-    if (out / "trials.parquet").exists() and len(pd.read_parquet(out / "trials.parquet")) >= args.trials:
+    existing = len(pd.read_parquet(out / "trials.parquet")) if (out / "trials.parquet").exists() else 0
+    if existing >= trials:
         import optuna  # measured before (--out kept): only the figures are computed again
 
         study = optuna.load_study(study_name=search.study, storage=search.storage)
     else:
+        search.trials = trials
         driver._load_data = lambda _search: data  # the subset, loaded once (see the module doc)
-        study = run_optuna_search(search, out, progress=False)
+        study = run_optuna_search(search, out, resume=existing > 0, progress=False)
     table = pd.read_parquet(out / "trials.parquet")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     # a reused result (same model as an earlier trial) trained nothing: it costs no compute
@@ -106,48 +113,56 @@ def run_search(rule: str, seed: int, args, data, root: Path) -> pd.DataFrame:
     return table
 
 
-def compute_curve(table: pd.DataFrame, ref, budget: int):
-    """(cumulative train-seconds, cumulative epochs, hypervolume so far) after each trial, in order."""
+COSTS = ("seconds", "work")
+
+
+def compute_curve(table: pd.DataFrame, ref, budget: int) -> dict[str, np.ndarray]:
+    """After each trial, in order: the hypervolume so far and the compute spent so far, as
+    train-seconds, epochs, and ``work`` = epochs x forward FLOPs per image (proportional to the
+    training arithmetic, and blind to how loaded the machine was)."""
     from repnas.analysis import hypervolume_history
 
     t = table.sort_values("trial", kind="stable").reset_index(drop=True)
-    seconds = np.cumsum(t["train_seconds"].fillna(0.0).to_numpy(float))
-    epochs = np.cumsum(t["epochs"].to_numpy(float))
-    hv = hypervolume_history(t, OBJECTIVES, ref, budget=budget)["hypervolume"].to_numpy(float)
-    return seconds, epochs, hv
+    return {
+        "hv": hypervolume_history(t, OBJECTIVES, ref, budget=budget)["hypervolume"].to_numpy(float),
+        "seconds": np.cumsum(t["train_seconds"].fillna(0.0).to_numpy(float)),
+        "epochs": np.cumsum(t["epochs"].to_numpy(float)),
+        "work": np.cumsum((t["epochs"] * t["flops"].fillna(0.0)).to_numpy(float)),
+    }
 
 
-def hv_at(curve, seconds: float) -> float:
-    done, _, hv = curve
-    reached = np.flatnonzero(done <= seconds + 1e-9)
-    return float(hv[reached[-1]]) if reached.size else 0.0
+def hv_at(curve: dict[str, np.ndarray], cost: str, spent: float) -> float:
+    """The hypervolume of the front found within ``spent`` units of ``cost``."""
+    reached = np.flatnonzero(curve[cost] <= spent * (1 + 1e-9))
+    return float(curve["hv"][reached[-1]]) if reached.size else 0.0
 
 
-def seconds_to(curve, target: float) -> float:
-    done, _, hv = curve
-    hit = np.flatnonzero(hv >= target)
-    return float(done[hit[0]]) if hit.size else math.inf
+def cost_to(curve: dict[str, np.ndarray], cost: str, target: float) -> float:
+    """The ``cost`` spent when the front first reached hypervolume ``target`` (inf: never)."""
+    hit = np.flatnonzero(curve["hv"] >= target)
+    return float(curve[cost][hit[0]]) if hit.size else math.inf
 
 
 def seed_figures(tables: dict[str, pd.DataFrame], budget: int) -> dict[str, dict[str, float]]:
+    """Ratios to ``none`` for one seed, on one reference point shared by the seed's runs."""
     from repnas.analysis import reference_point
 
     ref = reference_point(list(tables.values()), OBJECTIVES)
     curves = {rule: compute_curve(t, ref, budget) for rule, t in tables.items()}
-    equal = min(c[0][-1] for c in curves.values())
     base = curves["none"]
-    target = 0.95 * base[2][-1]
+    target = 0.95 * base["hv"][-1]
     out = {}
     for rule, curve in curves.items():
-        out[rule] = {
-            "hv_at_equal_seconds": hv_at(curve, equal) / max(hv_at(base, equal), 1e-300),
-            "t95": seconds_to(curve, target) / base[0][-1],
-            "seconds": curve[0][-1] / base[0][-1],
-            "epochs": curve[1][-1] / base[1][-1],
-            "final_hv": curve[2][-1] / base[2][-1],
-            "best_val": float(tables[rule].loc[tables[rule]["status"] == "complete", "val_accuracy"].max()),
-            "pruned": int((tables[rule]["status"] == "pruned").sum()),
-        }
+        figures = {"final_hv": curve["hv"][-1] / base["hv"][-1], "epochs": curve["epochs"][-1] / base["epochs"][-1]}
+        for cost in COSTS:
+            equal = min(c[cost][-1] for c in curves.values())
+            figures[f"hv_at_equal_{cost}"] = hv_at(curve, cost, equal) / max(hv_at(base, cost, equal), 1e-300)
+            figures[f"t95_{cost}"] = cost_to(curve, cost, target) / base[cost][-1]
+            figures[f"total_{cost}"] = curve[cost][-1] / base[cost][-1]
+        complete = tables[rule]["status"] == "complete"
+        figures["best_val"] = float(tables[rule].loc[complete, "val_accuracy"].max())
+        figures["pruned"] = int((tables[rule]["status"] == "pruned").sum())
+        out[rule] = figures
     return out
 
 
@@ -166,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive", type=Path, default=default_archive())
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rules", default=",".join(RULES))
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=12, help="trials of the search without stopping")
+    parser.add_argument("--max-trials", type=int, default=36,
+                        help="most trials a stopping rule gets while it has spent less work than none")
+    parser.add_argument("--extend", type=int, default=4, help="trials added per extension")
     parser.add_argument("--epochs", type=int, default=9, help="epochs per trial (rungs at 1 and 3 with eta 3)")
     parser.add_argument("--size", type=int, default=8, help="image side after resizing")
     parser.add_argument("--train", type=int, default=2000, help="training images")
@@ -198,17 +216,25 @@ def main(argv: list[str] | None = None) -> int:
         tables = {}
         for rule in rules:
             t0 = time.time()
-            tables[rule] = run_search(rule, seed, args, data, root)
-            t = tables[rule]
-            print(f"seed {seed} {rule:>6}: {int((t['status'] == 'complete').sum())} complete "
+            trials = args.trials
+            tables[rule] = t = run_search(rule, seed, args, data, root, trials)
+            if rule != "none":  # equal compute: more trials while the rule has spent less than none
+                budget = float((tables["none"]["epochs"] * tables["none"]["flops"].fillna(0)).sum())
+                while (t["epochs"] * t["flops"].fillna(0)).sum() < budget and trials < args.max_trials:
+                    trials += args.extend
+                    tables[rule] = t = run_search(rule, seed, args, data, root, trials)
+            print(f"seed {seed} {rule:>6}: {len(t)} trials, {int((t['status'] == 'complete').sum())} complete "
                   f"({int(t['reused'].sum())} reused), {int((t['status'] == 'pruned').sum())} pruned, best val "
                   f"{t['val_accuracy'].max():.4f}, train {t['train_seconds'].sum():.1f}s, "
                   f"wall {time.time() - t0:.0f}s", flush=True)
         per_seed[seed] = seed_figures(tables, args.budget)
     print(f"\nall runs: {time.time() - start:.0f}s wall. Ratios to `none` (mean +- std over seeds [per seed]):")
     for key, what in (("hv_at_equal_seconds", "hypervolume at equal train-seconds"),
-                      ("t95", "train-seconds to 95% of none's final hypervolume / none's total"),
-                      ("seconds", "total train-seconds"), ("epochs", "total epochs trained"),
+                      ("t95_seconds", "train-seconds to 95% of none's final hypervolume / none's total"),
+                      ("total_seconds", "total train-seconds"),
+                      ("hv_at_equal_work", "hypervolume at equal work (epochs x FLOPs)"),
+                      ("t95_work", "work to 95% of none's final hypervolume / none's total"),
+                      ("total_work", "total work"), ("epochs", "total epochs trained"),
                       ("final_hv", "final hypervolume")):
         print(f"  {what}:")
         for rule in rules:
@@ -216,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     best = {rule: max(per_seed[s][rule]["best_val"] for s in seeds) for rule in rules}
     print("  best val accuracy of any run: " + ", ".join(f"{r} {v:.4f}" for r, v in best.items()))
     if "moasha" in rules:
-        t95 = [per_seed[s]["moasha"]["t95"] for s in seeds]
+        t95 = [per_seed[s]["moasha"]["t95_seconds"] for s in seeds]
         mean = statistics.fmean(t95) if all(math.isfinite(v) for v in t95) else math.inf
         verdict = "make moasha the default" if mean <= 0.60 else "keep moasha opt-in"
         print(f"decision (mean moasha t95 ratio {mean:.3f} vs 0.60): {verdict}")
