@@ -23,6 +23,7 @@ TRIALS = 8
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "quick"
     code = main(["search", "--space", "quick", "--dataset", "digits", "--trials", str(TRIALS), "--epochs", "3",
+                 "--early-stop", "none",
                  "--out", str(out), "--seed", "1", "--quiet"])
     assert code == 0
     return out
