@@ -164,7 +164,7 @@ def _gpu(args: argparse.Namespace) -> int:
         raise UserError(f"--time-limit must be > 0, got {limit:g}")
     prefixes = _csv(args.only) if args.only else None
     only = (lambda name: any(name.startswith(p) for p in prefixes)) if prefixes else None
-    page = Path("runs/gpu-smoke/results.md") if args.smoke else Path("docs/results.md")
+    page = session.results.parent / "results.md" if args.smoke else Path("docs/results.md")
     record = run_gpu_session(session, limit, Path(args.archive) if args.archive else default_archive,
                              reserve=10.0 if args.smoke else 25.0, only=only, write_page=page)
     failed = [t for p in record["phases"].values() for t in p.get("failed", []) + p.get("killed", [])]

@@ -134,11 +134,16 @@ def _item(raw: Any, k: int, path: Path, smoke_search: dict[str, Any] | None) -> 
 
 
 # ------------------------------------------------------------------------------------- gates
-def _faithful_rotmnist() -> str | None:
+def rep_cnn_c4_params() -> int:
+    """Trainable parameters of the registry's ``rep_cnn_c4`` on rot-MNIST (1 channel, 10 classes)."""
     from repnas.rescale import count_params
     from repnas.spaces import create_model
 
-    have = count_params(create_model("rep_cnn_c4", num_classes=10, in_channels=1))
+    return count_params(create_model("rep_cnn_c4", num_classes=10, in_channels=1))
+
+
+def _faithful_rotmnist() -> str | None:
+    have = rep_cnn_c4_params()
     if have == FAITHFUL_REP_CNN_C4_PARAMS:
         return None
     return (f"waits for fidelity (issue 11): the registry's rep_cnn_c4 has {have:,} parameters on rot-MNIST, "

@@ -124,10 +124,13 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _gpu_section(results: Path) -> str:
+    from repnas.experiments._gpu import DECLARED
+
     parts = ["## GPU checks and benchmarks, per kind of GPU",
-             "Filled by steps a and b of `python -m repnas.experiments gpu` (about 10 GPU minutes at most: "
-             "the declared planning times in `repnas/experiments/_gpu.py`, each step started only if it fits). "
-             "Files: `results/gpu/<gpu>/{checks,bench}/*.json`.", ""]
+             "Filled by steps a and b of `python -m repnas.experiments gpu`, once per kind of GPU. GPU minutes: "
+             "at most 8 (one command's `--time-limit 480`; a step starts only if its planning time fits, and "
+             f"the planning times of all seven sum to {sum(DECLARED.values()) / 60:.2f} minutes, "
+             "`DECLARED` in `repnas/experiments/_gpu.py`). Files: `results/gpu/<gpu>/{checks,bench}/*.json`.", ""]
     kinds = _gpu_kinds(results)
     rows = [r for kind in kinds for r in _bench_rows(kind)]
     if not rows:
@@ -186,7 +189,7 @@ def results_page(queue: GpuQueue, results: Path) -> str:
                 if item.experiment else f"search `{item.search['space']}` -> `{item.search['out']}`")
         reason = blocked_reason(item)
         spent = ledger.get(item.name)
-        queue_rows.append([item.name, what, "waits: " + reason.split(":")[0] if reason else "queued",
+        queue_rows.append([item.name, what, reason.split(":")[0] if reason else "queued",
                            f"{item.gpu_minutes:g}" if item.gpu_minutes is not None else "no cap",
                            _fmt(spent / 60, 1) if spent else "0"])
     parts += ["## The queue and its GPU minutes", "`experiments/gpu_queue.yaml`, in priority order (step c of "
@@ -200,8 +203,9 @@ def results_page(queue: GpuQueue, results: Path) -> str:
         parts += [f"## {title}", ""]
         if name == "search_vs_handmade":
             command = ("`python -m repnas.experiments gpu` (queue items "
-                       f"{', '.join(i.name for i in items) or 'none'}), then "
-                       "`python -m repnas.experiments run experiments/search_vs_handmade.yaml` (trains nothing)")
+                       f"{', '.join(i.name for i in items) or 'none'}; the comparison itself trains nothing and "
+                       "is redone by `python -m repnas.experiments tables` once both searches and both hand-made "
+                       "tables exist)")
         else:
             command = (f"`python -m repnas.experiments gpu` (queue items {', '.join(i.name for i in items) or 'none'})"
                        f"; by hand: `python -m repnas.experiments run experiments/{name}.yaml --device cuda "
