@@ -200,7 +200,8 @@ def bench_tasks(s: GpuSession) -> list[Task]:
     if s.smoke:
         argv = {
             "bench/repeat_overhead": ["--batch-size", "2", "--steps", "1", "--warmup", "0", "--rounds", "1"],
-            "bench/trainer_throughput": ["--dataset", "digits", "--steps", "3", "--batch-size", "32", "--workers", "0"],
+            "bench/trainer_throughput": ["--dataset", "digits", "--model", "vgg4", "--steps", "3", "--batch-size", "32",
+                                         "--workers", "0"],
             "bench/packed_trials": ["--dataset", "digits", "--models", "vgg4", "--steps", "2", "--trials", "1",
                                     "--packs", "2"],
         }

@@ -31,7 +31,7 @@ FAITHFUL_REP_CNN_C4_PARAMS = 352_987
 _ITEM_KEYS = {"name", "experiment", "models", "seeds", "search", "requires", "gpu_minutes"}
 _SEARCH_KEYS = {"space", "budget", "trials", "recipe_from", "out", "dataset", "epochs", "seed"}
 _TOP_KEYS = {"queue", "max_pack", "search_workers", "search_gpus_per_trial", "default_run_seconds", "smoke"}
-_SMOKE_KEYS = {"runs_per_item", "search_trials", "search_workers", "default_run_seconds", "search"}
+_SMOKE_KEYS = {"runs_per_item", "search_trials", "search_workers", "default_run_seconds", "search", "items"}
 
 
 @dataclass
@@ -82,6 +82,11 @@ def load_queue(path: str | Path, smoke: bool = False) -> GpuQueue:
         if bad:
             raise UserError(f"{path}: smoke: unknown key {bad[0]!r}")
     items = [_item(raw, k, path, over.get("search") if smoke else None) for k, raw in enumerate(data["queue"])]
+    if smoke and over.get("items"):  # the smoke keeps a few items (each kind once), in the queue's order
+        missing = sorted(set(over["items"]) - {i.name for i in items})
+        if missing:
+            raise UserError(f"{path}: smoke.items names no queue item {missing[0]!r}")
+        items = [i for i in items if i.name in over["items"]]
     names = [i.name for i in items]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

@@ -194,7 +194,10 @@ def search_chunk(spec: dict[str, Any]) -> int:
         args = build_parser().parse_args([*argv, "--resume"])
         search, out = resume_search_config(args)
     else:
+        # a relative journal path: the run directory is committed and resumed on other machines, where
+        # the default (an absolute path) would point nowhere
         args = build_parser().parse_args([*argv, "--space", spec["space"], "--dataset", spec["dataset"],
+                                          "--storage", str(out / "journal.log"),
                                           "--budget", str(spec["budget"]), "--epochs", str(spec["epochs"]),
                                           "--seed", str(spec.get("seed", 0))])
         search, out = build_search_config(args)
