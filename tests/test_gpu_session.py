@@ -213,3 +213,18 @@ def test_device_script_carry_fits_64_mib(tmp_path):
     assert out.returncode == 0, out.stderr
     size = int(out.stdout.strip().splitlines()[-1].split()[0])
     assert 20 << 20 < size <= 64 << 20  # the wheels and the archives are really in it
+
+
+def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+    from repnas.experiments.__main__ import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["gpu", "--smoke", "--device", "cpu", "--queue", str(tmp_path / "none.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"repnas: error: no such queue file: {tmp_path / 'none.yaml'}"
+    assert main(["gpu", "--device", "cpu", "--results", str(tmp_path / "r")]) == 2  # the real thing needs CUDA
+    assert "needs CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    bad = tmp_path / "q.yaml"
+    bad.write_text("queue:\n  - {name: x, experiment: experiments/c3_rotmnist.yaml, requires: luck}\n")
+    assert main(["gpu", "--smoke", "--device", "cpu", "--queue", str(bad)]) == 2
+    assert "requires must be one of faithful_rotmnist" in capsys.readouterr().err
