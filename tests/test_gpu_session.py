@@ -93,6 +93,10 @@ def test_kills_at_the_deadline_when_an_estimate_was_wrong_and_shrinks_to_fit():
     outcome = _run(world, [big], deadline=30)
     assert outcome.done == ["chunk-small"]
 
+    world = FakeWorld({"report": 1})  # a task whose input was not made in this pass is not started
+    outcome = _run(world, [Task("search", [], 50), Task("report", [], 1, needs=["search"])], deadline=30)
+    assert outcome.left == ["search", "report"] and world.started == []
+
 
 # --------------------------------------------------------------------------- the queue
 @pytest.fixture
@@ -155,7 +159,10 @@ def test_skips_what_is_done(session, monkeypatch):
     checks.mkdir(parents=True)
     (checks / "train.json").write_text(json.dumps({"pass": True}))
     (checks / "search.json").write_text(json.dumps({"pass": False}))  # a failed check runs again
-    assert _names(check_tasks(session)) == ["check/search", "check/report"]
+    tasks = check_tasks(session)
+    assert _names(tasks) == ["check/search", "check/report"] and tasks[1].needs == ["check/search"]
+    (checks / "search.json").write_text(json.dumps({"pass": True}))  # passed, but its run is not here:
+    assert _names(check_tasks(session)) == ["check/search", "check/report"]  # the report needs it again
     (session.gpu_dir / "bench" / "packed_trials.json").write_text("{}")
     assert _names(bench_tasks(session)) == ["bench/repeat_overhead", "bench/trainer_throughput"]
 

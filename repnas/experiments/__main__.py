@@ -166,7 +166,7 @@ def _gpu(args: argparse.Namespace) -> int:
     only = (lambda name: any(name.startswith(p) for p in prefixes)) if prefixes else None
     page = session.results.parent / "results.md" if args.smoke else Path("docs/results.md")
     record = run_gpu_session(session, limit, Path(args.archive) if args.archive else default_archive,
-                             reserve=10.0 if args.smoke else 25.0, only=only, write_page=page)
+                             reserve=15.0 if args.smoke else 25.0, only=only, write_page=page)
     failed = [t for p in record["phases"].values() for t in p.get("failed", []) + p.get("killed", [])]
     print(f"gpu session: {record['wall_seconds']:.0f} s; " + "; ".join(
         f"{name}: {len(p.get('done', []))} done, {len(p.get('left', []))} left" for name, p in record["phases"].items())

@@ -172,7 +172,9 @@ def check_tasks(s: GpuSession) -> list[Task]:
     dataset = "digits" if s.smoke else "cifar10"
     search_dir = s.work / "check-search"
     specs = {
-        "check/train": {"kind": "check_train", "model": "rep_vgg6", "dataset": dataset, "epochs": 1,
+        # smoke: a repeated model of small physical shape (rep_vgg6 has VGG11's: seconds per eval on a CPU)
+        "check/train": {"kind": "check_train", "model": "rep_wrn16_2" if s.smoke else "rep_vgg6", "dataset": dataset,
+                        "epochs": 1,
                         "steps": 2 if s.smoke else None, "batch_size": 16 if s.smoke else None,
                         "work": str(s.work / "check-train")},
         "check/search": {"kind": "check_search", "space": "quick" if s.smoke else "vgg-depth", "dataset": dataset,
@@ -181,14 +183,20 @@ def check_tasks(s: GpuSession) -> list[Task]:
                          "gpus_per_trial": s.queue.search_gpus_per_trial, "epochs": 1, "work": str(search_dir)},
         "check/report": {"kind": "check_report", "run": str(search_dir), "work": str(s.work / "check-report")},
     }
+    passed = {name: bool((_read_json(s.gpu_dir / "checks" / f"{name.split('/')[1]}.json") or {}).get("pass"))
+              for name in specs}
+    if not passed["check/report"] and not (search_dir / "trials.parquet").is_file():
+        passed["check/search"] = False  # the report check reads that search: run it again first
     tasks = []
     for name, spec in specs.items():
-        result = s.gpu_dir / "checks" / f"{name.split('/')[1]}.json"
-        done = _read_json(result)
-        if isinstance(done, dict) and done.get("pass"):
+        if passed[name]:
             continue
+        result = s.gpu_dir / "checks" / f"{name.split('/')[1]}.json"
         estimate, basis = s.estimate(name)
-        tasks.append(s.job(name, {**spec, "data_dir": s.data_dir, "result": str(result)}, estimate, basis))
+        task = s.job(name, {**spec, "data_dir": s.data_dir, "result": str(result)}, estimate, basis)
+        if name == "check/report":
+            task.needs = [t.name for t in tasks if t.name == "check/search"]
+        tasks.append(task)
     return tasks
 
 

@@ -48,6 +48,9 @@ class Task:
     shrink: Callable[[float], Task | None] | None = field(default=None, repr=False)
     log: Path | None = None
     env: dict[str, str] | None = None
+    #: names of earlier tasks this one needs: if one of them did not succeed in this pass, this one
+    #: is not started either (the report check needs the search check's run)
+    needs: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -143,6 +146,14 @@ def run_tasks(
         while pending:
             task = pending[0]
             now = clock()
+            waiting = [n for n in task.needs if n not in outcome.done]
+            if waiting and any(n in (t.name for t, _, _ in running) for n in waiting):
+                break  # what it needs is still running
+            if waiting:
+                pending.pop(0)
+                outcome.left.append(task.name)
+                log(f"  not started: {task.name} (needs {', '.join(waiting)}, which did not succeed here)")
+                continue
             if now + task.estimate > deadline:
                 smaller = task.shrink(deadline - now) if task.shrink else None
                 if smaller is None or now + smaller.estimate > deadline:
