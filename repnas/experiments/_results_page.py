@@ -216,6 +216,10 @@ def results_page(queue: GpuQueue, results: Path) -> str:
             parts.append(f"**Waiting:** {waiting[0]}.")
         parts.append("")
         parts.append(_measured(out, name))
+    parts += ["## On a CPU", "`python -m repnas.experiments gpu --smoke --device cpu` runs every step above with "
+              "tiny settings on sklearn's digits and writes the same files under the git-ignored `runs/gpu-smoke/` "
+              "(its `results.md` is this page); `python -m repnas.experiments run experiments/<name>.yaml --smoke` "
+              "runs one experiment's smoke variant. Their numbers mean nothing.", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
