@@ -5,6 +5,7 @@ slice on CPU (digits) that writes JSONs and results.tgz and starts nothing the s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -212,11 +213,14 @@ def test_smoke_slice_writes_results_and_archive_then_skips(tmp_path, monkeypatch
 
 
 def test_device_script_carry_fits_64_mib(tmp_path):
-    shared = ROOT.parent / "shared"
+    shared = Path(os.environ.get("REPNAS_SHARED", ROOT.parent / "shared"))  # as conftest.py finds it
     if not (shared / "datasets" / "cifar10.tar.gz").exists() or not (shared / "tools" / "device-wheels").exists():
-        pytest.skip("../shared (datasets and device-wheels) not beside the repository")
+        pytest.skip(f"{shared} (datasets and tools/device-wheels) not found")
+    # fetches the wheels into the git-ignored .dw1/ unless they are there (pip; CI reaches PyPI)
     out = subprocess.run(["bash", str(ROOT / "experiments" / "device.sh"), "carry-size"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "REPNAS_SHARED": str(shared)})
+    if out.returncode != 0 and "pip" in out.stderr.lower() and not (ROOT / ".dw1").is_dir():
+        pytest.skip(f"the wheels could not be fetched: {out.stderr.strip().splitlines()[-1:]}")
     assert out.returncode == 0, out.stderr
     size = int(out.stdout.strip().splitlines()[-1].split()[0])
     assert 20 << 20 < size <= 64 << 20  # the wheels and the archives are really in it
