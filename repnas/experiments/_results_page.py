@@ -43,7 +43,7 @@ call of the command it prints (`python -m repnas.experiments gpu --time-limit 48
 sessions add up. "GPU minutes (at most)" below is the sum of the queue's `gpu_minutes` caps for
 that table: the scheduler starts no run of an item that would pass its cap, so it is an upper bound
 set by configuration, not a measured GPU figure; raise a cap in `gpu_queue.yaml` if a table stays
-unfinished. "GPU seconds" are measured: the wall time of the runs that are in the table.
+unfinished. "Seconds" are measured: the wall time of the runs that are in the table, on the hardware named.
 
 ## Recipe (the same for every model of an experiment)
 - CIFAR-10 (C1, C2): 45,000 train / 5,000 val (seeded split) / 10,000 test; SGD-Nesterov, momentum
@@ -237,7 +237,7 @@ def _measured(out: Path, name: str) -> str:
         if len(frame):
             hardware = ", ".join(sorted(set(frame["hardware"].astype(str))))
             seconds = f"{frame['wall_seconds'].sum():.0f}"
-    return f"Hardware: {hardware}; GPU seconds (sum of run wall times): {seconds}.\n\n{body}\n"
+    return f"Hardware: {hardware}; seconds (sum of the runs' wall times): {seconds}.\n\n{body}\n"
 
 
 def rebuild_all(queue: GpuQueue, results: Path, page: Path | None = None, smoke: bool = False,
