@@ -163,3 +163,36 @@ def test_a_search_where_every_point_is_over_budget_exits_2_naming_the_budget_tha
     search = SearchConfig.from_yaml(out / "search.yaml")
     study = optuna.load_study(study_name=search.study, storage=search.storage)
     assert all(t.constraints["over_budget"] > 0 for t in study.trials) and study.best_trials == []
+
+
+PLAIN_SPACE = """
+name: plain
+family: vgg
+widths: [8, 16]
+budget: 2k,5k
+dataset: digits
+knobs: {depth: 1, width_rep: 1, share: own}
+"""
+
+
+def test_an_exhausted_space_stops_and_says_so_and_its_run_draws_a_baseline_curve(tmp_path, capsys):
+    """A plain space at two budget levels has two models: --trials 3 stops (bounded) and says so; the
+    run then serves as the plain family's scaling curve beside another run's front."""
+    import pandas as pd
+
+    from repnas.analysis import load_baselines, load_run, report_figures
+
+    (tmp_path / "plain.yaml").write_text(PLAIN_SPACE)
+    out = tmp_path / "plain"
+    assert main(["search", "--space", str(tmp_path / "plain.yaml"), "--trials", "3", "--epochs", "1",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "the space looks exhausted" in printed and "stopped at 2 distinct trial(s) of the 3 asked" in printed
+    table = pd.read_parquet(out / "trials.parquet")
+    assert table["duplicate_of"].isna().sum() == 2 and table["duplicate_of"].notna().sum() >= 10
+    baselines = load_baselines(out)
+    assert list(baselines["name"]) == ["plain:" + str(t) for t in table[table["duplicate_of"].isna()]
+                                       .sort_values("params")["trial"]]
+    figure = dict((d, f) for d, f, _ in report_figures([load_run(out)], baselines))["fig-accuracy-params"]
+    curve = next(trace for trace in figure.data if trace.name == "baselines")
+    assert curve.mode == "lines+markers+text" and list(curve.x) == sorted(baselines["params"])

@@ -121,6 +121,29 @@ def search_population(search: SearchConfig) -> int:
     return search.population_size or default_population(search.trials)
 
 
+def spread_budgets(study, search: SearchConfig) -> list[int]:
+    """Enqueue the first points of a new study at budgets spread over a searched budget (levels:
+    each level; a range: log-spaced from its low to its high end), the other knobs left to the
+    sampler. A front across budgets needs both ends: left to chance, a first generation of four
+    draws often misses one, and a sampler that also minimises parameters rarely goes back up."""
+    import numpy as np
+
+    from repnas.spaces import BUDGET_PARAM
+
+    spec = search.budget_spec
+    if not spec.searched:
+        return []
+    count = min(search.trials, search_population(search))
+    if spec.levels:
+        budgets = list(spec.levels)[:count] if len(spec.levels) <= count else [
+            spec.levels[round(k)] for k in np.linspace(0, len(spec.levels) - 1, count)]
+    else:
+        budgets = [round(float(b)) for b in np.geomspace(spec.low, spec.high, max(2, count))]
+    for budget in budgets:
+        study.enqueue_trial({BUDGET_PARAM: budget}, skip_if_exists=True)
+    return budgets
+
+
 # --------------------------------------------------------------------- sampler state across resumes
 def save_sampler(run: RunDir, worker: int, sampler) -> None:
     """Pickle worker ``worker``'s sampler after each ask. Optuna's storage keeps trials, not sampler
@@ -206,7 +229,7 @@ def repeat_limit(search: SearchConfig) -> int:
     """How many proposals in a row may be models already trained before the search stops: the
     sampler keeps being asked (Optuna's FAQ answer to duplicated parameters), but not forever, as
     a space with fewer distinct models than ``--trials`` would otherwise never end."""
-    return max(20, 2 * search_population(search))
+    return max(10, 2 * search_population(search))
 
 
 def repeats_in_a_row(study) -> int:
@@ -385,6 +408,7 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
             print(f"resume: trials {interrupted} were interrupted; their points are queued again", flush=True)
     else:
         study = open_study(search, create=True)
+        spread_budgets(study, search)
     devices = worker_devices(search.device, search.workers, search.gpus_per_trial)
     if progress:
         print(f"search {search.study}: space {search.space_name}, dataset {search.dataset}, budget "

@@ -118,7 +118,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     except ImportError as exc:  # pragma: no cover - ray is a dependency, but keep the message clear
         raise UserError(f"--backend ray needs ray[tune] ({exc})") from None
 
-    from repnas.search._optuna_driver import check_storage, open_study
+    from repnas.search._optuna_driver import check_storage, open_study, spread_budgets
 
     run = RunDir(root)
     check_storage(search, resume)
@@ -126,6 +126,8 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     search.to_yaml(run.search_yaml)
     knobs = search.knob_names()
     study = open_study(search, create=not resume)  # new: metric names and the search config on it
+    if not resume:
+        spread_budgets(study, search)  # OptunaSearch's ask takes the enqueued points first
 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=progress, logging_level="ERROR")
