@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="dataset name (default: the space's)")
     p.add_argument("--budget", help="parameter budget: one (600k, 1.5M), a range searched log-uniformly "
                    "(50k:2M) or levels (100k,300k,1M) (default: the space's)")
-    p.add_argument("--trials", type=int, help="trials to run in all, failed ones included (default 12)")
+    p.add_argument("--trials", type=int, help="distinct models to try (default 12): failed and infeasible ones "
+                   "count, a proposal of a model already trained is reused and does not")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's)")
     p.add_argument("--backend", choices=("optuna", "ray"), help="search driver (default optuna)")
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
