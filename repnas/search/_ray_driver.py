@@ -160,6 +160,9 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         rows.update(_result_rows(run, tuner.fit(), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
         if _distinct(rows) == before:  # only known models proposed: the space looks exhausted
+            if progress:
+                print(f"note: the space looks exhausted: an experiment proposed only models already trained; "
+                      f"stopped at {before} distinct trial(s) of the {search.trials} asked", flush=True)
             break
 
 
