@@ -292,6 +292,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
 
     from repnas.search._canonical import ModelClaims, TrialModels
     from repnas.search._early_stop import make_rule
+    from repnas.search._epochs import EpochReport
     from repnas.search._runner import run_trial
 
     run = RunDir(root)
@@ -316,10 +317,12 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
             trial.set_user_attr("worker", name)
             save_sampler(run, worker, study.sampler)
         point = {k: trial.params[k] for k in knob_names}
-        rule = make_rule(search, study, trial.number)
+        report = EpochReport(study, trial.number, make_rule(search, study, trial.number))
         models = TrialModels(claims, trial.number, alive=lambda number: _is_running(study, number))
-        row = run_trial(search, point, run.trial_dir(trial.number), rule, device=device, data=data,
+        row = run_trial(search, point, run.trial_dir(trial.number), report, device=device, data=data,
                         models=models)
+        if row.get("duplicate_of") is not None:
+            report.copy_from(int(row["duplicate_of"]))
         row["worker"] = name
         with run.lock():
             _tell(study, trial, row, search)
