@@ -46,6 +46,22 @@ def test_knobs_that_change_nothing_give_the_same_key():
     assert model_key({**base, "recipe": {**base["recipe"], "lr": 0.01}}) != model_key(base)
 
 
+def test_plan_options_that_change_training_change_the_key():
+    """Plan version 2's remainder rule, source init and bias init start or build another model."""
+    search = _search()
+    tiled = _config(search, {**PLAIN, "width_rep.1": 2})
+    plan = tiled["model"]["plan"]
+
+    def with_plan(**options) -> dict:
+        return {**tiled, "model": {**tiled["model"], "plan": {**plan, **options}}}
+
+    base = model_key(with_plan(remainder="paper", source_init="small_xavier", bias_init="zeros"))
+    for option, other in (("source_init", "physical"), ("bias_init", "default"), ("remainder", "source")):
+        key = model_key(with_plan(**{"remainder": "paper", "source_init": "small_xavier", "bias_init": "zeros",
+                                     option: other}))
+        assert key != base, option
+
+
 def test_a_duplicate_is_reused_without_training_and_training_it_gives_the_same_numbers(tmp_path, monkeypatch):
     import repnas.train._trainer as trainer
     from repnas.train._data import load_dataset

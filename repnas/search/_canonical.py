@@ -54,13 +54,16 @@ def canonical_plan(plan: dict | None, shapes: dict[str, tuple[int, int]]) -> dic
     """The part of a plan that changes the built model; None when the plan changes nothing.
 
     A layer whose source has its own shape is not tiled and has no scalars (``repnas.rescale``), so
-    its map and scalar init are dropped; a tiled layer keeps its effective map (its own or the
-    plan's) and, where that map has scalars, the plan's scalar init. Banks no layer uses are dropped.
+    its map, scalar init and remainder rule are dropped; a tiled layer keeps its effective map (its
+    own or the plan's), its remainder rule and, where that map has scalars, the plan's scalar init.
+    Every layer keeps its effective bias init, an own source its source init (plan version 2's
+    options change how training starts). Banks no layer uses are dropped.
     """
-    from repnas.rescale import SCALAR_MAPS
+    from repnas.rescale import SCALAR_MAPS, RepetitionPlan
 
     if not plan or not plan.get("layers"):
         return None
+    resolved = RepetitionPlan.from_dict(plan)  # version-1 documents get their own option values
     layers, banks = plan["layers"], plan.get("banks") or {}
     default_map, scalar_init = plan.get("map", "swish"), plan.get("scalar_init", "xavier")
 
@@ -81,11 +84,16 @@ def canonical_plan(plan: dict | None, shapes: dict[str, tuple[int, int]]) -> dic
     for name, rule in layers.items():
         kind = next(k for k in ("own", "borrow", "bank") if k in rule)
         entry: dict[str, Any] = {kind: list(rule[kind]) if kind == "own" else rule[kind]}
+        # how a repeated conv's bias and an own source start change the trained model everywhere
+        entry["bias_init"] = resolved.option("bias_init", name)
+        if kind == "own":
+            entry["source_init"] = resolved.option("source_init", name)
         if source(name) != shapes.get(name):
             scalar_map = rule.get("map") or default_map
             entry["map"] = scalar_map
             if SCALAR_MAPS[scalar_map].scalars_per_tile > 0:
                 entry["scalar_init"] = scalar_init
+            entry["remainder"] = resolved.option("remainder", name)
         out_layers[name] = entry
     used = {rule["bank"] for rule in layers.values() if "bank" in rule}
     return {"layers": out_layers, "banks": {k: v for k, v in banks.items() if k in used}}
