@@ -61,6 +61,8 @@ KNOB_DEFAULTS: dict[str, tuple[Any, bool]] = {
     "map": ("swish", False),
     "scalar_init": ("xavier", False),
 }
+#: counts (budgets) must fit an int64 where they are stored
+MAX_COUNT = 2**63
 _SPACE_KEYS = {"name", "description", "family", "widths", "budget", "dataset", "epochs", "recipe", "knobs",
                "min_width"}
 
@@ -80,6 +82,8 @@ def parse_count(value: Any, what: str = "budget") -> int:
             raise UserError(f"{what}: expected a count like 600k or 1.5M, got {value!r}") from None
     if not math.isfinite(number) or number <= 0:
         raise UserError(f"{what}: must be a positive count, got {value!r}")
+    if number >= MAX_COUNT:  # it is stored as an int64 (SQLite, parquet)
+        raise UserError(f"{what}: {value!r} is too large (at most {MAX_COUNT - 1:.3g})")
     return round(number)
 
 
@@ -357,6 +361,15 @@ class SearchSpace:
         if family == "wrn" and any(n.startswith("depth.") for n in knobs):
             raise UserError(f"{where}: wrn has the same depth in every stage; "
                             "use knob 'depth', not per stage")
+        epochs = data.get("epochs", 5)
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise UserError(f"{where}: epochs must be an int >= 1, got {epochs!r}")
+        recipe = data.get("recipe") or {}
+        if not isinstance(recipe, dict):
+            raise UserError(f"{where}: recipe must be a mapping of trainer settings, got {recipe!r}")
+        min_width = data.get("min_width", 2)
+        if not isinstance(min_width, int) or isinstance(min_width, bool) or min_width < 1:
+            raise UserError(f"{where}: min_width must be an int >= 1, got {min_width!r}")
         space = cls(
             name=str(data.get("name", "custom")),
             family=family,
@@ -365,14 +378,16 @@ class SearchSpace:
             fixed=fixed,
             budget=parse_count(data.get("budget", 100_000), f"{where}: budget"),
             dataset=str(data.get("dataset", "digits")),
-            epochs=int(data.get("epochs", 5)),
-            recipe=dict(data.get("recipe") or {}),
+            epochs=epochs,
+            recipe=dict(recipe),
             description=str(data.get("description", "")),
-            min_width=int(data.get("min_width", 2)),
+            min_width=min_width,
         )
         # Every value a knob can take must make a valid architecture: fail at load, not mid-search.
+        # The checks are bounds (depth >= 1, ...), so an int range is checked at its two ends: a
+        # range of 100000 depths must not cost 100000 checks.
         for name, knob in knobs.items():
-            for value in knob.grid() or []:
+            for value in _check_values(knob):
                 point = {n: (value if n == name else _first(k)) for n, k in knobs.items()}
                 space.architecture(point)
         space.architecture({n: _first(k) for n, k in knobs.items()})
@@ -384,7 +399,10 @@ class SearchSpace:
         text, where = str(text_or_path), "space"
         if isinstance(text_or_path, Path) or ("\n" not in text and Path(text).is_file()):
             where = f"space file {text}"
-            text = Path(text).read_text()
+            try:
+                text = Path(text).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{where}: not a YAML text file (not UTF-8)") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -392,9 +410,17 @@ class SearchSpace:
         return cls.from_dict(data, where)
 
 
+def _check_values(knob: Knob) -> list[Any]:
+    """The values of a knob that load-time validation tries: all choices, a range's ends."""
+    if knob.choices is not None:
+        return list(knob.choices)
+    if knob.is_int:
+        return [int(knob.low), int(knob.high)]
+    return []
+
+
 def _first(knob: Knob) -> Any:
-    values = knob.grid()
-    return values[0] if values else knob.low
+    return knob.choices[0] if knob.choices is not None else knob.low
 
 
 def _check_architecture(arch: Architecture, space: str) -> None:
