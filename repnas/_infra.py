@@ -57,7 +57,13 @@ def describe(exc: BaseException) -> str:
     text = str(inner).strip().splitlines()
     message = text[0] if text else type(inner).__name__
     if _is_storage_error(inner):
-        return f"storage error ({type(inner).__name__}: {message[:200]})"
+        root = inner  # Optuna wraps SQLAlchemy wraps the driver: the innermost message says what failed
+        for _ in range(10):
+            if (root.__cause__ or root.__context__) is None:
+                break
+            root = root.__cause__ or root.__context__
+        detail = (str(root).strip().splitlines() or [type(root).__name__])[0]
+        return f"storage error ({type(root).__name__}: {detail[:200]})"
     if _is_cuda_error(inner):
         return f"GPU error ({message[:200]})"
     return message[:300]
