@@ -56,6 +56,9 @@ def build_search_config(args: argparse.Namespace):
         raise UserError("--space is required for a new search (or --resume an existing one)")
     space = load_space(args.space)
     dataset = args.dataset or space.dataset
+    if dataset.lower().startswith("imagefolder:"):  # dataset_info's advice names describe's options
+        raise UserError(f"--dataset {dataset}: repnas search needs a dataset whose shape is known before "
+                        "loading (the budget solver sizes candidates first); imagefolder works with repnas train")
     dataset_info(dataset)  # unknown dataset -> UserError
     budget = parse_count(args.budget if args.budget is not None else space.budget, "--budget")
     trials = 12 if args.trials is None else args.trials

@@ -146,8 +146,8 @@ CASES = [
     ("device-bogus", [*QS, "--device", "bogus"], None, 2, "--device"),
     ("device-cuda-missing", [*QS, "--device", "cuda"], None, 2, "CUDA"),
     ("device-cuda-index", [*QS, "--device", "cuda:99"], None, 2, "cuda:99"),
-    ("imagefolder-missing", [*Q, "--space", "quick", "--dataset", "imagefolder:{tmp}/nowhere"], None, 2,
-     "nowhere"),
+    ("imagefolder", [*Q, "--space", "quick", "--dataset", "imagefolder:{tmp}/nowhere"], None, 2,
+     "repnas search needs a dataset whose shape is known"),
     ("out-is-a-file", [*QS[:-4], "--out", "{tmp}/afile", "--space", "quick"], "a_file", 2, "afile"),
     ("out-existing-run", ["search", "--space", "quick", "--trials", "1", "--out", "{run}"], None, 2,
      "already exists"),
@@ -316,3 +316,22 @@ def test_deep_range_loads_fast(tmp_path):
     space = load_space(str(tmp_path / "space.yaml"))
     assert space.knobs["depth.0"].high == 100000
     assert time.time() - started < 2.0
+
+
+@pytest.mark.parametrize("name", ["a?b", "50%20off", "with space", "données-ü"])
+def test_odd_run_directory_names_keep_their_study_inside(tmp_path, name, capsys):
+    """A ``?`` cut the SQLite URL (the study landed outside the run), ``%20`` was decoded or crashed."""
+    from repnas.search._rundir import SearchConfig
+    from repnas.search._storage import storage_file
+
+    out = tmp_path / name
+    argv = ["search", "--space", "quick", "--trials", "1", "--epochs", "1", "--out", str(out), "--device", "cpu",
+            "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing beside the run
+    search = SearchConfig.from_yaml(out / "search.yaml")
+    assert storage_file(search.storage) == (out / "study.db").resolve()
+    assert main(["search", "--resume", "--out", str(out), "--trials", "2", "--quiet"]) == 0
+    import optuna
+
+    assert len(optuna.load_study(study_name=search.study, storage=search.storage).trials) == 2
