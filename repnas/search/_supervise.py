@@ -42,6 +42,8 @@ def supervised_search(search: SearchConfig, out: str | Path, resume: bool) -> It
             except Exception as exc:
                 if not is_infrastructure(exc):
                     raise
+                if "--resume" in str(exc):  # it says how to continue already (a dead worker)
+                    raise
                 raise InfrastructureError(f"{describe(exc)}; the search stopped and the trial was not "
                                           f"recorded; fix the cause, then `repnas search --resume --out "
                                           f"{out}` continues") from exc
