@@ -27,6 +27,9 @@ _CUDA_WORDS = ("cuda error", "cudnn_status", "cublas_status", "device-side asser
                "cuda driver", "nccl error", "ecc error", "device not ready", "unspecified launch failure")
 
 
+_WRITE_WORDS = ("pytorchstreamwriter failed", "file write failed", "inline_container.cc", "unexpected pos")
+
+
 class InfrastructureError(RuntimeError):
     """The machine failed under a command (disk, storage, GPU); the message says which."""
 
@@ -40,7 +43,7 @@ def is_infrastructure(exc: BaseException) -> bool:
             return True
         if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRNOS:
             return True
-        if _is_storage_error(exc) or _is_cuda_error(exc):
+        if _is_storage_error(exc) or _is_cuda_error(exc) or _is_write_error(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -64,6 +67,8 @@ def describe(exc: BaseException) -> str:
             root = root.__cause__ or root.__context__
         detail = (str(root).strip().splitlines() or [type(root).__name__])[0]
         return f"storage error ({type(root).__name__}: {detail[:200]})"
+    if _is_write_error(inner):
+        return f"no space left on device? torch could not write a file ({message[:160]})"
     if _is_cuda_error(inner):
         return f"GPU error ({message[:200]})"
     return message[:300]
@@ -75,6 +80,13 @@ def _is_storage_error(exc: BaseException) -> bool:
     if "StorageInternalError" in names:
         return True
     return "sqlalchemy" in modules and bool(names & {"OperationalError", "DatabaseError", "InterfaceError"})
+
+
+def _is_write_error(exc: BaseException) -> bool:
+    """``torch.save`` on a full disk raises a RuntimeError from its zip writer, not an OSError
+    (``[enforce fail at inline_container.cc] unexpected pos`` / ``PytorchStreamWriter failed``)."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(word in text for word in _WRITE_WORDS)
 
 
 def _is_cuda_error(exc: BaseException) -> bool:
