@@ -56,7 +56,7 @@ def describe(exc: BaseException) -> str:
     inner = exc
     if isinstance(inner, OSError) and inner.errno is not None:
         where = f": {inner.filename}" if inner.filename else ""
-        return f"{inner.strerror or errno.errorcode.get(inner.errno, 'I/O error')}{where}".lower()
+        return f"{(inner.strerror or errno.errorcode.get(inner.errno, 'I/O error')).lower()}{where}"
     text = str(inner).strip().splitlines()
     message = text[0] if text else type(inner).__name__
     if _is_storage_error(inner):
