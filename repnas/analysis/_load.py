@@ -250,11 +250,19 @@ def _storage_for_file(path: Path) -> Any:
     # never writes into someone else's SQLite file.
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as db:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            check = db.execute("PRAGMA quick_check").fetchone()
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as exc:  # truncated or damaged
+        raise UserError(f"{path}: damaged SQLite database ({exc})") from None
+    if not check or check[0] != "ok":
+        raise UserError(f"{path}: damaged SQLite database (integrity check: {check[0] if check else '?'})")
     if "studies" not in tables:
         raise UserError(f"{path}: an SQLite database without Optuna studies")
-    return f"sqlite:///{path.resolve()}"
+    from repnas.search._storage import sqlite_url
+
+    return sqlite_url(path)  # escaped: a '?' or '%' in the path stays in it
 
 
 _OPTUNA_STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "failed",

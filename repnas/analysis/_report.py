@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from repnas._io import atomic_write_text
+from repnas._io import atomic_path, atomic_write_text
 from repnas.analysis._curves import learning_curves
 from repnas.analysis._hypervolume import hypervolume_history, ideal_point, reference_point
 from repnas.analysis._load import Run, knob_columns, load_run
@@ -465,7 +465,8 @@ def write_images(sources: Sequence[str | Path | Run], out_dir: str | Path,
         for fmt in formats:
             path = out / f"{div_id.removeprefix('fig-')}.{fmt}"
             try:
-                fig.write_image(path, format=fmt, width=1100, height=fig.layout.height or 500)
+                with atomic_path(path) as tmp:  # a killed report leaves no half image
+                    fig.write_image(tmp, format=fmt, width=1100, height=fig.layout.height or 500)
             except (RuntimeError, ValueError, OSError) as exc:
                 raise UserError(f"could not render {path.name}: {str(exc).splitlines()[0]}") from exc
             written.append(path)

@@ -27,8 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from repnas._outputs import check_output_dir, check_output_file
     from repnas.analysis import load_inputs, write_images, write_report
 
+    check_output_file(args.out, [*args.runs, *([args.baselines] if args.baselines else [])])
+    if args.images:
+        check_output_dir(args.images)
     # load once for both outputs (a study read through Optuna or Ray is the slow part)
     runs, baselines = load_inputs(args.runs, args.baselines)
     if args.images:  # first, so that a missing kaleido fails before anything is written

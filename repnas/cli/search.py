@@ -60,6 +60,9 @@ def build_search_config(args: argparse.Namespace):
         raise UserError("--space is required for a new search (or --resume an existing one)")
     space = load_space(args.space)
     dataset = args.dataset or space.dataset
+    if dataset.lower().startswith("imagefolder:"):  # dataset_info's advice names describe's options
+        raise UserError(f"--dataset {dataset}: repnas search needs a dataset whose shape is known before "
+                        "loading (the budget solver sizes candidates first); imagefolder works with repnas train")
     dataset_info(dataset)  # unknown dataset -> UserError
     budget = parse_budget(args.budget if args.budget is not None else space.budget, "--budget")
     trials = 12 if args.trials is None else args.trials
@@ -99,6 +102,11 @@ def resume_search_config(args: argparse.Namespace):
         raise UserError("--resume needs --out RUN_DIR (the run directory to continue)")
     run = RunDir(args.out)
     if not run.search_yaml.is_file():
+        from repnas.search._start import staging_dir
+
+        if staging_dir(args.out).exists() and not run.root.exists():
+            raise UserError(f"cannot resume: the search in {args.out} was stopped before it had started; "
+                            "run the same command without --resume")
         raise UserError(f"cannot resume: {run.search_yaml} not found")
     search = SearchConfig.from_yaml(run.search_yaml)
     if args.space is not None:  # a built-in name or a YAML path: compare what it defines
@@ -148,24 +156,27 @@ def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: fl
 
 def run(args: argparse.Namespace) -> int:
     from repnas.search._rundir import RunDir
+    from repnas.search._supervise import supervised_search
 
     if args.resume:
         search, out = resume_search_config(args)
     else:
+        from repnas.search._start import check_new_run_dir
+
         search, out = build_search_config(args)
-        if RunDir(out).is_used():
-            raise UserError(f"run directory {out} already exists; "
-                            "use --resume to continue it or another --out")
+        check_new_run_dir(out)
     started = time.time()
     progress = not args.quiet
-    if search.backend == "ray":
-        from repnas.search._ray_driver import run_ray_search
+    # validated, owned (one process per run directory), started atomically, stopped cleanly
+    with supervised_search(search, out, resume=args.resume) as resume:
+        if search.backend == "ray":
+            from repnas.search._ray_driver import run_ray_search
 
-        run_ray_search(search, out, resume=args.resume, progress=progress, address=args.ray_address)
-    else:
-        from repnas.search._optuna_driver import run_optuna_search
+            run_ray_search(search, out, resume=resume, progress=progress, address=args.ray_address)
+        else:
+            from repnas.search._optuna_driver import run_optuna_search
 
-        run_optuna_search(search, out, resume=args.resume, progress=progress)
+            run_optuna_search(search, out, resume=resume, progress=progress)
     import pandas as pd
 
     from repnas.search._front import no_complete_reason, summary_text

@@ -14,13 +14,18 @@ chosen, the trial that trained its model is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from repnas import _faults
+from repnas._io import atomic_path, atomic_write_text
 from repnas.errors import UserError
 from repnas.search._front import front_rows
 from repnas.search._rundir import RunDir, SearchConfig
@@ -33,7 +38,16 @@ def load_run_trials(run_dir: str | Path):
     run = RunDir(run_dir)
     if not run.search_yaml.is_file() or not run.trials_parquet.is_file():
         raise UserError(f"{run.root} is not a search run directory (needs search.yaml and trials.parquet)")
-    return SearchConfig.from_yaml(run.search_yaml), pd.read_parquet(run.trials_parquet)
+    search = SearchConfig.from_yaml(run.search_yaml)
+    try:
+        trials = pd.read_parquet(run.trials_parquet)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{run.trials_parquet}: unreadable ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+                        ) from None
+    missing = [c for c in ("trial", "status", "val_accuracy", "params", "config") if c not in trials.columns]
+    if missing:
+        raise UserError(f"{run.trials_parquet}: not a repnas trials table (no columns {', '.join(missing)})")
+    return search, trials
 
 
 def choose_trials(search: SearchConfig, trials, pareto: bool = False, top: int | None = None) -> list[int]:
@@ -54,16 +68,23 @@ def choose_trials(search: SearchConfig, trials, pareto: bool = False, top: int |
 def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
                   top: int | None = None) -> list[dict]:
     """Write run configs (and materialized state dicts) of the chosen trials to ``out``."""
-    from repnas.train._config import RunConfig
 
     if pareto == (top is not None):
         raise UserError("choose exactly one of --pareto or --top K")
     if top is not None and top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
+    from repnas._outputs import check_output_dir
+
+    check_output_dir(out)
     search, trials = load_run_trials(run_dir)
     numbers = choose_trials(search, trials, pareto=pareto, top=top)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with staged_folder(out) as staging:
+        return _export(run_dir, staging, trials, numbers, pareto, top)
+
+
+def _export(run_dir, out: Path, trials, numbers: list[int], pareto: bool, top: int | None) -> list[dict]:
+    from repnas.train._config import RunConfig
+
     run = RunDir(run_dir)
     by_number = {int(r["trial"]): r for _, r in trials.iterrows()}
     exported = []
@@ -73,7 +94,7 @@ def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
         config["device"] = "auto"
         run_config = RunConfig.from_dict(config)
         config_path = out / f"trial_{number}.yaml"
-        run_config.to_yaml(config_path)
+        atomic_write_text(config_path, run_config.to_yaml())
         entry: dict[str, Any] = {"trial": number, "config": config_path.name}
         for key in ("val_accuracy", "test_accuracy", "params", "physical_params", "flops"):
             value = row[key]
@@ -86,7 +107,7 @@ def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
             entry["state_dict"] = state_path.name
             entry["checkpoint"] = str(checkpoint)
         exported.append(entry)
-    (out / "exported.yaml").write_text(yaml.safe_dump(
+    atomic_write_text(out / "exported.yaml", yaml.safe_dump(
         {"run": str(Path(run_dir)), "selection": "pareto" if pareto else f"top {top}", "trials": exported},
         sort_keys=False))
     return exported
@@ -111,7 +132,34 @@ def _write_materialized(run_config, checkpoint: Path, path: Path) -> None:
 
     info = dataset_info(run_config.dataset.name)
     model = build_model(run_config.model, info.num_classes, info.in_channels)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+    except Exception as exc:  # truncated, foreign or damaged: name the file
+        text = str(exc).strip().splitlines()
+        raise UserError(f"{checkpoint}: unreadable checkpoint ({type(exc).__name__}: "
+                        f"{text[0][:120] if text else ''})") from None
     plain = materialize(model.eval())
-    torch.save(plain.state_dict(), path)
+    with atomic_path(path) as tmp:
+        torch.save(plain.state_dict(), tmp)
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | Path):
+    """Yield a hidden folder beside ``out`` to write into; on success its files move into ``out``
+    (each by an atomic rename, ``exported.yaml`` last, so a reader that finds it finds everything it
+    lists); on failure it is removed and ``out`` is as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        out.mkdir(exist_ok=True)
+        names = sorted(p.name for p in staging.iterdir())
+        for name in sorted(names, key=lambda n: n == "exported.yaml"):
+            os.replace(staging / name, out / name)
+            _faults.point("export:moved")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

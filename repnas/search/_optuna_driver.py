@@ -24,7 +24,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from repnas import _faults
 from repnas._io import atomic_path
+from repnas._procs import die_with_parent, exit_description, sigint_ignored, stop
 from repnas.errors import UserError
 from repnas.search._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
 
@@ -44,11 +46,10 @@ def open_storage(url: str):
 
 def storage_exists(url: str) -> bool:
     """Whether the storage already holds data (without creating an SQLite file as a side effect)."""
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).exists()
-    if "://" in url:
-        return True  # a server: ask it
-    return Path(url).exists()
+    from repnas.search._storage import storage_file
+
+    path = storage_file(url)  # URL-decoded: a run directory may have '?' or '%' in its name
+    return True if path is None else path.exists()  # None: a server, ask it
 
 
 def make_sampler(name: str, seed: int, population_size: int):
@@ -316,6 +317,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
             trial = study.ask(fixed_distributions=distributions)
             trial.set_user_attr("worker", name)
             save_sampler(run, worker, study.sampler)
+        _faults.point("trial:asked")
         point = {k: trial.params[k] for k in knob_names}
         report = EpochReport(study, trial.number, make_rule(search, study, trial.number))
         models = TrialModels(claims, trial.number, alive=lambda number: _is_running(study, number))
@@ -324,6 +326,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
         if row.get("duplicate_of") is not None:
             report.copy_from(int(row["duplicate_of"]))
         row["worker"] = name
+        _faults.point("trial:trained")
         with run.lock():
             _tell(study, trial, row, search)
             write_table(study, run, knob_names)
@@ -352,9 +355,11 @@ def cpu_threads(workers: int) -> int:
 
 def _load_data(search: SearchConfig):
     """The worker's dataset, loaded once for all its trials (each trial would reload it otherwise)."""
+    from repnas.search._validate import loaded_data
     from repnas.train._data import load_dataset
 
-    return load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed)
+    data = loaded_data(search)  # the validation before the search loaded it already
+    return data if data is not None else load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed)
 
 
 def _tell(study, trial, row: dict[str, Any], search: SearchConfig) -> None:
@@ -421,27 +426,46 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
     processes = []
     if search.workers > 1:
         context = multiprocessing.get_context("spawn")
-        for k in range(1, search.workers):
-            p = context.Process(target=_worker_main,
-                                args=(search.to_dict(), str(run.root), k, devices[k], progress, resume))
-            p.start()
-            processes.append(p)
+        with sigint_ignored():  # Ctrl-C is the main process's to answer (repnas._procs)
+            for k in range(1, search.workers):
+                p = context.Process(target=_worker_main, args=(search.to_dict(), str(run.root), k, devices[k],
+                                                               progress, resume, os.getpid()))
+                p.start()
+                processes.append(p)
     try:
         finished = worker_loop(search, run.root, 0, devices[0], progress, resume)
+    except BaseException:
+        stop(processes)  # no worker outlives a failed or interrupted main process
+        raise
     finally:
         for p in processes:
             p.join()
     study = open_study(search)
     write_table(study, run, search.knob_names())
+    dead = [(k, p) for k, p in enumerate(processes, start=1) if p.exitcode]
+    if dead:
+        from repnas._infra import InfrastructureError
+
+        k, p = dead[0]
+        raise InfrastructureError(
+            f"worker {k} (pid {p.pid}) died ({exit_description(p.exitcode)})"
+            + (f" and {len(dead) - 1} more" if len(dead) > 1 else "")
+            + f"; `repnas search --resume --out {run.root}` recovers its trial")
     models = counted_trials(study)
     if not finished and models < search.trials:
         print(f"note: the space looks exhausted: the last {repeat_limit(search)} proposals were models already "
               f"trained; stopped at {models} distinct trial(s) of the {search.trials} asked", flush=True)
-    bad = [p.exitcode for p in processes if p.exitcode]
-    if bad:
-        print(f"warning: {len(bad)} worker process(es) exited with errors {bad}", file=sys.stderr)
     return study
 
 
-def _worker_main(search_dict: dict, root: str, worker: int, device: str, progress: bool, resume: bool) -> None:
-    worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress, resume)
+def _worker_main(search_dict: dict, root: str, worker: int, device: str, progress: bool, resume: bool,
+                 parent: int | None = None) -> None:
+    if parent is not None:
+        die_with_parent(parent)
+    try:
+        worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress, resume)
+    except Exception as exc:  # one line (not a traceback) per worker; the main process says what to do
+        from repnas._infra import EXIT_INFRASTRUCTURE, describe, is_infrastructure
+
+        print(f"repnas: error: worker {worker}: {describe(exc)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INFRASTRUCTURE if is_infrastructure(exc) else 1)

@@ -116,7 +116,9 @@ class SearchConfig:
         unknown = set(data) - known
         if unknown:
             raise UserError(f"search.yaml: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        from repnas.search._checks import check_search_fields
+
+        return check_search_fields(cls(**data))
 
     def to_yaml(self, path: str | Path) -> None:
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -124,7 +126,9 @@ class SearchConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchConfig:
         try:
-            data = yaml.safe_load(Path(path).read_text())
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a YAML text file (not UTF-8)") from None
         except yaml.YAMLError as exc:
             raise UserError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
         return cls.from_dict(data)
@@ -165,7 +169,9 @@ class RunDir:
         (SQLite's file locking serialises badly under concurrent writers)."""
         if workers > 1:
             return str((self.root / "journal.log").resolve())
-        return f"sqlite:///{(self.root / 'study.db').resolve()}"
+        from repnas.search._storage import sqlite_url
+
+        return sqlite_url(self.root / "study.db")  # escaped: '?' or '%' in the path stay in it
 
     def is_used(self) -> bool:
         return self.root.exists() and any(self.root.iterdir())

@@ -10,6 +10,7 @@ with the error, so the search goes on.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
@@ -136,6 +137,12 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
             row["status"] = "complete"
         ended = True
     except Exception as exc:  # the search goes on; the error is recorded with the trial
+        from repnas._infra import InfrastructureError, describe, is_infrastructure
+
+        if is_infrastructure(exc):  # the machine failed, not the candidate: stop, record nothing
+            with contextlib.suppress(OSError):
+                print(f"infrastructure error (not recorded): {describe(exc)}", file=log, flush=True)
+            raise InfrastructureError(describe(exc)) from exc
         row["status"] = "failed"
         row["error"] = _error_text(exc)
         print(traceback.format_exc(), file=log, flush=True)
