@@ -14,6 +14,22 @@ from repnas.errors import UserError
 _MAX_INT64 = 2**63 - 1
 
 
+def check_budget(value: Any, bad) -> None:
+    """A budget is a count, a range ``LOW:HIGH`` or levels (:func:`~repnas.spaces.parse_budget`),
+    every count an int >= 1 that fits in 64 bits."""
+    from repnas.spaces import parse_budget
+
+    expected = "a count >= 1, a range LOW:HIGH or levels A,B,C, each fitting in 64 bits"
+    if isinstance(value, bool) or not isinstance(value, (int, str, list, tuple)):
+        raise bad("budget", expected, value)
+    try:
+        spec = parse_budget(value)
+    except (UserError, ValueError, TypeError, OverflowError):
+        raise bad("budget", expected, value) from None
+    if not 1 <= spec.smallest <= spec.largest <= _MAX_INT64:
+        raise bad("budget", expected, value)
+
+
 def check_search_fields(search):
     """Return ``search`` after checking every field's type and range (``UserError`` naming the key)."""
     def bad(key: str, expected: str, value: Any) -> UserError:
@@ -22,11 +38,12 @@ def check_search_fields(search):
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    ints = {"trials": 1, "epochs": 1, "budget": 1, "seed": 0, "workers": 0, "population_size": 0}
+    ints = {"trials": 1, "epochs": 1, "seed": 0, "workers": 0, "population_size": 0}
     for key, low in ints.items():
         value = getattr(search, key)
         if not is_int(value) or not low <= value <= _MAX_INT64:
             raise bad(key, f"an int >= {low} that fits in 64 bits", value)
+    check_budget(search.budget, bad)
     if not isinstance(search.gpus_per_trial, (int, float)) or isinstance(search.gpus_per_trial, bool) \
             or not 0 < search.gpus_per_trial <= 64:
         raise bad("gpus_per_trial", "a number in (0, 64]", search.gpus_per_trial)
