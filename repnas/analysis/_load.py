@@ -43,11 +43,12 @@ TRIAL_COLUMNS: tuple[str, ...] = (
     "error",
     "budget",
     "config",
+    "duplicate_of",  # the trial whose model this one reused without training (NaN: trained its own)
 )
 STATUSES: tuple[str, ...] = ("complete", "failed", "infeasible", "pruned")
 KNOB_PREFIX = "knob."
 _FLOAT_COLUMNS = ("val_accuracy", "test_accuracy", "params", "physical_params", "flops", "train_seconds",
-                  "budget", "seed")
+                  "budget", "seed", "duplicate_of")
 _STRING_COLUMNS = ("worker", "error", "config")
 
 #: Objectives assumed when a source does not name its own (the search's default).
@@ -249,11 +250,19 @@ def _storage_for_file(path: Path) -> Any:
     # never writes into someone else's SQLite file.
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as db:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            check = db.execute("PRAGMA quick_check").fetchone()
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as exc:  # truncated or damaged
+        raise UserError(f"{path}: damaged SQLite database ({exc})") from None
+    if not check or check[0] != "ok":
+        raise UserError(f"{path}: damaged SQLite database (integrity check: {check[0] if check else '?'})")
     if "studies" not in tables:
         raise UserError(f"{path}: an SQLite database without Optuna studies")
-    return f"sqlite:///{path.resolve()}"
+    from repnas.search._storage import sqlite_url
+
+    return sqlite_url(path)  # escaped: a '?' or '%' in the path stays in it
 
 
 _OPTUNA_STATUS = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "failed",

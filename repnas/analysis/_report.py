@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from repnas._io import atomic_write_text
+from repnas._io import atomic_path, atomic_write_text
 from repnas.analysis._curves import learning_curves
 from repnas.analysis._hypervolume import hypervolume_history, ideal_point, reference_point
 from repnas.analysis._load import Run, knob_columns, load_run
@@ -188,6 +188,8 @@ def _zoomed(fig, table: pd.DataFrame, baselines: pd.DataFrame | None, x: str):
 
 
 def _add_baselines(fig, baselines: pd.DataFrame | None, x: str) -> None:
+    """The baselines as stars joined in order of cost: the plain family's scaling curve (e.g. vgg4..
+    vgg11 trained with the search's recipe), to read the front against (a budget range searched)."""
     import plotly.graph_objects as go
 
     if baselines is None or baselines.empty:
@@ -196,9 +198,11 @@ def _add_baselines(fig, baselines: pd.DataFrame | None, x: str) -> None:
     ok = baselines[x].notna() & acc.notna()
     if not ok.any():
         return
-    b = baselines[ok]
+    order = baselines[ok][x].astype(float).sort_values(kind="stable").index
+    b, acc = baselines.loc[order], acc.loc[order]
     fig.add_trace(go.Scatter(
-        x=b[x], y=acc[ok], mode="markers+text", text=b["name"], textposition="top center",
+        x=b[x], y=acc, mode="lines+markers+text" if len(b) > 1 else "markers+text", text=b["name"],
+        textposition="top center", line={"color": "black", "width": 1},
         marker={"symbol": "star", "size": 14, "color": "black"}, name="baselines",
         customdata=np.stack([b["test_accuracy"].to_numpy(float)], axis=1),
         hovertemplate="%{text}<br>" + x + "=%{x:,.0f}<br>accuracy=%{y:.4f}"
@@ -551,7 +555,8 @@ def write_images(sources: Sequence[str | Path | Run], out_dir: str | Path,
         for fmt in formats:
             path = out / f"{div_id.removeprefix('fig-')}.{fmt}"
             try:
-                fig.write_image(path, format=fmt, width=1100, height=fig.layout.height or 500)
+                with atomic_path(path) as tmp:  # a killed report leaves no half image
+                    fig.write_image(tmp, format=fmt, width=1100, height=fig.layout.height or 500)
             except (RuntimeError, ValueError, OSError) as exc:
                 raise UserError(f"could not render {path.name}: {str(exc).splitlines()[0]}") from exc
             written.append(path)

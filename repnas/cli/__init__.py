@@ -62,18 +62,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(func, args: argparse.Namespace) -> int:
-    """Run a command; bad input (UserError, ValueError, OSError) becomes one line and exit code 2."""
+    """Run a command; every failure becomes one line and an exit code (docs/design.md, "Exit codes"):
+    bad input (UserError, ValueError, OSError) 2, a failure of the machine (full disk, storage, GPU,
+    a dead worker) 3, Ctrl-C or SIGTERM 130."""
+    from repnas._infra import EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_USAGE, describe, is_infrastructure
+
     try:
         return int(func(args) or 0)
-    except (UserError, ValueError, OSError) as exc:
+    except KeyboardInterrupt as exc:
+        print(f"repnas: {str(exc).splitlines()[0] if str(exc) else 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
         if os.environ.get("REPNAS_DEBUG"):
+            raise
+        if is_infrastructure(exc):
+            print(f"repnas: error: {describe(exc)}", file=sys.stderr)
+            return EXIT_INFRASTRUCTURE
+        if not isinstance(exc, (UserError, ValueError, OSError)):
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"repnas: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("repnas: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

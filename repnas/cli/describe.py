@@ -96,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         overrides = tuple(known if given is None else given for given, known in zip(
             overrides, (info.num_classes, info.in_channels, info.image_size), strict=True))
     num_classes, in_channels, image_size = overrides
+    for flag, value in (("--num-classes", num_classes), ("--in-channels", in_channels),
+                        ("--image-size", image_size)):
+        if value is None or value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     model = spaces.build_model(config, num_classes=num_classes, in_channels=in_channels)
     input_shape = (in_channels, image_size, image_size)
     result = describe(model, input_shape)

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="run directory, Ray Tune experiment directory or Optuna storage")
     parser.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     parser.add_argument("--baselines", metavar="FILE", default=None,
-                        help="CSV or YAML of plain models (name, params, flops, val_accuracy, test_accuracy)")
+                        help="CSV or YAML of plain models (name, params, flops, val_accuracy, test_accuracy), or "
+                        "the run directory of a search over a plain space at budget levels; drawn as a curve")
     parser.add_argument("--title", default=None, help="page title (default: the run names)")
     parser.add_argument("--images", metavar="DIR", default=None,
                         help="also write each figure as PNG and SVG into DIR (needs kaleido and a Chromium)")
@@ -29,8 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from repnas._outputs import check_output_dir, check_output_file
     from repnas.analysis import load_inputs, write_images, write_report
 
+    check_output_file(args.out, [*args.runs, *([args.baselines] if args.baselines else [])])
+    if args.images:
+        check_output_dir(args.images)
     # load once for both outputs (a study read through Optuna or Ray is the slow part)
     runs, baselines = load_inputs(args.runs, args.baselines)
     if args.images:  # first, so that a missing kaleido fails before anything is written

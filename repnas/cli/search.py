@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=plain_text(__doc__))
     p.add_argument("--space", help="built-in space (quick, vgg-depth, wrn-width, resnet) or a space YAML")
     p.add_argument("--dataset", help="dataset name (default: the space's)")
-    p.add_argument("--budget", help="parameter budget, e.g. 600k or 1.5M (default: the space's)")
-    p.add_argument("--trials", type=int, help="trials to run in all, failed ones included (default 12)")
+    p.add_argument("--budget", help="parameter budget: one (600k, 1.5M), a range searched log-uniformly "
+                   "(50k:2M) or levels (100k,300k,1M) (default: the space's)")
+    p.add_argument("--trials", type=int, help="distinct models to try (default 12): failed and infeasible ones "
+                   "count, a proposal of a model already trained is reused and does not")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's)")
     p.add_argument("--backend", choices=("optuna", "ray"), help="search driver (default optuna)")
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
@@ -83,6 +85,11 @@ def resume_search_config(args: argparse.Namespace):
         raise UserError("--resume needs --out RUN_DIR (the run directory to continue)")
     run = RunDir(args.out)
     if not run.search_yaml.is_file():
+        from repnas.search._start import staging_dir
+
+        if staging_dir(args.out).exists() and not run.root.exists():
+            raise UserError(f"cannot resume: the search in {args.out} was stopped before it had started; "
+                            "run the same command without --resume")
         raise UserError(f"cannot resume: {run.search_yaml} not found")
     search = SearchConfig.from_yaml(run.search_yaml)
     if args.space is not None:  # a built-in name or a YAML path: compare what it defines
@@ -100,10 +107,11 @@ def resume_search_config(args: argparse.Namespace):
             raise UserError(f"--{name} {given} differs from the run's {saved}; "
                             "a resumed search keeps its config")
     if args.budget is not None:
-        from repnas.spaces import parse_count
+        from repnas.spaces import parse_budget
 
-        if parse_count(args.budget, "--budget") != search.budget:
-            raise UserError(f"--budget {args.budget} differs from the run's {search.budget:,}")
+        if parse_budget(args.budget, "--budget") != search.budget_spec:
+            raise UserError(f"--budget {args.budget} differs from the run's {search.budget_spec.describe()}; "
+                            "a resumed search keeps its config")
     if args.objectives is not None and parse_objectives(args.objectives) != search.objectives:
         raise UserError(f"--objectives {args.objectives} differs from the run's "
                         f"{','.join(search.objective_names)}; a resumed search keeps its config")
@@ -128,25 +136,34 @@ def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: fl
 
 def run(args: argparse.Namespace) -> int:
     from repnas.search._api import run_search_config
-    from repnas.search._rundir import RunDir
 
     if args.resume:
         search, out = resume_search_config(args)
     else:
+        from repnas.search._start import check_new_run_dir
+
         search, out = build_search_config(args)
         if args.dry_run is not None:
             from repnas.search._dry_run import dry_run_text
 
             print(dry_run_text(search, args.dry_run))
             return 0
-        if RunDir(out).is_used():
-            raise UserError(f"run directory {out} already exists; "
-                            "use --resume to continue it or another --out")
+        check_new_run_dir(out)
     if args.dry_run is not None:
         raise UserError("--dry-run previews a new search; it does not combine with --resume")
     started = time.time()
+    # validated, owned (one process per run directory), started atomically, stopped cleanly:
+    # run_search_config runs the driver inside supervised_search
     result = run_search_config(search, out, resume=args.resume, progress=not args.quiet, timeout=args.timeout,
                                ray_address=args.ray_address)
+    from repnas.search._front import no_complete_reason
+
+    table = result.trials
     print("\n" + result.summary(time.time() - started))
     print(f"run directory: {out}")
+    reason = no_complete_reason(table, search)
+    if reason and args.timeout is not None and not len(table):
+        reason = None  # --timeout ran out before the first trial: what was asked, not a failure
+    if reason:  # a search that trained nothing usable has failed: say why, exit non-zero
+        raise UserError(reason)
     return 0

@@ -245,13 +245,16 @@ def _data_dir(exp) -> str | None:
 
 
 # ------------------------------------------------------------------------------- c. the queue
-def model_flops(entry, dataset: str) -> int:
-    """Forward FLOPs per image of an experiment's model on its dataset (the packing rule's input)."""
+def model_flops(entry, dataset: dict[str, Any]) -> int:
+    """Forward FLOPs per image of an experiment's model on its dataset (the packing rule's input); an
+    experiment's ``image_size`` (a resized smoke dataset) wins over the dataset's own."""
     from repnas.rescale import count_flops
     from repnas.spaces import build_model, dataset_info
 
-    info = dataset_info(dataset)
-    return int(count_flops(build_model(entry.model, info.num_classes, info.in_channels), info.input_shape))
+    info = dataset_info(dataset["name"])
+    size = int(dataset.get("image_size") or info.image_size)
+    model = build_model(entry.model, info.num_classes, info.in_channels)
+    return int(count_flops(model, (info.in_channels, size, size)))
 
 
 def pack_of(s: GpuSession, flops: float) -> tuple[int, float]:
@@ -341,7 +344,7 @@ def _plan_runs(s: GpuSession, item: QueueItem, plan: QueuePlan, cap: float | Non
             done += 1
             continue
         if entry.name not in flops_cache:
-            flops_cache[entry.name] = model_flops(entry, exp.dataset["name"])
+            flops_cache[entry.name] = model_flops(entry, exp.dataset)
         alone, basis = run_estimate(s, exp, entry, flops_cache[entry.name])
         k, speedup = pack_of(s, flops_cache[entry.name])
         estimate = alone * k / speedup

@@ -121,7 +121,9 @@ def check_search(spec: dict[str, Any]) -> dict[str, Any]:
     argv = ["search", "--space", spec["space"], "--dataset", spec["dataset"], "--budget", str(spec["budget"]),
             "--trials", str(spec["trials"]), "--workers", str(spec["workers"]), "--gpus-per-trial",
             str(spec["gpus_per_trial"]), "--epochs", str(spec["epochs"]), "--device", spec["device"],
-            "--out", str(work), "--quiet", *(["--data-dir", spec["data_dir"]] if spec.get("data_dir") else [])]
+            # the check is that every trial completes on the device: no early stopping may prune one
+            "--early-stop", "none", "--out", str(work), "--quiet",
+            *(["--data-dir", spec["data_dir"]] if spec.get("data_dir") else [])]
     code, text = _cli(argv)
     if code != 0:
         raise RuntimeError(f"repnas search exited {code}: {text.strip().splitlines()[-1:]}")

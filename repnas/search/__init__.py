@@ -2,6 +2,7 @@
 export and early stopping. Training one candidate lives in :mod:`repnas.train`."""
 
 from repnas.search._api import SearchResult, run_search, search_config
+from repnas.search._canonical import model_key
 from repnas.search._early_stop import MultiObjectiveASHA, SuccessiveHalving
 from repnas.search._export import export_trials
 from repnas.search._front import front_rows, front_text
@@ -19,6 +20,7 @@ __all__ = [
     "export_trials",
     "front_rows",
     "front_text",
+    "model_key",
     "run_optuna_search",
     "run_search",
     "run_trial",

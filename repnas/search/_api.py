@@ -113,19 +113,22 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
     candidate, counts) before anything is written.
     """
     from repnas.search._optuna_driver import default_population
-    from repnas.spaces import dataset_info, parse_count, smallest_candidate
+    from repnas.spaces import dataset_info, parse_budget, smallest_candidate
 
     if space is None:
-        raise UserError("a new search needs a space (--space; or resume an existing run)")
+        raise UserError("--space is required for a new search (space=; or --resume an existing one)")
     space = _space_of(space)
     dataset = dataset or space.dataset
+    if dataset.lower().startswith("imagefolder:"):  # dataset_info's advice names describe's options
+        raise UserError(f"--dataset {dataset}: repnas search needs a dataset whose shape is known before "
+                        "loading (the budget solver sizes candidates first); imagefolder works with repnas train")
     dataset_info(dataset)  # unknown dataset -> UserError
-    budget = parse_count(budget if budget is not None else space.budget, "--budget")
+    budget = parse_budget(budget if budget is not None else space.budget, "--budget")
     trials = DEFAULTS["trials"] if trials is None else int(trials)
     check_counts(trials, epochs, workers, gpus_per_trial)
     minimum = smallest_candidate(space, dataset)
-    if budget < minimum:
-        raise UserError(f"budget {budget:,} is below the smallest candidate of space {space.name!r} on "
+    if budget.largest < minimum:
+        raise UserError(f"budget {budget.describe()} is below the smallest candidate of space {space.name!r} on "
                         f"{dataset} ({minimum:,} params); use --budget {minimum:,} or more")
     out = Path(out if out is not None else Path("runs") / space.name)
     backend = backend or DEFAULTS["backend"]
@@ -137,7 +140,8 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
     else:
         objectives = parse_objectives(",".join(o["name"] if isinstance(o, Mapping) else str(o) for o in objectives))
     config = SearchConfig(
-        space=space.to_dict(), space_name=space.name, dataset=dataset, budget=budget, trials=trials,
+        space=space.to_dict(), space_name=space.name, dataset=dataset, budget=budget.to_value(),
+        trials=trials,
         epochs=epochs or space.epochs, seed=DEFAULTS["seed"] if seed is None else int(seed),
         objectives=objectives, sampler=_sampler_name(sampler),
         population_size=population_size or default_population(trials), backend=backend,
@@ -251,9 +255,10 @@ def run_search(space: Any = None, *, out: str | Path | None = None, sampler: Any
         search = resume_config(out, space=space, **options)
         out = Path(out)
     else:
+        from repnas.search._start import check_new_run_dir
+
         search, out = search_config(space, out=out, sampler=sampler, **options)
-        if RunDir(out).is_used():
-            raise UserError(f"run directory {out} already exists; use --resume to continue it or another --out")
+        check_new_run_dir(out)
     return run_search_config(search, out, resume=resume, sampler=sampler, callbacks=callbacks,
                              timeout=timeout, progress=progress, ray_address=ray_address)
 
@@ -263,6 +268,11 @@ def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
     workers, gpus_per_trial, device, early_stop, backend, data_dir); others must match it."""
     run = RunDir(out)
     if not run.search_yaml.is_file():
+        from repnas.search._start import staging_dir
+
+        if staging_dir(out).exists() and not run.root.exists():
+            raise UserError(f"cannot resume: the search in {out} was stopped before it had started; "
+                            "start it again without resume")
         raise UserError(f"cannot resume: {run.search_yaml} not found")
     search = SearchConfig.from_yaml(run.search_yaml)
     for name, value in changes.items():
@@ -274,9 +284,12 @@ def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
                                 "a resumed search keeps its config")
             continue
         if name == "budget":
-            from repnas.spaces import parse_count
+            from repnas.spaces import parse_budget
 
-            value = parse_count(value, "--budget")
+            if parse_budget(value, "--budget") != search.budget_spec:
+                raise UserError(f"--budget {value} differs from the run's {search.budget_spec.describe()}; "
+                                "a resumed search keeps its config")
+            continue
         if name == "objectives":
             value = parse_objectives(value if isinstance(value, str) else ",".join(value))
             if value != search.objectives:
@@ -298,8 +311,12 @@ def run_search_config(search: SearchConfig, out: str | Path, *, resume: bool = F
                       callbacks: Iterable[Callback] = (), timeout: float | None = None, progress: bool = True,
                       ray_address: str | None = None) -> SearchResult:
     """Run (or resume) the search ``search`` in ``out`` with either backend; the one place both the
-    command line and :func:`run_search` go through."""
+    command line and :func:`run_search` go through. The driver runs inside
+    :func:`~repnas.search._supervise.supervised_search`: validated before anything is written, one
+    owner per run directory, a new run started atomically, Ctrl-C/SIGTERM stopped cleanly."""
     import optuna
+
+    from repnas.search._supervise import supervised_search
 
     callbacks = list(callbacks)
     check_counts(search.trials, None, None, None, timeout)
@@ -316,13 +333,16 @@ def run_search_config(search: SearchConfig, out: str | Path, *, resume: bool = F
 
         if timeout is not None:
             raise UserError("--timeout needs the optuna backend")
-        run_ray_search(search, out, resume=resume, progress=progress, address=ray_address)
+        # validated, owned (one process per run directory), started atomically, stopped cleanly
+        with supervised_search(search, out, resume=resume) as started:
+            run_ray_search(search, out, resume=started, progress=progress, address=ray_address)
         study = open_study(search)
     else:
         from repnas.search._optuna_driver import run_optuna_search
 
-        study = run_optuna_search(search, out, resume=resume, progress=progress, sampler=sampler,
-                                  after_trial=_after_trial(callbacks) if callbacks else None, timeout=timeout)
+        with supervised_search(search, out, resume=resume) as started:
+            study = run_optuna_search(search, out, resume=started, progress=progress, sampler=sampler,
+                                      after_trial=_after_trial(callbacks) if callbacks else None, timeout=timeout)
     assert isinstance(study, optuna.Study)
     return SearchResult(study=study, config=search, path=Path(out).resolve())  # valid after a chdir
 

@@ -11,19 +11,24 @@ through onnxruntime where it is installed, ``pip install repnas[deploy]``), and 
 recorded. ``DIR/exported.yaml`` lists what was exported with the trial's metrics, every path
 relative to itself, so the folder can be moved or shipped as a whole.
 
-The Pareto front is :func:`~repnas.search._front.front_rows` of ``trials.parquet`` (search does not
-import analysis); for an Optuna run it is the same set as ``study.best_trials``.
+The Pareto front is :func:`~repnas.search._front.front_rows` of ``trials.parquet`` (the same helper
+decides the printed front and the report's); for an Optuna run it is the same set as
+``study.best_trials``. Each model is exported once: a duplicate trial (``duplicate_of``) is never
+chosen, the trial that trained its model is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from repnas import _faults
 from repnas._io import atomic_path, atomic_write_text
 from repnas.errors import UserError
 from repnas.search._front import front_rows
@@ -37,42 +42,55 @@ def load_run_trials(run_dir: str | Path):
     run = RunDir(run_dir)
     if not run.search_yaml.is_file() or not run.trials_parquet.is_file():
         raise UserError(f"{run.root} is not a search run directory (needs search.yaml and trials.parquet)")
-    return SearchConfig.from_yaml(run.search_yaml), pd.read_parquet(run.trials_parquet)
+    search = SearchConfig.from_yaml(run.search_yaml)
+    try:
+        trials = pd.read_parquet(run.trials_parquet)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{run.trials_parquet}: unreadable ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+                        ) from None
+    missing = [c for c in ("trial", "status", "val_accuracy", "params", "config") if c not in trials.columns]
+    if missing:
+        raise UserError(f"{run.trials_parquet}: not a repnas trials table (no columns {', '.join(missing)})")
+    return search, trials
 
 
 def choose_trials(search: SearchConfig, trials, pareto: bool = False, top: int | None = None) -> list[int]:
     """Trial numbers of the Pareto front (best validation accuracy first) or of the top K by
-    validation accuracy; trials with the same run config as an earlier chosen one are skipped."""
-    complete = front_rows(trials, search) if pareto else trials[trials["status"] == "complete"]
+    validation accuracy; duplicates (``duplicate_of``) are skipped, each model comes once."""
+    if pareto:
+        complete = front_rows(trials, search)
+    else:
+        trained = trials["duplicate_of"].isna() if "duplicate_of" in trials.columns else True
+        complete = trials[(trials["status"] == "complete") & trained]
     if complete.empty:
         raise UserError("the run has no completed trials to export")
     complete = complete.sort_values(["val_accuracy", "params", "trial"], ascending=[False, True, True])
-    chosen, seen = [], set()
-    for _, row in complete.iterrows():
-        if row["config"] in seen:
-            continue
-        seen.add(row["config"])
-        chosen.append(int(row["trial"]))
-        if top is not None and len(chosen) >= top:
-            break
-    return chosen
+    chosen = [int(t) for t in complete["trial"]]
+    return chosen[:top] if top is not None else chosen
 
 
 def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
                   top: int | None = None) -> list[dict]:
     """Write run configs (and materialized state dicts) of the chosen trials to ``out``."""
-    import pandas as pd
-
-    from repnas.train._config import RunConfig
 
     if pareto == (top is not None):
         raise UserError("choose exactly one of --pareto or --top K")
     if top is not None and top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
+    from repnas._outputs import check_output_dir
+
+    check_output_dir(out)
     search, trials = load_run_trials(run_dir)
     numbers = choose_trials(search, trials, pareto=pareto, top=top)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with staged_folder(out) as staging:
+        return _export(run_dir, staging, trials, numbers, pareto, top)
+
+
+def _export(run_dir, out: Path, trials, numbers: list[int], pareto: bool, top: int | None) -> list[dict]:
+    import pandas as pd
+
+    from repnas.train._config import RunConfig
+
     run = RunDir(run_dir)
     by_number = {int(r["trial"]): r for _, r in trials.iterrows()}
     exported = []
@@ -82,7 +100,7 @@ def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,
         config["device"] = "auto"
         run_config = RunConfig.from_dict(config)
         config_path = out / f"trial_{number}.yaml"
-        run_config.to_yaml(config_path)
+        atomic_write_text(config_path, run_config.to_yaml())
         entry: dict[str, Any] = {"trial": number, "config": config_path.name}
         for key in ("val_accuracy", "test_accuracy", "params", "physical_params", "flops"):
             value = row[key]
@@ -126,10 +144,37 @@ def _write_materialized(run_config, checkpoint: Path, out: Path, stem: str) -> d
 
     info = dataset_info(run_config.dataset.name)
     model = build_model(run_config.model, info.num_classes, info.in_channels)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+    except Exception as exc:  # truncated, foreign or damaged: name the file
+        text = str(exc).strip().splitlines()
+        raise UserError(f"{checkpoint}: unreadable checkpoint ({type(exc).__name__}: "
+                        f"{text[0][:120] if text else ''})") from None
     model.eval()
     plain = materialize(model).eval()
     with atomic_path(out / f"{stem}.pt") as tmp:
         torch.save(plain.state_dict(), tmp)
     return {"state_dict": f"{stem}.pt", **write_deployables(model, plain, info.input_shape, out, stem)}
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | Path):
+    """Yield a hidden folder beside ``out`` to write into; on success its files move into ``out``
+    (each by an atomic rename, ``exported.yaml`` last, so a reader that finds it finds everything it
+    lists); on failure it is removed and ``out`` is as it was. The staging folder sits beside ``out``,
+    so paths relative to it (``exported.yaml``'s) are the same relative to ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        out.mkdir(exist_ok=True)
+        names = sorted(p.name for p in staging.iterdir())
+        for name in sorted(names, key=lambda n: n == "exported.yaml"):
+            os.replace(staging / name, out / name)
+            _faults.point("export:moved")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

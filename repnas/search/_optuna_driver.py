@@ -25,7 +25,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from repnas import _faults
 from repnas._io import atomic_path
+from repnas._procs import die_with_parent, exit_description, sigint_ignored, stop
 from repnas.errors import UserError
 from repnas.search._progress import SearchProgress
 from repnas.search._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
@@ -46,11 +48,10 @@ def open_storage(url: str):
 
 def storage_exists(url: str) -> bool:
     """Whether the storage already holds data (without creating an SQLite file as a side effect)."""
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).exists()
-    if "://" in url:
-        return True  # a server: ask it
-    return Path(url).exists()
+    from repnas.search._storage import storage_file
+
+    path = storage_file(url)  # URL-decoded: a run directory may have '?' or '%' in its name
+    return True if path is None else path.exists()  # None: a server, ask it
 
 
 def make_sampler(name: str, seed: int, population_size: int):
@@ -125,6 +126,29 @@ def search_population(search: SearchConfig) -> int:
     return search.population_size or default_population(search.trials)
 
 
+def spread_budgets(study, search: SearchConfig) -> list[int]:
+    """Enqueue the first points of a new study at budgets spread over a searched budget (levels:
+    each level; a range: log-spaced from its low to its high end), the other knobs left to the
+    sampler. A front across budgets needs both ends: left to chance, a first generation of four
+    draws often misses one, and a sampler that also minimises parameters rarely goes back up."""
+    import numpy as np
+
+    from repnas.spaces import BUDGET_PARAM
+
+    spec = search.budget_spec
+    if not spec.searched:
+        return []
+    count = min(search.trials, search_population(search))
+    if spec.levels:
+        budgets = list(spec.levels)[:count] if len(spec.levels) <= count else [
+            spec.levels[round(k)] for k in np.linspace(0, len(spec.levels) - 1, count)]
+    else:
+        budgets = [round(float(b)) for b in np.geomspace(spec.low, spec.high, max(2, count))]
+    for budget in budgets:
+        study.enqueue_trial({BUDGET_PARAM: budget}, skip_if_exists=True)
+    return budgets
+
+
 # --------------------------------------------------------------------- sampler state across resumes
 def save_sampler(run: RunDir, worker: int, sampler) -> None:
     """Pickle worker ``worker``'s sampler after each ask. Optuna's storage keeps trials, not sampler
@@ -170,9 +194,15 @@ def recover_interrupted(study) -> list[int]:
     """
     from optuna.trial import TrialState
 
+    from repnas.search._canonical import CLAIM_PREFIX
+
     storage = study._storage
     numbers = []
+    claims = {k: v for k, v in study.user_attrs.items() if k.startswith(CLAIM_PREFIX) and v and "row" not in v}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for key, held in claims.items():  # its model was not trained: the next trial to build it trains it
+            if int(held["trial"]) == t.number:
+                study.set_user_attr(key, None)
         trial_id = trial_id_of(study, t.number)
         for key, value in {"interrupted": True, "status": "failed",
                            "error": "interrupted (the search process was killed); re-enqueued"}.items():
@@ -193,17 +223,41 @@ def trial_id_of(study, number: int) -> int:
 
 
 def counted_trials(study) -> int:
-    """Trials that count towards ``--trials``: finished or running, not interrupted."""
+    """Trials that count towards ``--trials``: finished or running, not interrupted, and not a
+    duplicate (a proposal answered from an earlier trial that built the same model)."""
     return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state.name in _COUNTED_STATES and not t.user_attrs.get("interrupted"))
+               if t.state.name in _COUNTED_STATES and not t.user_attrs.get("interrupted")
+               and t.user_attrs.get("duplicate_of") is None)
+
+
+def repeat_limit(search: SearchConfig) -> int:
+    """How many proposals in a row may be models already trained before the search stops: the
+    sampler keeps being asked (Optuna's FAQ answer to duplicated parameters), but not forever, as
+    a space with fewer distinct models than ``--trials`` would otherwise never end."""
+    return max(10, 2 * search_population(search))
+
+
+def repeats_in_a_row(study) -> int:
+    """Finished trials at the end of the study (by number) that were duplicates."""
+    count = 0
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: -t.number):
+        if t.state.name == "RUNNING" or t.user_attrs.get("interrupted"):
+            continue
+        if t.user_attrs.get("duplicate_of") is None:
+            break
+        count += 1
+    return count
 
 
 def progress_counts(study) -> dict[str, int]:
-    """Trials per status (``STATUSES``) and ``running``; interrupted trials are not counted."""
-    counts = dict.fromkeys((*STATUSES, "running"), 0)
+    """Trials per status (``STATUSES``), ``running`` and ``reused`` (duplicates, not in the
+    statuses); interrupted trials are not counted."""
+    counts = dict.fromkeys((*STATUSES, "running", "reused"), 0)
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "RUNNING":
             counts["running"] += 1
+        elif t.user_attrs.get("duplicate_of") is not None:
+            counts["reused"] += 1
         elif t.state.name in ("COMPLETE", "FAIL", "PRUNED") and not t.user_attrs.get("interrupted"):
             status = trial_status(t)
             counts[status if status in counts else "failed"] += 1
@@ -211,6 +265,7 @@ def progress_counts(study) -> dict[str, int]:
 
 
 def write_table(study, run: RunDir, knob_names: list[str]) -> None:
+    """Rewrite ``trials.parquet`` from the study (the single source of truth)."""
     run.write_trials(trials_frame(study.get_trials(deepcopy=False), knob_names))
 
 
@@ -235,13 +290,15 @@ def worker_devices(device: str, workers: int, gpus_per_trial: float) -> list[str
 # --------------------------------------------------------------------- the worker loop
 def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str,
                 progress: bool = True, resume: bool = False, *, sampler=None, after_trial=None,
-                deadline: float | None = None) -> None:
+                deadline: float | None = None) -> bool:
     """Ask, train, tell until the study holds ``search.trials`` counted trials (``resume``: go on
     with the sampler this worker pickled, :func:`resumed_sampler`), or until ``deadline``
     (``time.time()``), or until ``after_trial(study, frozen_trial)`` returns True. ``sampler``: a
-    given sampler object, used as is (``repnas.search.run_search``)."""
+    given sampler object, used as is (``repnas.search.run_search``). Returns False when it stopped
+    because the sampler kept proposing models already trained (:func:`repeat_limit`)."""
     import torch
 
+    from repnas.search._canonical import ModelClaims, TrialModels
     from repnas.search._early_stop import make_rule
     from repnas.search._epochs import EpochReport
     from repnas.search._runner import run_trial
@@ -250,30 +307,36 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     if device == "cpu":
         torch.set_num_threads(cpu_threads(search.workers))
     space = search.search_space()
-    distributions = space.distributions()
+    distributions = search.distributions(space)
     knob_names = list(distributions)
     study = open_study(search, worker, sampler=sampler)
     if resume and sampler is None:
         study.sampler = resumed_sampler(search, run, worker, len(study.get_trials(deepcopy=False)))
+    claims = ModelClaims(study, run.lock)
     data = _load_data(search)
     name = f"w{worker}:{device}"
     display = SearchProgress(search.trials, counted_trials(study), search.workers)
     while True:
         with run.lock():
             if counted_trials(study) >= search.trials or (deadline is not None and time.time() >= deadline):
-                break
+                return True
+            if repeats_in_a_row(study) >= repeat_limit(search):
+                return False
             trial = study.ask(fixed_distributions=distributions)
             trial.set_user_attr("worker", name)
             save_sampler(run, worker, study.sampler)
+        _faults.point("trial:asked")
         point = {k: trial.params[k] for k in knob_names}
         report = EpochReport(study, trial.number, make_rule(search, study, trial.number))
         display.start_trial()
         show = _epoch_display(display, study, trial.number, search.epochs) if progress and worker == 0 else None
+        models = TrialModels(claims, trial.number, alive=lambda number: _is_running(study, number))
         row = run_trial(search, point, run.trial_dir(trial.number), report, device=device, data=data,
-                        lookup=lambda config: _same_config(study, config), on_epoch=show)
+                        models=models, on_epoch=show)
         if row.get("duplicate_of") is not None:
             report.copy_from(int(row["duplicate_of"]))
         row["worker"] = name
+        _faults.point("trial:trained")
         with run.lock():
             _tell(study, trial, row, search)
             write_table(study, run, knob_names)
@@ -284,7 +347,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
                 display.clear()
                 print(line, flush=True)
         if after_trial is not None and after_trial(study, _frozen(study, trial.number)):
-            break
+            return True
 
 
 def _epoch_display(display, study, number: int, epochs: int):
@@ -304,6 +367,11 @@ def _frozen(study, number: int):
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
+def _is_running(study, number: int) -> bool:
+    """Whether trial ``number`` is still being trained (the holder of a model claim)."""
+    return study._storage.get_trial(trial_id_of(study, number)).state.name == "RUNNING"
+
+
 def cpu_threads(workers: int) -> int:
     """Torch threads of a CPU worker: half the cores per worker (at least 1).
 
@@ -315,45 +383,38 @@ def cpu_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // (2 * max(1, workers)))
 
 
-def _same_config(study, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The row of a completed trial with exactly this run config (not itself a reused one), if any."""
-    for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        if t.state.name == "COMPLETE" and attrs.get("config") == config and not attrs.get("duplicate_of"):
-            return {**attrs, "trial": t.number}
-    return None
-
-
 def _load_data(search: SearchConfig):
     """The worker's dataset, loaded once for all its trials (each trial would reload it otherwise)."""
+    from repnas.search._validate import loaded_data
     from repnas.train._data import load_dataset
 
-    return load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed)
+    data = loaded_data(search)  # the validation before the search loaded it already
+    return data if data is not None else load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed)
 
 
 def _tell(study, trial, row: dict[str, Any], search: SearchConfig) -> None:
-    from optuna.trial import TrialState
+    """The row onto the trial's user attributes, then the state, values and constraints of
+    :func:`~repnas.search._tell.optuna_answer` to the study."""
+    from repnas.search._tell import optuna_answer, tell
 
+    if row["status"] == "complete" and optuna_answer(row, search.objective_names, search.directions)[0] == "FAIL":
+        row = {**row, "status": "failed", "error": "an objective is not finite"}
     for key, value in row.items():
         if isinstance(value, float) and not math.isfinite(value):
             continue
         trial.set_user_attr(key, value)
-    if row["status"] == "complete":
-        values = [float(row[name]) for name in search.objective_names]
-        if all(math.isfinite(v) for v in values):
-            study.tell(trial, values)
-            return
-        trial.set_user_attr("status", "failed")
-        trial.set_user_attr("error", "an objective is not finite")
-    study.tell(trial, state=TrialState.PRUNED if row["status"] == "pruned" else TrialState.FAIL)
+    tell(study, trial, row, search.objective_names, search.directions)
 
 
 def _progress_line(number: int, row: dict[str, Any], study, search: SearchConfig, display=None) -> str:
     counts = progress_counts(study)
-    done = sum(v for k, v in counts.items() if k != "running")
+    done = sum(v for k, v in counts.items() if k not in ("running", "reused"))
     failed = counts["failed"] + counts["infeasible"]
     head = f"trial {number:>4} {row['status']:<10}"
-    if row["status"] == "complete":
+    if row.get("duplicate_of") is not None:
+        head = f"trial {number} = trial {row['duplicate_of']} (same model, reused)"
+        body = ""
+    elif row["status"] == "complete":
         body = (f"val {row['val_accuracy']:.4f}  params {int(row['params']):>9,}  "
                 f"flops {_si(row['flops'])}  {row['train_seconds']:.1f}s")
     else:
@@ -361,7 +422,7 @@ def _progress_line(number: int, row: dict[str, Any], study, search: SearchConfig
     front = len(study.best_trials) if counts["complete"] else 0
     eta = f" {display.eta_text(done)}" if display is not None else ""
     return (f"{head} {body:<60} | done {done}/{search.trials} running {counts['running']} "
-            f"failed {failed} front {front}{eta}")
+            f"failed {failed} reused {counts['reused']} front {front}{eta}")
 
 
 def _si(value: Any) -> str:
@@ -390,38 +451,63 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
         interrupted = recover_interrupted(study)
         if interrupted and progress:
             print(f"resume: trials {interrupted} were interrupted; their points are queued again", flush=True)
+        if not study.get_trials(deepcopy=False):  # a new run that supervised_search created empty
+            spread_budgets(study, search)
     else:
         study = open_study(search, create=True, sampler=sampler)
+        spread_budgets(study, search)
     devices = worker_devices(search.device, search.workers, search.gpus_per_trial)
     if progress:
         print(f"search {search.study}: space {search.space_name}, dataset {search.dataset}, budget "
-              f"{search.budget:,}, {search.trials} trials, {search.workers} worker(s) on "
+              f"{search.budget_spec.describe()}, {search.trials} trials, {search.workers} worker(s) on "
               f"{', '.join(devices)}",
               flush=True)
     processes = []
     if search.workers > 1:
         context = multiprocessing.get_context("spawn")
-        for k in range(1, search.workers):
-            p = context.Process(target=_worker_main,
-                                args=(search.to_dict(), str(run.root), k, devices[k], progress, resume,
-                                      worker_sampler(sampler, k), deadline))
-            p.start()
-            processes.append(p)
+        with sigint_ignored():  # Ctrl-C is the main process's to answer (repnas._procs)
+            for k in range(1, search.workers):
+                p = context.Process(target=_worker_main, args=(search.to_dict(), str(run.root), k, devices[k],
+                                                               progress, resume, os.getpid(),
+                                                               worker_sampler(sampler, k), deadline))
+                p.start()
+                processes.append(p)
     try:
-        worker_loop(search, run.root, 0, devices[0], progress, resume, sampler=sampler, after_trial=after_trial,
-                    deadline=deadline)
+        finished = worker_loop(search, run.root, 0, devices[0], progress, resume, sampler=sampler,
+                               after_trial=after_trial, deadline=deadline)
+    except BaseException:
+        stop(processes)  # no worker outlives a failed or interrupted main process
+        raise
     finally:
         for p in processes:
             p.join()
     study = open_study(search, sampler=sampler)
-    write_table(study, run, list(search.search_space().knobs))
-    bad = [p.exitcode for p in processes if p.exitcode]
-    if bad:
-        print(f"warning: {len(bad)} worker process(es) exited with errors {bad}", file=sys.stderr)
+    write_table(study, run, search.knob_names())
+    dead = [(k, p) for k, p in enumerate(processes, start=1) if p.exitcode]
+    if dead:
+        from repnas._infra import InfrastructureError
+
+        k, p = dead[0]
+        raise InfrastructureError(
+            f"worker {k} (pid {p.pid}) died ({exit_description(p.exitcode)})"
+            + (f" and {len(dead) - 1} more" if len(dead) > 1 else "")
+            + f"; `repnas search --resume --out {run.root}` recovers its trial")
+    models = counted_trials(study)
+    if not finished and models < search.trials:
+        print(f"note: the space looks exhausted: the last {repeat_limit(search)} proposals were models already "
+              f"trained; stopped at {models} distinct trial(s) of the {search.trials} asked", flush=True)
     return study
 
 
 def _worker_main(search_dict: dict, root: str, worker: int, device: str, progress: bool, resume: bool,
-                 sampler=None, deadline: float | None = None) -> None:
-    worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress, resume, sampler=sampler,
-                deadline=deadline)
+                 parent: int | None = None, sampler=None, deadline: float | None = None) -> None:
+    if parent is not None:
+        die_with_parent(parent)
+    try:
+        worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress, resume, sampler=sampler,
+                    deadline=deadline)
+    except Exception as exc:  # one line (not a traceback) per worker; the main process says what to do
+        from repnas._infra import EXIT_INFRASTRUCTURE, describe, is_infrastructure
+
+        print(f"repnas: error: worker {worker}: {describe(exc)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INFRASTRUCTURE if is_infrastructure(exc) else 1)

@@ -84,7 +84,7 @@ def _trainable(point: dict[str, Any], search_dict: dict, root: str) -> None:
     device = trial_device(search.device, torch.cuda.is_available())
     if device == "cpu":
         torch.set_num_threads(1)
-    row = run_trial(search, dict(point), run.trial_dir(number), device=device)
+    row = run_trial(search, dict(point), run.trial_dir(number), device=device, models=_models(search, run, number))
     row["worker"] = f"ray:{ray.get_runtime_context().get_node_id()[:12]}:{device}"
     metrics: dict[str, Any] = {"trial": number, "config_json": json.dumps(row.pop("config"))}
     for key, value in row.items():
@@ -92,6 +92,15 @@ def _trainable(point: dict[str, Any], search_dict: dict, root: str) -> None:
             continue  # a missing objective makes OptunaSearch record the trial as not complete
         metrics[key] = value
     tune.report(metrics)
+
+
+def _models(search: SearchConfig, run: RunDir, number: int):
+    """The trial's model claims (:mod:`~repnas.search._canonical`), kept in the run's study like the
+    Optuna driver's, so a duplicate reuses the model another Tune trial trained."""
+    from repnas.search._canonical import ModelClaims, TrialModels
+    from repnas.search._optuna_driver import open_study
+
+    return TrialModels(ModelClaims(open_study(search), run.lock), number)
 
 
 def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False, progress: bool = True,
@@ -109,14 +118,16 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     except ImportError as exc:  # pragma: no cover - ray is a dependency, but keep the message clear
         raise UserError(f"--backend ray needs ray[tune] ({exc})") from None
 
-    from repnas.search._optuna_driver import check_storage, open_study
+    from repnas.search._optuna_driver import check_storage, open_study, spread_budgets
 
     run = RunDir(root)
     check_storage(search, resume)
     run.create()
     search.to_yaml(run.search_yaml)
-    knobs = list(search.search_space().knobs)
+    knobs = search.knob_names()
     study = open_study(search, create=not resume)  # new: metric names and the search config on it
+    if not resume or not study.get_trials(deepcopy=False):  # new, or created empty by supervised_search
+        spread_budgets(study, search)  # OptunaSearch's ask takes the enqueued points first
 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=progress, logging_level="ERROR")
@@ -131,8 +142,11 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         tuner = tune.Tuner.restore(str(experiments[-1]), trainable=trainable, resume_errored=True)
         rows.update(_result_rows(run, tuner.fit(), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
-    remaining = search.trials - len(rows)
-    if remaining > 0:
+    for _ in range(_MAX_TOP_UPS):  # duplicates do not count: top up until --trials distinct models
+        remaining = search.trials - _distinct(rows)
+        if remaining <= 0:
+            break
+        experiments = _experiments(storage_path, search.study)
         name = search.study if not experiments else f"{search.study}-{len(experiments) + 1}"
         trials_so_far = len(study.get_trials(deepcopy=False))  # as the Optuna backend counts them
         tuner = tune.Tuner(
@@ -142,8 +156,25 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=str(storage_path), verbose=1 if progress else 0),
         )
+        before = _distinct(rows)
         rows.update(_result_rows(run, tuner.fit(), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
+        if _distinct(rows) == before:  # only known models proposed: the space looks exhausted
+            if progress:
+                print(f"note: the space looks exhausted: an experiment proposed only models already trained; "
+                      f"stopped at {before} distinct trial(s) of the {search.trials} asked", flush=True)
+            break
+
+
+#: further Tune experiments a search runs when duplicates left it short of --trials distinct models
+_MAX_TOP_UPS = 4
+
+
+def _distinct(rows: dict[int, dict[str, Any]]) -> int:
+    """Rows that count towards --trials: not duplicates (``duplicate_of`` unset)."""
+    import pandas as pd
+
+    return sum(1 for r in rows.values() if r.get("duplicate_of") is None or pd.isna(r["duplicate_of"]))
 
 
 def _experiments(storage_path: Path, study: str) -> list[Path]:
@@ -160,12 +191,12 @@ def _searcher(search: SearchConfig, trials_so_far: int):
     """Ray's ``OptunaSearch`` with the Optuna backend's seeded sampler, the space's fixed
     distributions and the run's study (loaded if it exists), so both backends propose alike. A
     further experiment's sampler gets a fresh seed, so it does not replay the first one's points."""
-    from ray.tune.search.optuna import OptunaSearch
-
     from repnas.search._optuna_driver import continuation_seed, make_sampler, open_storage, search_population
+    from repnas.search._ray_searcher import ConstrainedOptunaSearch
 
-    return _annotating(OptunaSearch)(
-        space=search.search_space().distributions(),
+    return _annotating(ConstrainedOptunaSearch)(
+        directions=search.directions,
+        space=search.distributions(),
         metric=search.objective_names,
         mode=["max" if d == "maximize" else "min" for d in search.directions],
         sampler=make_sampler(search.sampler, continuation_seed(search.seed, 0, trials_so_far),

@@ -73,7 +73,7 @@ class SearchConfig:
 
     space: dict[str, Any]  # the SearchSpace definition (to_dict)
     dataset: str = "digits"
-    budget: int = 0
+    budget: int | str = 0  # one count, or ``LOW:HIGH`` / ``A,B,C`` searched as the ``budget`` dimension
     trials: int = 12
     epochs: int = 4
     seed: int = 0
@@ -105,6 +105,28 @@ class SearchConfig:
 
         return SearchSpace.from_dict(self.space, f"space {self.space_name or 'of search.yaml'}")
 
+    @property
+    def budget_spec(self):
+        """The budget as a :class:`~repnas.spaces.BudgetSpec` (one count, a range or levels)."""
+        from repnas.spaces import parse_budget
+
+        return parse_budget(self.budget, "search.yaml: budget")
+
+    def distributions(self, space=None) -> dict[str, Any]:
+        """What the sampler searches: the space's knobs, plus ``budget`` where it is a range or levels."""
+        from repnas.spaces import BUDGET_PARAM
+
+        space = space if space is not None else self.search_space()
+        out = dict(space.distributions())
+        budget = self.budget_spec.to_optuna()
+        if budget is not None:
+            out[BUDGET_PARAM] = budget
+        return out
+
+    def knob_names(self, space=None) -> list[str]:
+        """The ``knob.<name>`` columns of ``trials.parquet``: the space's knobs (and ``budget``)."""
+        return list(self.distributions(space))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -116,7 +138,9 @@ class SearchConfig:
         unknown = set(data) - known
         if unknown:
             raise UserError(f"search.yaml: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        from repnas.search._checks import check_search_fields
+
+        return check_search_fields(cls(**data))
 
     def to_yaml(self, path: str | Path) -> None:
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -124,7 +148,9 @@ class SearchConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchConfig:
         try:
-            data = yaml.safe_load(Path(path).read_text())
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a YAML text file (not UTF-8)") from None
         except yaml.YAMLError as exc:
             raise UserError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
         return cls.from_dict(data)
@@ -165,7 +191,9 @@ class RunDir:
         (SQLite's file locking serialises badly under concurrent writers)."""
         if workers > 1:
             return str((self.root / "journal.log").resolve())
-        return f"sqlite:///{(self.root / 'study.db').resolve()}"
+        from repnas.search._storage import sqlite_url
+
+        return sqlite_url(self.root / "study.db")  # escaped: '?' or '%' in the path stay in it
 
     def is_used(self) -> bool:
         return self.root.exists() and any(self.root.iterdir())

@@ -44,7 +44,8 @@ Space YAML (built-ins live in ``spaces/builtin/``)::
     name: quick
     family: vgg               # vgg | resnet | wrn
     widths: [8, 16]           # reference source widths per stage (the solver rescales them)
-    budget: 12k               # default parameter budget (k / M suffixes allowed)
+    budget: 12k               # default parameter budget (k / M suffixes allowed), or a range 4k:40k
+                              # or levels 4k,12k,40k searched as a dimension (``_budget_spec``)
     dataset: digits           # default dataset
     epochs: 4                 # default epochs per trial
     recipe: {lr: 0.05}        # optional overrides of the trainer's recipe
@@ -67,6 +68,7 @@ from typing import Any
 import yaml
 
 from repnas.errors import UserError
+from repnas.spaces._budget_spec import parse_budget
 
 FAMILIES = ("vgg", "resnet", "wrn")
 SHARE_MODES = ("own", "borrow", "bank")
@@ -87,6 +89,8 @@ KNOB_DEFAULTS: dict[str, tuple[Any, bool]] = {
     "source_init": ("small_xavier", False),
     "bias_init": ("zeros", False),
 }
+#: counts (budgets) must fit an int64 where they are stored
+MAX_COUNT = 2**63
 _SPACE_KEYS = {"name", "description", "family", "widths", "budget", "dataset", "epochs", "recipe", "knobs",
                "min_width", "shape", "plan_options"}
 SHAPE_MODES = ("solved", "fixed")
@@ -107,6 +111,8 @@ def parse_count(value: Any, what: str = "budget") -> int:
             raise UserError(f"{what}: expected a count like 600k or 1.5M, got {value!r}") from None
     if not math.isfinite(number) or number <= 0:
         raise UserError(f"{what}: must be a positive count, got {value!r}")
+    if number >= MAX_COUNT:  # it is stored as an int64 (SQLite, parquet)
+        raise UserError(f"{what}: {value!r} is too large (at most {MAX_COUNT - 1:.3g})")
     return round(number)
 
 
@@ -232,7 +238,7 @@ class SearchSpace:
     widths: tuple[int, ...]
     knobs: dict[str, Knob] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
-    budget: int = 100_000
+    budget: int | str = 100_000  # one count, or a range / levels (``_budget_spec``) searched as a dimension
     dataset: str = "digits"
     epochs: int = 5
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -426,6 +432,15 @@ class SearchSpace:
         if family == "wrn" and any(n.startswith("depth.") for n in knobs):
             raise UserError(f"{where}: wrn has the same depth in every stage; "
                             "use knob 'depth', not per stage")
+        epochs = data.get("epochs", 5)
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise UserError(f"{where}: epochs must be an int >= 1, got {epochs!r}")
+        recipe = data.get("recipe") or {}
+        if not isinstance(recipe, dict):
+            raise UserError(f"{where}: recipe must be a mapping of trainer settings, got {recipe!r}")
+        min_width = data.get("min_width", 2)
+        if not isinstance(min_width, int) or isinstance(min_width, bool) or min_width < 1:
+            raise UserError(f"{where}: min_width must be an int >= 1, got {min_width!r}")
         from repnas.spaces._lenders import check_slots_exist, lender_choices, slots
 
         max_depths = _max_depths(knobs, fixed, len(widths))
@@ -446,12 +461,12 @@ class SearchSpace:
             widths=tuple(widths),
             knobs=knobs,
             fixed=fixed,
-            budget=parse_count(data.get("budget", 100_000), f"{where}: budget"),
+            budget=parse_budget(data.get("budget", 100_000), f"{where}: budget").to_value(),
             dataset=str(data.get("dataset", "digits")),
-            epochs=int(data.get("epochs", 5)),
-            recipe=dict(data.get("recipe") or {}),
+            epochs=epochs,
+            recipe=dict(recipe),
             description=str(data.get("description", "")),
-            min_width=int(data.get("min_width", 2)),
+            min_width=min_width,
             shape=shape,
             plan_options=_plan_options(data.get("plan_options"), where),
         )
@@ -470,7 +485,10 @@ class SearchSpace:
         text, where = str(text_or_path), "space"
         if isinstance(text_or_path, Path) or ("\n" not in text and Path(text).is_file()):
             where = f"space file {text}"
-            text = Path(text).read_text()
+            try:
+                text = Path(text).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{where}: not a YAML text file (not UTF-8)") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

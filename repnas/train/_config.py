@@ -132,7 +132,10 @@ class RunConfig:
             path = Path(source)
             if not path.is_file():
                 raise UserError(f"no such config file: {path}")
-            text, where = path.read_text(), str(path)
+            try:
+                text, where = path.read_text(encoding="utf-8"), str(path)
+            except UnicodeDecodeError:
+                raise UserError(f"{path}: not a YAML text file (not UTF-8)") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -1,0 +1,121 @@
+"""Storage URLs that survive any path, and a read-only look at a storage before Optuna opens it.
+
+* SQLAlchemy URL-decodes the path of ``sqlite:///PATH`` and cuts it at ``?``: a run directory named
+  ``a?b`` put its study in ``a``, one named ``a%20b`` in ``a b``. :func:`sqlite_url` escapes ``%``
+  and ``?`` (and ``#``) so the URL names exactly the file; :func:`storage_file` reads it back.
+* Optuna creates its tables in any database it opens, and appends to any journal file: pointed at
+  someone else's SQLite file, at a 0-byte or damaged ``study.db``, or at a text file, it writes
+  into it. :func:`inspect_storage` looks first, read-only, and refuses with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+
+from repnas.errors import UserError
+
+
+def sqlite_url(path: str | Path) -> str:
+    """``sqlite:///`` URL of the file ``path`` (absolute), escaped so that SQLAlchemy reads ``path``."""
+    text = str(Path(path).resolve())
+    return "sqlite:///" + text.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
+def storage_file(url: str) -> Path | None:
+    """The local file behind a storage: the SQLite database of a ``sqlite://`` URL or a journal
+    file path; None for a database server."""
+    if url.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
+        try:
+            database = make_url(url).database
+        except Exception:
+            return None
+        if not database or database == ":memory:":
+            return None
+        return Path(database.removeprefix("file:")) if database.startswith("file:") else Path(database)
+    if "://" in url:
+        return None
+    return Path(url)
+
+
+def inspect_storage(url: str, resume: bool) -> None:
+    """Refuse, without writing anything, a storage Optuna would damage or that holds other data."""
+    path = storage_file(url)
+    if url.startswith("sqlite:"):
+        if path is None:
+            raise UserError(f"storage {url}: not a file-backed SQLite URL")
+        _inspect_sqlite(path, resume)
+    elif "://" not in url:
+        _inspect_journal(path, resume)
+    else:
+        _inspect_server(url)
+
+
+def _inspect_sqlite(path: Path, resume: bool) -> None:
+    if path.is_dir():
+        raise UserError(f"storage {path} is a directory, not an SQLite file")
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    if size == 0:
+        if resume:
+            raise UserError(f"cannot resume: storage {path} is empty (0 bytes), it holds no study")
+        return
+    with path.open("rb") as handle:
+        if not handle.read(16).startswith(b"SQLite format 3"):
+            raise UserError(f"storage {path} is not an SQLite database; it is left as it is")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            status = db.execute("PRAGMA quick_check").fetchone()
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as exc:
+        raise UserError(f"storage {path} is damaged ({exc}); it is left as it is") from None
+    if not status or status[0] != "ok":
+        raise UserError(f"storage {path} is damaged (integrity check: {status[0] if status else '?'}); "
+                        "it is left as it is")
+    if tables and "studies" not in tables:
+        raise UserError(f"storage {path} holds other data (tables {', '.join(sorted(tables)[:3])}), "
+                        "not Optuna studies; choose another --storage")
+
+
+def _inspect_journal(path: Path, resume: bool) -> None:
+    if path.is_dir():
+        raise UserError(f"storage {path} is a directory, not an Optuna journal file")
+    if not path.exists():
+        return
+    if path.stat().st_size == 0:
+        if resume:
+            raise UserError(f"cannot resume: storage {path} is empty (0 bytes), it holds no study")
+        return
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 20)
+    try:
+        record = json.loads(first)
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise UserError(f"storage {path} is not an Optuna journal (it holds other data); "
+                        "choose another --storage")
+
+
+def _inspect_server(url: str) -> None:
+    """A database server: its tables, read through SQLAlchemy's inspector (which creates nothing)."""
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise UserError(f"storage {url}: cannot open it ({type(exc).__name__}: {text[0] if text else ''})"
+                        ) from None
+    if tables and "studies" not in tables:
+        raise UserError(f"storage {url} holds other data (tables {', '.join(sorted(tables)[:3])}), "
+                        "not Optuna studies; choose another --storage")

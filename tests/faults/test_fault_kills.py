@@ -1,0 +1,301 @@
+"""Kills at named moments (``repnas._faults``), two writers, orphans, Ctrl-C, full disks.
+
+Each killed command is a real subprocess that SIGKILLs itself at the named point (``REPNAS_FAULT``);
+what it left is then checked for the project's promises: the run directory is absent or complete,
+the next command (a resume or the same start again) succeeds without hand deletion, nothing
+finished is lost, no file exists half under its final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from fault_helpers import one_line, repnas_cmd, search_argv, snapshot, subprocess_env
+
+from repnas.cli import main
+from repnas.search._rundir import SearchConfig
+
+
+def _study(out: Path):
+    search = SearchConfig.from_yaml(out / "search.yaml")
+    storage = search.storage
+    if "://" not in storage:  # a journal file (--workers > 1)
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
+    return optuna.load_study(study_name=search.study, storage=storage)
+
+
+def _check_finished(out: Path, trials: int) -> None:
+    """``trials`` counted trials, none running, the table equal to the study; returns nothing."""
+    study = _study(out)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and "WAITING" not in states, states
+    counted = [t for t in study.trials if not t.user_attrs.get("interrupted")]
+    assert len(counted) == trials, [(t.number, t.state.name, t.user_attrs.get("error")) for t in study.trials]
+    failed = [t.user_attrs.get("error") for t in counted if t.user_attrs.get("status") == "failed"]
+    assert not failed, failed  # the machine's failures never become failed candidates
+    table = pd.read_parquet(out / "trials.parquet")
+    assert sorted(table["trial"]) == sorted(t.number for t in study.trials)
+
+
+def _killed(argv: list[str], point: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(repnas_cmd(*argv), env=subprocess_env(REPNAS_FAULT=point), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-2000:])
+    return proc
+
+
+def _no_half_files(folder: Path) -> None:
+    """No file under its final name is empty or cut (the atomic writer's temporaries may remain)."""
+    for path in folder.rglob("*"):
+        if path.is_file() and ".tmp" not in path.name and path.name not in (".owner", ".lock", "log.txt"):
+            assert path.stat().st_size > 0, f"{path} is empty"
+
+
+# --------------------------------------------------------------------------------- kills
+START_POINTS = ["start:staging", "atomic:replace@1", "start:yaml", "start:study", "start:renamed",
+                "trial:asked@1"]
+
+
+@pytest.mark.parametrize("point", START_POINTS)
+def test_killed_start_is_absent_or_resumable(tmp_path, point, capsys):
+    out = tmp_path / "run"
+    argv = search_argv(out, trials=2)
+    _killed(argv, point)
+    if out.exists():  # complete: resumable
+        assert (out / "search.yaml").is_file() and _study(out) is not None
+        assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    else:  # absent: the same command starts it again, no hand deletion
+        assert main(argv) == 0, capsys.readouterr().err
+    assert not (out.parent / f".{out.name}.partial").exists()  # no staging folder left
+    _check_finished(out, 2)
+
+
+@pytest.mark.parametrize("point", ["trial:asked@2", "trial:trained@2"])
+def test_killed_mid_search_loses_nothing(tmp_path, point, capsys):
+    out = tmp_path / "run"
+    _killed(search_argv(out, trials=3), point)
+    before = {t.number: t.values for t in _study(out).trials if t.state.name == "COMPLETE"}
+    assert len(before) == 1
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    after = {t.number: t for t in _study(out).trials}
+    assert all(after[n].values == v for n, v in before.items())  # lost = 0
+    _check_finished(out, 3)
+    _no_half_files(out)
+
+
+def test_killed_export_leaves_no_half_file(finished_run, tmp_path):
+    dest = tmp_path / "exported"
+    _killed(["export", str(finished_run), "--top", "2", "--out", str(dest)], "export:moved@1")
+    for path in dest.glob("*"):  # what was moved is whole; exported.yaml (last) is absent
+        assert path.stat().st_size > 0
+    assert not (dest / "exported.yaml").exists()
+    _killed(["export", str(finished_run), "--top", "2", "--out", str(dest)], "atomic:replace@2")
+    assert not (dest / "exported.yaml").exists()
+    assert main(["export", str(finished_run), "--top", "2", "--out", str(dest)]) == 0
+    listed = (dest / "exported.yaml").read_text()
+    for path in dest.glob("trial_*"):
+        assert path.name in listed and path.stat().st_size > 0
+
+
+def test_killed_report_leaves_no_half_file(finished_run, tmp_path):
+    before = snapshot(finished_run)
+    out = tmp_path / "report.html"
+    _killed(["report", str(finished_run), "--out", str(out), "-q"], "atomic:replace@1")
+    assert not out.exists()
+    assert snapshot(finished_run) == before
+
+
+# --------------------------------------------------------------------------------- owners
+def test_second_writer_is_refused_with_the_owner_named(tmp_path, capsys):
+    import socket
+
+    out = tmp_path / "run"
+    first = subprocess.Popen(repnas_cmd(*search_argv(out, trials=3, epochs=2)), env=subprocess_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / ".owner").is_file() or f"pid {first.pid}" not in (out / ".owner").read_text():
+            assert time.time() < deadline and first.poll() is None, first.stderr.read() if first.poll() else ""
+            time.sleep(0.05)
+        started = time.time()
+        assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 2
+        line = one_line(capsys.readouterr().err)
+        assert time.time() - started < 5  # no waiting on the lock
+        assert f"pid {first.pid} on {socket.gethostname()}" in line and "in use" in line, line
+        assert main(search_argv(out, trials=3)) == 2  # a new start over it: refused too
+        one_line(capsys.readouterr().err)
+        assert first.wait(timeout=180) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    _check_finished(out, 3)
+
+
+# --------------------------------------------------------------------------------- workers
+def _worker_pids(parent: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and "spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _start_workers(out: Path, trials: int = 6, epochs: int = 3) -> tuple[subprocess.Popen, list[int]]:
+    proc = subprocess.Popen(repnas_cmd(*search_argv(out, "--workers", "2", trials=trials, epochs=epochs)),
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while True:  # the worker is up and has a trial running
+        workers = _worker_pids(proc.pid)
+        logs = list((out / "trials").glob("*/log.txt")) if out.exists() else []
+        if workers and len(logs) >= 2:
+            return proc, workers
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.1)
+
+
+def _gone(pids: list[int], within: float = 5.0) -> bool:
+    deadline = time.time() + within
+    while any(_alive(p) for p in pids):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
+def test_workers_die_with_the_main_process(tmp_path, how, capsys):
+    out = tmp_path / "run"
+    proc, workers = _start_workers(out)
+    try:
+        if how == "SIGINT":  # Ctrl-C in a terminal: the whole process group
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, getattr(signal, how))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _gone(workers), f"orphans after {how}: {[p for p in workers if _alive(p)]}"
+    if how == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, err
+        line = one_line(err)
+        assert "--resume" in line, line
+    before = {t.number: t.values for t in _study(out).trials if t.state.name == "COMPLETE"}
+    assert main(["search", "--resume", "--out", str(out), "--workers", "1", "--quiet"]) == 0, capsys.readouterr()
+    after = {t.number: t for t in _study(out).trials}
+    assert all(after[n].values == v for n, v in before.items())
+    _check_finished(out, 6)
+
+
+@pytest.mark.slow
+def test_a_dead_worker_fails_the_search_and_resume_recovers_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc, workers = _start_workers(out, trials=4, epochs=2)
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 3, err
+    line = one_line(err)
+    assert "worker 1" in line and "SIGKILL" in line and "--resume" in line, line
+    assert main(["search", "--resume", "--out", str(out), "--workers", "1", "--quiet"]) == 0, capsys.readouterr()
+    _check_finished(out, 4)
+
+
+# --------------------------------------------------------------------------------- broken machine
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", "checkpoint.pt")
+
+
+def _storage_error(*args, **kwargs):
+    raise optuna.exceptions.StorageInternalError("(sqlite3.OperationalError) disk I/O error")
+
+
+def _torch_writer_full(*args, **kwargs):  # what torch.save raises on a full disk (seen on a tmpfs)
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 23488 vs 23384")
+
+
+def _gpu_lost(*args, **kwargs):
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+@pytest.mark.parametrize("target, fault, needle", [
+    ("torch.save", _enospc, "no space left on device"),
+    ("torch.save", _torch_writer_full, "no space left on device"),
+    ("repnas.search._rundir.RunDir.write_trials", _enospc, "no space left on device"),
+    ("optuna.storages._rdb.storage.RDBStorage.set_trial_state_values", _storage_error, "storage error"),
+    ("repnas.train._trainer.train", _gpu_lost, "GPU error"),
+], ids=["disk-full-checkpoint", "torch-writer-full", "disk-full-table", "storage-error", "gpu-lost"])
+def test_infrastructure_errors_stop_the_search_and_are_not_candidates(tmp_path, monkeypatch, capsys,
+                                                                     target, fault, needle):
+    import importlib
+
+    out = tmp_path / "run"
+    assert main(search_argv(out, trials=1)) == 0
+    module_name, _, attr = target.rpartition(".")
+    try:
+        owner = importlib.import_module(module_name)
+    except ModuleNotFoundError:  # a class attribute: module.Class.method
+        module_name, _, cls = module_name.rpartition(".")
+        owner = getattr(importlib.import_module(module_name), cls)
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, attr, fault)
+        code = main(["search", "--resume", "--out", str(out), "--trials", "3", "--quiet"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 3, line
+    assert needle in line and "--resume" in line, line
+    study = _study(out)
+    assert not [t for t in study.trials if t.state.name == "FAIL"], "a machine failure was recorded as a candidate"
+    assert main(["search", "--resume", "--out", str(out), "--trials", "3", "--quiet"]) == 0, capsys.readouterr()
+    _check_finished(out, 3)
+
+
+def test_full_tmpfs(tmp_path, capsys):
+    """A real full disk where a tmpfs can be mounted (root with CAP_SYS_ADMIN); skipped elsewhere."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        out = mount / "run"
+        proc = subprocess.run(repnas_cmd(*search_argv(out, trials=8)), env=subprocess_env(), capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 3, proc.stderr[-2000:]  # 600 kB hold fewer than 8 trials
+        line = one_line(proc.stderr)
+        assert "no space left on device" in line.lower() or "disk is full" in line, line
+        study = _study(out)
+        assert not [t for t in study.trials if t.state.name == "FAIL"], "the full disk was recorded as candidates"
+        assert [t.state.name for t in study.trials].count("RUNNING") <= 1
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -1,0 +1,61 @@
+"""What a resume after a kill proposes, per kill moment (docs/design.md, "Resuming").
+
+A search killed during trial 0, during a later trial, or between training and ``tell`` is resumed;
+its counted trials' points are compared, in order, with one run straight through. The interrupted
+point comes back first (it is re-enqueued) and, with TPE, every later point is the one the
+uninterrupted run proposed (the sampler is pickled after every ask). NSGA-II keeps everything up
+to and including the interrupted point; the points of its next generation may differ (the
+interrupted trial stays in the study as a failed member of its generation), as documented.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from fault_helpers import repnas_cmd, subprocess_env
+
+from repnas.cli import main
+from repnas.search._rundir import SearchConfig
+
+TRIALS = 5
+
+
+def _argv(out, sampler: str) -> list[str]:
+    return ["search", "--space", "quick", "--trials", str(TRIALS), "--epochs", "1", "--out", str(out),
+            "--device", "cpu", "--quiet", "--seed", "3", "--sampler", sampler]
+
+
+def _points(out) -> list[dict]:
+    import optuna
+
+    search = SearchConfig.from_yaml(out / "search.yaml")
+    study = optuna.load_study(study_name=search.study, storage=search.storage)
+    return [t.params for t in sorted(study.trials, key=lambda t: t.number) if not t.user_attrs.get("interrupted")]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    runs = {}
+    for sampler in ("tpe", "nsga2"):
+        out = tmp_path_factory.mktemp("straight") / sampler
+        assert main(_argv(out, sampler)) == 0
+        runs[sampler] = _points(out)
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+@pytest.mark.parametrize("moment, killed_trial", [("trial:asked@1", 0), ("trial:trained@3", 2)],
+                         ids=["during-trial-0", "between-training-and-tell"])
+def test_resume_after_a_kill_proposes_the_same_points(tmp_path, straight, sampler, moment, killed_trial):
+    out = tmp_path / "run"
+    proc = subprocess.run(repnas_cmd(*_argv(out, sampler)), env=subprocess_env(REPNAS_FAULT=moment),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-1000:]
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0
+    got, want = _points(out), straight[sampler]
+    assert len(got) == TRIALS
+    assert got[: killed_trial + 1] == want[: killed_trial + 1]  # the interrupted point comes back first
+    if sampler == "tpe":
+        assert got == want
