@@ -4,6 +4,10 @@ Example: ``repnas search --space quick --dataset digits --trials 12 --out runs/q
 line per finished trial and the Pareto front at the end; everything lands in the run directory
 (``search.yaml``, the Optuna storage, ``trials.parquet``, ``trials/<n>/``). ``--resume`` continues a
 search that was stopped or killed.
+
+Many machines: start with ``--storage postgresql://USER@HOST/DB --study NAME``, then run
+``repnas search --join --storage postgresql://USER@HOST/DB --study NAME`` on each other machine
+(docs/scaling.md). ``--join`` on a finished study rebuilds ``trials.parquet`` from the database.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "--backend ray, the most trials at once (default: as many as CPUs/GPUs allow)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share of one trial, e.g. 0.25 packs 4 on a GPU")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.add_argument("--join", action="store_true", help="add this machine's workers to the search --study "
+                   "on the database server --storage (postgresql://...); --out defaults to runs/<study>")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial (default 0)")
     p.add_argument("--sampler", choices=("nsga2", "tpe", "gp", "random"),
                    help="Optuna sampler (default nsga2)")
@@ -122,6 +128,36 @@ def resume_search_config(args: argparse.Namespace):
     return search, Path(args.out)
 
 
+def join_search_config(args: argparse.Namespace):
+    """The SearchConfig of the running search ``--study`` on ``--storage`` (``--join``), with this
+    machine's ``--workers``/``--device``/``--gpus-per-trial``/``--data-dir``; its run directory."""
+    from repnas.search._distributed import join_search_config as from_study
+    from repnas.search._rundir import RunDir, SearchConfig
+
+    if args.resume:
+        raise UserError("--join and --resume exclude each other (--join again to rejoin a search)")
+    if not args.storage or not args.study:
+        raise UserError("--join needs --storage (the database server's URL) and --study (the search's name)")
+    given = [name for name in ("space", "dataset", "budget", "trials", "epochs", "seed", "sampler",
+                               "objectives", "early_stop") if getattr(args, name) is not None]
+    if given or args.backend == "ray":
+        names = ", ".join("--" + n.replace("_", "-") for n in given) or "--backend ray"
+        raise UserError(f"--join takes the search's config from the study; drop {names}")
+    _check_counts(1, None, args.workers, args.gpus_per_trial)
+    out = Path(args.out or Path("runs") / args.study)
+    run = RunDir(out)
+    if run.search_yaml.is_file():  # rejoining: the same search only
+        saved = SearchConfig.from_yaml(run.search_yaml)
+        if saved.study != args.study:
+            raise UserError(f"run directory {out} belongs to study {saved.study!r}, not {args.study!r}")
+    elif run.is_used():
+        raise UserError(f"run directory {out} already exists; use another --out")
+    search = from_study(args.storage, args.study, {
+        "workers": args.workers or 1, "device": args.device, "gpus_per_trial": args.gpus_per_trial,
+        "data_dir": args.data_dir})
+    return search, out
+
+
 def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: float | None) -> None:
     if trials < 1:
         raise UserError(f"--trials must be >= 1, got {trials}")
@@ -136,7 +172,9 @@ def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: fl
 def run(args: argparse.Namespace) -> int:
     from repnas.search._rundir import RunDir
 
-    if args.resume:
+    if args.join:
+        search, out = join_search_config(args)
+    elif args.resume:
         search, out = resume_search_config(args)
     else:
         search, out = build_search_config(args)
@@ -152,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from repnas.search._optuna_driver import run_optuna_search
 
-        run_optuna_search(search, out, resume=args.resume, progress=progress)
+        run_optuna_search(search, out, resume=args.resume, progress=progress, join=args.join)
     import pandas as pd
 
     from repnas.search._front import summary_text

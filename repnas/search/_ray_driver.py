@@ -171,7 +171,7 @@ def _searcher(search: SearchConfig, trials_so_far: int):
         sampler=make_sampler(search.sampler, continuation_seed(search.seed, 0, trials_so_far),
                              search_population(search)),
         study_name=search.study,
-        storage=open_storage(search.storage),
+        storage=open_storage(search.storage, heartbeat=False),  # Tune's trials send no heartbeats
     )
 
 
