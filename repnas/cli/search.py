@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--data-dir", help="where datasets are read or cached")
     p.add_argument("--ray-address", help="address of an existing Ray cluster (--backend ray)")
+    p.add_argument("--ray-storage", help="Tune's storage for trial checkpoints and experiment state: a path "
+                   "every node reaches (NFS) or a URI such as s3://bucket/path (default: <out>/ray, one node)")
+    p.add_argument("--resources-per-trial", help="Ray resources of one trial, e.g. cpu=2,gpu=0.5,my_node=1 "
+                   "(custom resources pin trials to nodes started with them; default cpu=1 and --gpus-per-trial)")
+    p.add_argument("--max-failures", type=int, help="restarts of a Ray trial whose node or process died, from its "
+                   "last epoch's checkpoint (default 3)")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     p.set_defaults(func=run)
 
@@ -81,7 +87,7 @@ def build_search_config(args: argparse.Namespace):
         backend=backend,
         storage=args.storage or RunDir(out).default_storage(workers), study=args.study or out.name,
         workers=workers, gpus_per_trial=args.gpus_per_trial or 1.0, early_stop=args.early_stop or "none",
-        device=args.device or "auto", data_dir=args.data_dir,
+        device=args.device or "auto", data_dir=args.data_dir, ray=ray_options(args, {}),
     ), out
 
 
@@ -119,6 +125,10 @@ def resume_search_config(args: argparse.Namespace):
                         f"{','.join(search.objective_names)}; a resumed search keeps its config")
     _check_counts(args.trials if args.trials is not None else search.trials, None, args.workers,
                   args.gpus_per_trial)
+    if args.ray_storage is not None and args.ray_storage != search.ray.get("storage"):
+        raise UserError(f"--ray-storage {args.ray_storage} differs from the run's "
+                        f"{search.ray.get('storage') or 'default'}; its Tune experiments live there")
+    search.ray = ray_options(args, search.ray)
     for name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir"):
         value = getattr(args, name)
         if value is not None:
@@ -156,6 +166,22 @@ def join_search_config(args: argparse.Namespace):
         "workers": args.workers or 1, "device": args.device, "gpus_per_trial": args.gpus_per_trial,
         "data_dir": args.data_dir})
     return search, out
+
+
+def ray_options(args: argparse.Namespace, saved: dict) -> dict:
+    """``SearchConfig.ray`` from ``--ray-storage``, ``--resources-per-trial``, ``--max-failures``."""
+    options = dict(saved)
+    if args.ray_storage is not None:
+        options["storage"] = args.ray_storage
+    if args.resources_per_trial is not None:
+        from repnas.search._ray_driver import parse_resources
+
+        options["resources"] = parse_resources(args.resources_per_trial)
+    if args.max_failures is not None:
+        if args.max_failures < 0:
+            raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
+        options["max_failures"] = args.max_failures
+    return options
 
 
 def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: float | None) -> None:

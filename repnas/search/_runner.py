@@ -53,7 +53,8 @@ def _on_cpu(device: str) -> bool:
 
 def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path,
               report: Report | None = None, *, device: str | None = None, data=None,
-              progress: bool = False, lookup: Callable[[dict], dict | None] | None = None) -> dict[str, Any]:
+              progress: bool = False, lookup: Callable[[dict], dict | None] | None = None,
+              resume: bool = False) -> dict[str, Any]:
     """Train the candidate ``point`` of ``search`` in ``trial_dir``; return its result row.
 
     ``report(epoch, metrics)`` is called after every epoch; returning True stops the trial, which
@@ -61,6 +62,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
     ``lookup(run_config)`` may return the row of an earlier trial with the very same run config
     (different knob values often build the same model: sharing in a one-layer stage, the rank of
     absent banks); training is deterministic for a seed, so that row is reused instead of retraining.
+    ``resume`` continues from ``trial_dir/checkpoint.pt`` (a Ray trial restarted after a lost node).
     """
     from repnas.spaces import InfeasibleError
 
@@ -107,7 +109,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
 
         from repnas.train._trainer import train
 
-        result = train(config, out_dir=trial_dir, callback=callback, progress=progress, data=data)
+        result = train(config, out_dir=trial_dir, callback=callback, progress=progress, data=data, resume=resume)
         metrics = dict(result)
         row.update({k: metrics[k] for k in _METRICS})
         row["params"] = int(row["params"])
