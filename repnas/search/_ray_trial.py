@@ -37,14 +37,16 @@ def trial_device(device: str, cuda_available: bool) -> str:
 
 
 def final_metrics(row: dict[str, Any], last_epoch: dict[str, Any]) -> dict[str, Any]:
-    """The last report of a trial: its last epoch's metrics, then its row (the row wins), with the
+    """The last report of a trial: its last epoch's metrics, then its row (the row wins, its NaNs too), with the
     run config as JSON (``config`` is Tune's name for the point) and no non-finite objective (a
     missing objective makes ``OptunaSearch`` record the trial as not complete)."""
     metrics = dict(last_epoch)
     for key, value in row.items():
         if key == "config":
             metrics["config_json"] = json.dumps(value) if value is not None else ""
-        elif not (isinstance(value, float) and not math.isfinite(value)):
+        elif isinstance(value, float) and not math.isfinite(value):
+            metrics.pop(key, None)  # a failed trial's NaN accuracy hides its last epoch's value
+        else:
             metrics[key] = value
     return metrics
 
