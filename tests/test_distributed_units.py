@@ -33,6 +33,7 @@ def test_resources_per_trial_parse_and_override_the_defaults():
 @pytest.mark.parametrize(("args", "message"), [
     (["--resources-per-trial", "cpu=two"], "--resources-per-trial: 'cpu=two' is not NAME=AMOUNT"),
     (["--max-failures", "-1"], "--max-failures must be >= 0"),
+    (["--early-stop", "sha"], "--early-stop sha is not available with --backend ray"),
 ])
 def test_bad_ray_options_are_one_line_errors(tmp_path, capsys, args, message):
     out = tmp_path / "run"

@@ -94,6 +94,9 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
 
     from repnas.search._optuna_driver import check_storage, open_study
 
+    if search.early_stop not in ("none", "", None):  # before anything is written
+        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray yet "
+                        "(Tune's schedulers take one metric); use the optuna backend")
     run = RunDir(root)
     check_storage(search, resume)
     run.create()
