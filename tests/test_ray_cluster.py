@@ -103,11 +103,11 @@ def _start_worker_node(base: Path, address: str, hidden: Path, name: str) -> sub
                             stdout=(base / f"{name}.log").open("w"), stderr=subprocess.STDOUT, env=_env())
 
 
-def _wait(predicate, timeout: float, what: str, *procs: subprocess.Popen) -> None:
+def _wait(predicate, timeout: float, what: str, *procs: tuple[subprocess.Popen, Path]) -> None:
     deadline = time.time() + timeout
     while not predicate():
-        for proc in procs:
-            assert proc.poll() is None, f"{what}: a process exited with {proc.returncode}"
+        for proc, log in procs:
+            assert proc.poll() is None, f"{what}: exit {proc.returncode} of {log.name}:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
 
@@ -140,7 +140,8 @@ def test_two_nodes_lose_the_worker_node_mid_trial(cluster_base):
         stdout=(base / "driver.log").open("w"), stderr=subprocess.STDOUT, env=_env())
     try:
         # once a trial has reported its first epoch (a checkpoint in Tune's storage), kill node 1's raylet
-        _wait(lambda: any(storage.glob("run/trial_*/checkpoint_*")), 240, "a first checkpoint", driver, first)
+        _wait(lambda: any(storage.glob("run/trial_*/checkpoint_*")), 240, "a first checkpoint",
+              (driver, base / "driver.log"), (first, base / "node1.log"))
         raylets = [p for p in _pids_with(str(base / "node1")) if "raylet" in Path(f"/proc/{p}/cmdline").read_text()]
         assert raylets, "no raylet found for worker node 1"
         _kill(raylets)
