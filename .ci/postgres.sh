@@ -2,12 +2,15 @@
 # Start a throwaway PostgreSQL server on loopback for the multi-machine Optuna test and print its URL.
 #
 #   url=$(.ci/postgres.sh [DATA_DIR] [PORT])   # then: export REPNAS_TEST_POSTGRES="$url"
+#   .ci/postgres.sh --stop [DATA_DIR]           # stop it again
 #
 # Uses Debian's `postgresql` package (installed here when missing and apt-get works). No systemd:
 # the cluster is made with initdb and started with pg_ctl as the `postgres` user when run as root
 # (PostgreSQL refuses to run as root), with "trust" authentication on 127.0.0.1 only. Exits non-zero
 # with one line on stderr when no server can be started; the test then skips with that reason.
 set -euo pipefail
+stop=0
+if [ "${1:-}" = "--stop" ]; then stop=1; shift; fi
 data="${1:-/tmp/repnas-ci-postgres}"
 port="${2:-54329}"
 
@@ -35,6 +38,10 @@ as_owner() {  # run a command as the cluster's owner: postgres when we are root,
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+if [ "$stop" = 1 ]; then
+  [ -f "$data/PG_VERSION" ] && as_owner "$bindir/pg_ctl" -D "$data" -m fast stop >/dev/null 2>&1 || true
+  exit 0
+fi
 if [ ! -f "$data/PG_VERSION" ]; then
   rm -rf "$data"
   mkdir -p "$data"
