@@ -90,3 +90,14 @@ def test_the_last_report_carries_the_row_without_non_finite_objectives():
     assert metrics["epoch"] == 2 and metrics["train_loss"] == 0.1 and metrics["params"] == 100
     assert "val_accuracy" not in metrics  # not the last epoch's 0.5: OptunaSearch must not see it complete
     assert json.loads(metrics["config_json"]) == {"seed": 1} and "config" not in metrics
+
+
+def test_tune_experiments_are_listed_in_the_order_they_ran(tmp_path):
+    from repnas.search._ray_results import experiment_paths
+
+    for name in ("quick-10", "quick", "quick-2", "other", "quick-x"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "quick-3").write_text("a file, not an experiment")
+    assert experiment_paths(str(tmp_path), "quick") == [f"{tmp_path.resolve()}/{n}" for n in ("quick", "quick-2",
+                                                                                              "quick-10")]
+    assert experiment_paths(str(tmp_path / "missing"), "quick") == []
