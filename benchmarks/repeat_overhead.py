@@ -8,6 +8,7 @@ shape, in one run, and prints the ratio (repeated / plain):
 
     python benchmarks/repeat_overhead.py --device cuda --batch-size 256      # the number that matters
     python benchmarks/repeat_overhead.py --device cpu --batch-size 32 --steps 5
+    python benchmarks/repeat_overhead.py --out results.json   # also one JSON (GPU name, torch version)
 
 On CUDA it uses bf16 autocast and channels_last (as the trainer does). The extra work of a repeated
 layer is generating its weight (a repeat and a few elementwise ops over the physical weight) once per
@@ -17,8 +18,10 @@ step, plus the backward of that; it does not grow with the batch, so the ratio f
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -64,12 +67,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="alternate the two models this many times")
+    parser.add_argument("--out", type=Path, help="also write the figures as one JSON file here")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device {name}, batch {args.batch_size}, median of {args.rounds} alternating rounds x {args.steps} steps")
     print(f"{'repeated':<12} {'params':>10} {'ms/step':>9} | {'plain':<8} {'params':>10} {'ms/step':>9} | ratio")
+    rows = []
     for rep_name, plain_name in PAIRS:
         rep, plain = create_model(rep_name), create_model(plain_name)
         # Alternate the two models so drift in machine load hits both alike.
@@ -82,6 +87,18 @@ def main() -> None:
             f"{rep_name:<12} {count_params(rep):>10,} {1e3 * t_rep:>9.1f} | {plain_name:<8} "
             f"{count_params(plain):>10,} {1e3 * t_plain:>9.1f} | {t_rep / t_plain:.3f}x"
         )
+        rows.append({"repeated": rep_name, "plain": plain_name, "params_repeated": count_params(rep),
+                     "params_plain": count_params(plain), "ms_repeated": 1e3 * t_rep, "ms_plain": 1e3 * t_plain,
+                     "ratio": t_rep / t_plain})
+    if args.out:
+        from repnas._io import atomic_write_text
+
+        record = {"benchmark": "repeat_overhead", "device": name, "torch": torch.__version__,
+                  "cuda": torch.version.cuda, "batch_size": args.batch_size, "steps": args.steps,
+                  "rounds": args.rounds, "target": "ratio <= 1.03", "pairs": rows,
+                  "ratio": max(r["ratio"] for r in rows)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def repnas_images_per_second(args, splits) -> float:
 
     config = RunConfig(
         model=args.model,
-        dataset={"name": "cifar10", "data_dir": args.data_dir, "val_fraction": 0.0},
+        dataset={"name": args.dataset, "data_dir": args.data_dir, "val_fraction": 0.0},
         recipe={"epochs": 1, "steps": args.steps, "batch_size": args.batch_size, "lr": 0.05},
         device=args.device,
     )
@@ -49,7 +49,8 @@ class _PilCifar(torch.utils.data.Dataset):
     """uint8 (N, C, H, W) arrays served as PIL images + transforms, like torchvision.datasets.CIFAR10."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, transform) -> None:
-        self.x = x.permute(0, 2, 3, 1).contiguous().numpy()
+        x = x.permute(0, 2, 3, 1)
+        self.x = (x[..., 0] if x.shape[-1] == 1 else x).contiguous().numpy()  # PIL: (H, W) for grayscale
         self.y = y.tolist()
         self.transform = transform
 
@@ -70,7 +71,7 @@ def dataloader_images_per_second(args, splits, device: torch.device) -> float:
 
     cuda = device.type == "cuda"
     transform = T.Compose([
-        T.RandomCrop(32, padding=4),
+        T.RandomCrop(splits.image_size, padding=4),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(splits.mean, splits.std),
@@ -81,7 +82,7 @@ def dataloader_images_per_second(args, splits, device: torch.device) -> float:
         drop_last=True, persistent_workers=False,
     )
     torch.manual_seed(0)
-    model = create_model(args.model, num_classes=10, in_channels=3)
+    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
     model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
     optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=0.05, momentum=0.9, nesterov=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
@@ -119,7 +120,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="optimizer steps timed for each pipeline")
     p.add_argument("--workers", type=int, default=8, help="DataLoader worker processes of the baseline")
     p.add_argument("--model", default="vgg11")
+    p.add_argument("--dataset", default="cifar10", help="cifar10 (the measurement) or digits (a quick CPU check)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out", type=Path, help="also write the figures as one JSON file here")
     args = p.parse_args()
 
     from repnas.train import load_dataset
@@ -127,12 +130,16 @@ def main() -> None:
 
     device = resolve_device(args.device)
     args.device = str(device)
-    splits = load_dataset("cifar10", data_dir=args.data_dir, val_fraction=0.0)
+    splits = load_dataset(args.dataset, data_dir=args.data_dir if args.dataset != "digits" else None,
+                          val_fraction=0.0)
     ours = repnas_images_per_second(args, splits)
     theirs = dataloader_images_per_second(args, splits, device)
     row = {
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({torch.get_num_threads()} threads)"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "dataset": args.dataset,
         "model": args.model,
         "batch_size": args.batch_size,
         "steps": args.steps,
@@ -141,10 +148,16 @@ def main() -> None:
         "dataloader_images_per_second": round(theirs, 1),
         "ratio": round(ours / theirs, 3),
     }
+    if args.out:
+        from repnas._io import atomic_write_text
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps({"benchmark": "trainer_throughput", "target": "ratio >= 10",
+                                                **row}, indent=1) + "\n")
     if args.json:
         print(json.dumps(row))
     else:
-        print(f"{args.model} on CIFAR-10, batch {args.batch_size}, {args.steps} steps, {row['device']}")
+        print(f"{args.model} on {args.dataset}, batch {args.batch_size}, {args.steps} steps, {row['device']}")
         print(f"  repnas trainer (data on device): {ours:10.1f} img/s")
         print(f"  DataLoader ({args.workers} workers) + transforms: {theirs:10.1f} img/s")
         print(f"  ratio: {ours / theirs:.2f}x")

@@ -59,6 +59,22 @@ def test_rot_models_default_to_rotmnist(capsys):
     out = describe_json(capsys, "cnn_rotmnist")
     assert out["dataset"] == "rotmnist" and out["input_shape"] == [1, 29, 29]
     assert out["params"] == 340_309
+    # the authors' padding: conv outputs 25, 25, 12, 12, 6, 2 pixels wide on 29x29
+    macs = (25 * 25 * 49 * 1 * 22 + 25 * 25 * 25 * 22 * 33 + 12 * 12 * 25 * (33 * 45 + 45 * 45)
+            + 6 * 6 * 25 * 45 * 67 + 2 * 2 * 25 * 67 * 90 + 90 * 64 + 64 * 10)
+    assert out["flops"] == 2 * macs
+
+
+@pytest.mark.parametrize(("model", "params"), [
+    ("wrn16_1", 175_258), ("wrn16_4", 2_749_786), ("wrn16_10", 17_118_874),  # the authors' plain WRN-16-k
+    ("rep_cnn_c4", 352_987), ("rep_cnn_c8", 360_963), ("rep_cnn_c16", 372_179),  # their RepCNN-C_N
+])
+def test_authors_counts_through_the_cli(capsys, model, params):
+    out = describe_json(capsys, model)
+    assert out["params"] == params
+    if model.startswith("rep_cnn"):  # RepCNN-C8 is 90..362 wide (not the G-CNN's 88..360)
+        widths = {"rep_cnn_c4": 256, "rep_cnn_c8": 362, "rep_cnn_c16": 512}
+        assert out["layers"][-1]["shape"][0] == widths[model]
 
 
 def test_run_config_yaml(capsys, tmp_path):

@@ -18,7 +18,7 @@ from repnas.spaces import build_model, dataset_info
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "run"
     assert main(["search", "--space", "quick", "--trials", "4", "--epochs", "3", "--seed", "2",
-                 "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+                 "--early-stop", "none", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     return out
 
 

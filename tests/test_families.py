@@ -31,6 +31,11 @@ PAPER_VGG = {
 }
 #: PAPER.md: the authors' RepWRN-16-k counts on CIFAR-10.
 PAPER_REP_WRN = {1: 175_802, 4: 183_498, 8: 194_042, 10: 199_626}
+#: the authors' plain WRN-16-k (no conv biases) on CIFAR-10 (issue 11).
+AUTHORS_WRN = {1: 175_258, 2: 692_122, 4: 2_749_786, 8: 10_963_162, 10: 17_118_874}
+#: the authors' rot-MNIST models (issue 11): CNN, RepCNN-C_N and G-CNN C_N.
+AUTHORS_ROTMNIST = {"cnn_rotmnist": 340_309, "rep_cnn_c4": 352_987, "rep_cnn_c8": 360_963,
+                    "rep_cnn_c16": 372_179, "gcnn_c4": 304_154, "gcnn_c8": 305_098, "gcnn_c16": 301_746}
 
 _cache: dict[tuple[str, int], nn.Module] = {}
 
@@ -86,12 +91,19 @@ def test_rep_wrn_counts_match_authors(k, expected):
     model = built(f"rep_wrn16_{k}")
     assert abs(count_params(model) - expected) <= 0.01 * expected
     assert count_params(model) == expected  # our block reproduces the authors' exactly
-    assert count_physical_params(model) == count_params(built(f"wrn16_{k}"))
+    # materialized: the plain WRN-16-k plus the repeated convs' biases: 4 (5 with layer1's shortcut,
+    # which k = 1 lacks), 5 and 5 convs of 16k, 32k and 64k channels
+    biases = k * (16 * (4 + (k > 1)) + 32 * 5 + 64 * 5)
+    assert count_physical_params(model) == AUTHORS_WRN[k] + biases
 
 
-@pytest.mark.parametrize(("k", "expected"), [(4, 2.75e6), (8, 11.0e6)])
-def test_plain_wrn_sizes_match_paper(k, expected):
-    assert abs(count_params(built(f"wrn16_{k}")) - expected) <= 0.01 * expected
+@pytest.mark.parametrize(("k", "expected"), sorted(AUTHORS_WRN.items()))
+def test_plain_wrn_counts_match_authors(k, expected):
+    with torch.device("meta"):  # counts only: WRN-16-10 has 17M parameters
+        model = spaces.create_model(f"wrn16_{k}")
+    assert count_params(model) == expected
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 15 + (k > 1) and all(c.bias is None for c in convs)  # k = 1: no layer1 shortcut
 
 
 def test_rep_wrn_tiles_width_one_shapes():
@@ -101,7 +113,25 @@ def test_rep_wrn_tiles_width_one_shapes():
     assert layers["layer2.0.conv1"].own == (32, 16)
     assert layers["layer3.1.conv2"].own == (64, 64)
     assert len(layers) == 15  # 12 block convs + 3 shortcuts; the stem stays plain
-    assert spaces.model_spec("rep_wrn16_1").plan.layers == {}  # width 1: nothing to tile
+    # width 1 (no shortcut in layer1): nothing is tiled, but every conv is the authors' repeated conv
+    # (an own source of the full shape: no scalars)
+    plan = spaces.model_spec("rep_wrn16_1").plan
+    assert len(plan.layers) == 14 and not any(rep.tiled for _, _, rep in repeated_layers(built("rep_wrn16_1")))
+    assert (plan.remainder, plan.source_init, plan.bias_init) == ("paper", "small_xavier", "zeros")
+
+
+def test_wrn_init_is_the_authors():
+    """Stem kaiming-normal (fan_out), BN biases 0.01; the repeated convs: xavier sources, zero biases."""
+    torch.manual_seed(0)
+    model = built("rep_wrn16_4")
+    stem = model.conv1.weight
+    assert stem.std().item() == pytest.approx((2 / (16 * 9)) ** 0.5, rel=0.15)  # fan_out = 16 * 3 * 3
+    assert all(torch.all(m.bias == 0.01) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    conv = model.get_submodule("layer2.1.conv2")
+    source = conv.parametrizations.weight[0].source()
+    assert source.shape == (32, 32, 3, 3)
+    assert source.std().item() == pytest.approx((6 / (64 * 9)) ** 0.5 / 3**0.5, rel=0.05)  # 0.0589
+    assert not conv.bias.any()
 
 
 def test_cifar_resnets():
@@ -113,21 +143,38 @@ def test_cifar_resnets():
     assert len(convs) == 1 + 2 * 27 + 2  # stem, 27 blocks, two projection shortcuts
 
 
+def _feature_map_sizes(model: nn.Module, conv_type: type) -> list[int]:
+    """Spatial width of every conv's output on one 29x29 rot-MNIST image."""
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(getattr(out, "tensor", out).shape[-1]))
+             for m in model.modules() if isinstance(m, conv_type)]
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 1, 29, 29))
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
 def test_rotmnist_cnn_and_rep_cnn():
     base = built("cnn_rotmnist")
-    # convs 1*22*49 + (22*33 + 33*45 + 45*45 + 45*67 + 67*90)*25 = 333,103; BN 604;
+    # convs 1*22*49 + (22*33 + 33*45 + 45*45 + 45*67 + 67*90)*25 = 333,103 (no bias); BN 604;
     # head 90*64+64 + 128 + 64*10+10
-    assert count_params(base) == 333_103 + 604 + 5_824 + 128 + 650
+    assert count_params(base) == 333_103 + 604 + 5_824 + 128 + 650 == AUTHORS_ROTMNIST["cnn_rotmnist"]
     assert next(base.modules()).features[0].in_channels == 1  # rot-MNIST is grey
-    for n, widths in ((4, (64, 96, 128, 128, 192, 256)), (8, (88, 136, 184, 184, 272, 360)),
+    # the authors' padding (conv1 pads 1, conv6 pads 0) and floor pools
+    assert _feature_map_sizes(base, nn.Conv2d) == [25, 25, 12, 12, 6, 2]
+    for n, widths in ((4, (64, 96, 128, 128, 192, 256)), (8, (90, 135, 181, 181, 271, 362)),
                       (16, (128, 192, 256, 256, 384, 512))):
         rep = built(f"rep_cnn_c{n}")
+        assert count_params(rep) == AUTHORS_ROTMNIST[f"rep_cnn_c{n}"]
         convs = [m for m in rep.modules() if isinstance(m, nn.Conv2d)]
         assert tuple(c.out_channels for c in convs) == widths
+        assert all(c.bias is not None and not c.bias.any() for c in convs)  # the authors': zero biases
         sources = [rep_.bank.source_shape[:2] for _, _, rep_ in repeated_layers(rep)]
         assert [tuple(s) for s in sources] == [(22, 1), (33, 22), (45, 33), (45, 45), (67, 45), (90, 67)]
-        # "about the same parameter count": only BN, scalars and the head's input grow
-        assert count_params(base) < count_params(rep) < 1.1 * count_params(base)
+        assert {rep_.remainder for _, _, rep_ in repeated_layers(rep)} == {"paper"}
+    assert _feature_map_sizes(built("rep_cnn_c8"), nn.Conv2d) == [25, 25, 12, 12, 6, 2]
 
 
 @needs_e2cnn
@@ -135,8 +182,23 @@ def test_rotmnist_cnn_and_rep_cnn():
 def test_gcnn_widths_and_size(n, width):
     model = built(f"gcnn_c{n}")
     assert model.features.out_type.size == width
-    assert abs(count_params(model) - 300_000) <= 0.05 * 300_000
+    assert count_params(model) == AUTHORS_ROTMNIST[f"gcnn_c{n}"]
     assert spaces.model_spec(f"gcnn_c{n}").plan is None
+
+
+@needs_e2cnn
+def test_gcnn_pools_space_before_the_group():
+    """The authors' order: average over space (2x2 -> 1x1 on 29x29), then max over the rotations."""
+    from e2cnn import nn as enn
+
+    model = built("gcnn_c4")
+    assert _feature_map_sizes(model, enn.R2Conv) == [25, 25, 12, 12, 6, 2]
+    seen: list[tuple[int, ...]] = []
+    hook = model.group_pool.register_forward_hook(lambda _m, inp, _o: seen.append(tuple(inp[0].tensor.shape)))
+    with torch.no_grad():
+        model(torch.randn(1, 1, 29, 29))
+    hook.remove()
+    assert seen == [(1, 256, 1, 1)]
 
 
 @needs_e2cnn
@@ -164,8 +226,8 @@ def _randomize(model: nn.Module) -> None:
 
 MODEL_NAMES = spaces.list_models()
 #: parametric bases whose defaults are exactly a named family (checked below); built once, as that.
-DEFAULTS_OF = {"vgg": "vgg11", "wrn": "wrn16_1", "cifar_resnet": "resnet20", "rot_cnn": "cnn_rotmnist",
-               "gcnn": "gcnn_c4"}
+#: (``wrn``'s default has conv biases, as RepWRN's; the plain ``wrn16_1`` has none: built separately.)
+DEFAULTS_OF = {"vgg": "vgg11", "cifar_resnet": "resnet20", "rot_cnn": "cnn_rotmnist", "gcnn": "gcnn_c4"}
 
 
 @pytest.mark.parametrize(("base", "family"), sorted(DEFAULTS_OF.items()))
@@ -178,19 +240,28 @@ def test_base_defaults_are_a_family(base, family):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_materialize_gives_the_same_outputs(name):
+def test_materialize_gives_the_same_outputs_and_gradients_reach_every_parameter(name):
     if "gcnn" in name and not HAS_E2CNN:
         pytest.skip("e2cnn is not installed")
     model = built(DEFAULTS_OF.get(name, name))
     _randomize(model)
     model.eval()
-    in_channels = spaces.dataset_info(spaces.default_dataset(name)).in_channels
-    x = torch.randn(2, in_channels, 16, 16, generator=torch.Generator().manual_seed(1))
+    info = spaces.dataset_info(spaces.default_dataset(name))
+    size = 24 if spaces.default_dataset(name) == "rotmnist" else 8  # the smallest the authors' rot-MNIST nets take
+    x = torch.randn(2, info.in_channels, size, size, generator=torch.Generator().manual_seed(1))
     plain = materialize(model).eval()
     assert not list(repeated_layers(plain))
     assert count_params(plain) == count_physical_params(model)
     with torch.no_grad():
         assert (model(x) - plain(x)).abs().max().item() <= 1e-5
+    if not list(repeated_layers(model)):
+        return  # a plain model's gradients are torch's own business
+    model.train()
+    model.zero_grad()
+    model(x).square().sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    model.zero_grad(set_to_none=True)
+    assert not missing, missing
 
 
 def test_every_family_is_base_plus_plan():

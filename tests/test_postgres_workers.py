@@ -56,7 +56,7 @@ def test_starter_and_two_joiners_one_killed(postgres_url, tmp_path):
     storage = ["--storage", postgres_url, "--study", study_name]
     runs = {m: tmp_path / m for m in ("a", "b", "c")}
     starter = _spawn(["--space", "quick", "--trials", str(TRIALS), "--epochs", "2", "--seed", "2",
-                      *storage, "--out", str(runs["a"])], tmp_path / "a.log")
+                      "--early-stop", "none", *storage, "--out", str(runs["a"])], tmp_path / "a.log")
     procs = [starter]
     rdb = optuna.storages.RDBStorage(postgres_url)
     try:

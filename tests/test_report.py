@@ -26,6 +26,7 @@ import yaml
 from repnas.analysis import (
     front_table,
     knob_effects,
+    learning_curves,
     load_baselines,
     load_run,
     load_trials,
@@ -88,6 +89,10 @@ def make_run(out: Path, n: int = 24, seed: int = 0, budget: int = 60000, failed=
             user_attrs={k: v for k, v in attrs.items() if not (isinstance(v, float) and math.isnan(v))}))
         (out / "trials" / str(i)).mkdir(parents=True, exist_ok=True)
         (out / "trials" / str(i) / "config.yaml").write_text(yaml.safe_dump({"model": knobs}))
+        if done:  # the trainer's per-epoch history: a curve rising to the final accuracy
+            history = [{"epoch": e, "val_accuracy": acc * f, "val_loss": 2.3 * (1 - f) + 0.1}
+                       for e, f in enumerate((0.6, 0.85, 1.0), start=1)]
+            (out / "trials" / str(i) / "metrics.json").write_text(json.dumps({"history": history}))
     pd.DataFrame(rows).to_parquet(out / "trials.parquet")
     (out / "search.yaml").write_text(yaml.safe_dump({
         "space_name": "quick", "dataset": "digits", "budget": budget, "trials": n, "epochs": 1, "seed": seed,
@@ -278,7 +283,7 @@ def test_figures_plot_every_measured_trial_and_overlay_runs(run_dir, other_run):
                                "test_accuracy": 0.96}])
     figures = {div: fig for div, fig, _ in report_figures(runs, baselines)}
     assert set(figures) == {"fig-accuracy-params", "fig-accuracy-flops", "fig-three-objectives",
-                            "fig-hypervolume", "fig-parallel-0", "fig-parallel-1"}
+                            "fig-hypervolume", "fig-learning-curves", "fig-parallel-0", "fig-parallel-1"}
     points = _trace_points(figures["fig-accuracy-params"])
     assert points.pop("baselines") == 1
     assert sum(points.values()) == _measured(run_dir, other_run)  # every complete trial, nothing else
@@ -289,6 +294,11 @@ def test_figures_plot_every_measured_trial_and_overlay_runs(run_dir, other_run):
     assert sorted(tr.name for tr in hv.data) == ["other", "quick"]
     assert all(0 < max(tr.y) <= 1 and list(tr.y) == sorted(tr.y) for tr in hv.data)  # normalised, monotone
     assert len(figures["fig-parallel-0"].data[0].dimensions) == 3 + 2  # knobs + params + accuracy
+    curves = figures["fig-learning-curves"].data  # one line per complete trial, three epochs each
+    assert len(curves) == _measured(run_dir, other_run) and all(list(c.x) == [1, 2, 3] for c in curves)
+    thick = [c for c in curves if c.line.width == 3]
+    assert len(thick) == sum(len(front_table(r)) for r in runs) and {c.line.color for c in thick} == {"#d62728"}
+    assert curves[-1].line.width == 3  # the front is drawn last, on top
 
 
 def test_report_is_self_contained_with_plotly_once(tmp_path, run_dir, other_run):
@@ -297,7 +307,7 @@ def test_report_is_self_contained_with_plotly_once(tmp_path, run_dir, other_run)
     assert page.count("window.PlotlyConfig") == 1  # plotly.js embedded exactly once
     assert len(page) > 3_000_000  # ... and it is the real bundle, not a reference to it
     assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=[\"']?(https?:)?//", page, re.I)
-    assert page.count('class="figure"') == 6
+    assert page.count('class="figure"') == 7
 
 
 def test_cli_report_with_failed_and_infeasible_trials(tmp_path, run_dir, capsys):
@@ -313,7 +323,7 @@ def test_cli_report_all_failed_run_explains_instead_of_plotting(tmp_path, capsys
     run = make_run(tmp_path / "bad", n=4, failed=(0, 1, 2, 3))
     assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
-    assert page.count("data-missing=") == 5 and "window.PlotlyConfig" not in page
+    assert page.count("data-missing=") == 6 and "window.PlotlyConfig" not in page
     assert "Trials not on any front: 4" in page
 
 
@@ -340,7 +350,7 @@ def test_static_images_with_kaleido(tmp_path, run_dir):
 
     paths = write_images([run_dir], tmp_path / "img", formats=("png",))
     assert sorted(p.name for p in paths) == ["accuracy-flops.png", "accuracy-params.png", "hypervolume.png",
-                                             "parallel-0.png", "three-objectives.png"]
+                                             "learning-curves.png", "parallel-0.png", "three-objectives.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 10_000 for p in paths)
 
 
@@ -405,7 +415,7 @@ def test_report_renders_every_figure_offline_in_chromium(tmp_path, run_dir, othe
     dom, requested = render(out, tmp_path)
     assert requested == []
     figures = figure_dom(dom)
-    assert len(figures) == 4 + len(sources)
+    assert len(figures) == 5 + len(sources)
     measured = _measured(*sources)
     for name, html in figures.items():
         assert 'class="main-svg"' in html, f"{name} did not render"
@@ -414,6 +424,9 @@ def test_report_renders_every_figure_offline_in_chromium(tmp_path, run_dir, othe
             assert len(re.findall(r'class="point\b', html)) == measured + n_base, name
         elif name == "fig-three-objectives":
             assert len(re.findall(r'class="point\b', html)) >= measured, name
+        elif name == "fig-learning-curves":  # a line per trained trial, none without one
+            curves = sum(len(learning_curves(load_run(s)).groupby("trial")) for s in sources)
+            assert len(re.findall(r'class="trace scatter', html)) == curves > 0, name  # legend lines aside
         elif name == "fig-hypervolume":
             trials = sum(len(load_run(s).trials) for s in sources)  # one point per trial and run
             assert len(re.findall(r'class="point\b', html)) == trials and 'class="js-line"' in html, name

@@ -45,7 +45,8 @@ def reference_weight(source: torch.Tensor, out: int, in_: int, alpha, beta) -> t
 @pytest.mark.parametrize(
     ("source", "target"), [((4, 3), (8, 9)), ((4, 3), (10, 7)), ((5, 5), (5, 12)), ((3, 2), (3, 2))]
 )
-def test_tiling_matches_the_papers_construction(source, target):
+def test_tiling_matches_the_source_rule(source, target):
+    """``remainder: source`` (plan version 1's meaning: a plan without a version is read as v1)."""
     torch.manual_seed(0)
     conv = nn.Conv2d(target[1], target[0], 3)
     model = rescale(nn.Sequential(conv), {"layers": {"0": {"own": list(source)}}})
@@ -206,7 +207,11 @@ def test_borrowing_from_a_plain_layer_keeps_its_count_and_outputs():
         ({"layers": {"1": {"own": [2, 2], "borrow": "0"}}}, r"'1'.*exactly one"),
         ({"layers": {"1": {"own": [2, -1]}}}, r"'1'.*positive"),
         ({"layers": {}, "extra": 1}, r"unknown keys"),
-        ({"version": 2, "layers": {}}, r"version"),
+        ({"version": 3, "layers": {}}, r"version"),
+        ({"version": 1, "remainder": "paper", "layers": {}}, r"remainder need version 2"),
+        ({"remainder": "tiles", "layers": {}}, r"unknown remainder 'tiles'"),
+        ({"layers": {"1": {"borrow": "0", "source_init": "physical"}}}, r"'1'.*source_init applies to an own"),
+        ({"layers": {"1": {"own": [2, 2], "bias_init": "ones"}}}, r"'1'.*unknown bias_init"),
     ],
 )
 def test_bad_plans_raise_value_errors_naming_the_problem(plan, message):
@@ -304,3 +309,174 @@ def test_flops_of_a_model_that_borrows_from_a_plain_layer():
     info = describe(repeated, (2, 4, 4))
     assert info["flops"] == 2 * (4 * 2 * 9 + 8 * 4 * 9) * 16
     assert info["physical_params"] == 4 * 2 * 9 + 8 * 4 * 9
+
+
+def paper_rule_by_loops(source: torch.Tensor, out: int, in_: int, f) -> torch.Tensor:
+    """The authors' remainder rule (issue 11), one weight position at a time, from its description
+    alone: whole tile (a, b) is f_(a,b)(W); extra output row p is f_e0(f_(0,b)(W[p])) in column
+    block b; extra input column q is f_e1(f_(a,0)(W[:, q])) in row block a; the corner carries three
+    maps, f_e1(f_e0(f_(0,0)(W[p, q]))). ``f(w, pair)`` maps with scalar pair ``pair``: whole tiles
+    are pairs a*r1 + b, then the output remainder's pair, then the input remainder's."""
+    o, i = source.shape[:2]
+    r0, r1, e0 = out // o, in_ // i, out % o
+    pair_e0, pair_e1 = r0 * r1, r0 * r1 + (e0 > 0)
+    weight = torch.empty(out, in_, *source.shape[2:], dtype=source.dtype)
+    for x in range(out):
+        for y in range(in_):
+            extra_row, extra_col = x >= r0 * o, y >= r1 * i
+            a = 0 if extra_row else x // o
+            b = 0 if extra_col else y // i
+            w = f(source[x % o if not extra_row else x - r0 * o, y % i if not extra_col else y - r1 * i],
+                  a * r1 + b)
+            if extra_row:
+                w = f(w, pair_e0)
+            if extra_col:
+                w = f(w, pair_e1)
+            weight[x, y] = w
+    return weight
+
+
+@pytest.mark.parametrize("scalar_map", ["swish", "linear"])
+@pytest.mark.parametrize(("source", "target"), [((4, 3), (10, 7)), ((4, 3), (9, 6)), ((3, 5), (6, 12)),
+                                                ((5, 4), (7, 4))])
+def test_paper_remainder_rule_matches_an_independent_loop(source, target, scalar_map):
+    """Remainders on both axes and the corner ((4, 3) -> (10, 7)), one axis only, and an input side
+    that is not tiled at all ((5, 4) -> (7, 4): r1 = 1, e1 = 0)."""
+    torch.manual_seed(0)
+    model = rescale(nn.Sequential(nn.Conv2d(target[1], target[0], 3)),
+                    {"version": 2, "map": scalar_map, "layers": {"0": {"own": list(source)}}})
+    ((_, layer, rep),) = repeated_layers(model)
+    assert rep.remainder == "paper"
+    with torch.no_grad():  # scalars away from their init; beta large enough that the swish bends
+        rep.alpha.copy_(torch.linspace(-1.5, 2.0, rep.alpha.numel()))
+        if rep.beta is not None:
+            rep.beta.copy_(torch.linspace(3.0, -2.0, rep.beta.numel()))
+    alpha = rep.alpha.detach().double()
+    beta = rep.beta.detach().double() if rep.beta is not None else None
+
+    def f(w, pair):
+        if beta is None:
+            return alpha[pair] * w
+        return alpha[pair] * w / (1 + torch.exp(beta[pair] * w))  # the authors' form of swish
+
+    src = rep.source().detach().double() * 10  # weights of order 1: the map's curvature shows
+    with torch.no_grad():
+        rep.bank.templates.mul_(10)
+    expected = paper_rule_by_loops(src, *target, f)
+    torch.testing.assert_close(layer.weight.detach().double(), expected, rtol=1e-5, atol=1e-6)
+    r0, r1, e0, e1 = rep.layout
+    assert rep.alpha.numel() == r0 * r1 + (e0 > 0) + (e1 > 0)  # same scalars as the source rule
+    if e0 and e1:  # the rules really differ where there are remainders
+        source_rule = rescale(nn.Sequential(nn.Conv2d(target[1], target[0], 3)),
+                              {"version": 2, "remainder": "source", "map": scalar_map,
+                               "layers": {"0": {"own": list(source)}}})
+        source_rule.load_state_dict(model.state_dict())
+        whole = (slice(0, r0 * source[0]), slice(0, r1 * source[1]))
+        torch.testing.assert_close(source_rule[0].weight[whole], layer.weight[whole])
+        assert not torch.allclose(source_rule[0].weight, layer.weight)
+
+
+def _remainder_model() -> nn.Module:
+    """Convs with remainders on both axes, a borrow and a bank, BN after each (eval statistics matter)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 10, 3, padding=1), nn.BatchNorm2d(10), nn.ReLU(),
+        nn.Conv2d(10, 14, 3, padding=1), nn.BatchNorm2d(14), nn.ReLU(),
+        nn.Conv2d(14, 14, 3, padding=1), nn.BatchNorm2d(14), nn.ReLU(),
+        nn.Conv2d(14, 9, 3, padding=1), nn.BatchNorm2d(9), nn.ReLU(),
+        nn.Conv2d(9, 9, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+
+
+_OPTION_PLANS = [
+    {"remainder": "paper"}, {"remainder": "source"},
+    {"source_init": "small_xavier", "bias_init": "zeros"}, {"source_init": "physical", "bias_init": "default"},
+    {"remainder": "source", "layers_override": {"3": {"remainder": "paper", "source_init": "physical"}}},
+]
+
+
+@pytest.mark.parametrize("options", _OPTION_PLANS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_materialize_and_gradients_hold_for_every_plan_option(options):
+    options = dict(options)
+    override = options.pop("layers_override", {})
+    torch.manual_seed(0)
+    layers = {"3": {"own": [4, 3]}, "6": {"bank": "b"}, "9": {"borrow": "3"}, "12": {"bank": "b"}}
+    for name, extra in override.items():
+        layers[name] = {**layers[name], **extra}
+    plan = {"version": 2, **options, "banks": {"b": {"out": 4, "in": 4, "rank": 2}}, "layers": layers}
+    repeated = rescale(_remainder_model(), plan)
+    assert any(rep.layout[2] and rep.layout[3] for _, _, rep in repeated_layers(repeated))  # corners
+    x = torch.randn(4, 3, 6, 6)
+    repeated(x).square().sum().backward()  # train mode: BN batch statistics
+    for name, p in repeated.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    for m in repeated.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    repeated.eval()
+    plain = materialize(repeated).eval()
+    with torch.no_grad():
+        assert (repeated(x) - plain(x)).abs().max().item() <= 1e-5
+    assert count_physical_params(repeated) == sum(p.numel() for p in plain.parameters())
+
+
+def test_source_and_bias_init_options():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(64, 128, 3), nn.Conv2d(128, 128, 3), nn.Conv2d(128, 256, 3))
+    layers = {"0": {"own": [32, 64]}, "1": {"own": [64, 64]}, "2": {"borrow": "1"}}
+    authors = rescale(base, {"version": 2, "layers": layers})
+    today = rescale(base, {"version": 1, "layers": layers})
+    # small_xavier: uniform with bound sqrt(6 / ((i + o) k^2)), so std = bound / sqrt(3)
+    src = authors[1].parametrizations.weight[0].source()
+    assert src.std().item() == pytest.approx((6 / (128 * 9)) ** 0.5 / 3**0.5, rel=0.05)
+    assert src.abs().max().item() <= (6 / (128 * 9)) ** 0.5
+    # physical: the top-left crop of the conv's own (PyTorch default) init
+    assert torch.equal(today[1].parametrizations.weight[0].source(), base[1].weight[:64, :64])
+    for name in ("0", "1", "2"):  # zeros for every layer the plan names, default otherwise
+        assert not authors[int(name)].bias.any()
+        assert torch.equal(today[int(name)].bias, base[int(name)].bias)
+    per_layer = rescale(base, {"version": 2, "layers": {**layers, "1": {"own": [64, 64], "bias_init": "default",
+                                                                        "source_init": "physical"}}})
+    assert torch.equal(per_layer[1].bias, base[1].bias) and not per_layer[0].bias.any()
+    assert torch.equal(per_layer[1].parametrizations.weight[0].source(), base[1].weight[:64, :64])
+
+
+def test_version_1_documents_keep_their_meaning(tmp_path):
+    v1 = {"version": 1, "map": "swish", "scalar_init": "xavier", "layers": {"a": {"own": [4, 2]}}}
+    for data in (v1, {k: v for k, v in v1.items() if k != "version"}):
+        plan = RepetitionPlan.from_dict(data)
+        assert (plan.remainder, plan.source_init, plan.bias_init) == ("source", "physical", "default")
+        # written back it is a version-2 document that says the same explicitly
+        written = plan.to_dict()
+        assert written["version"] == 2 and written["remainder"] == "source"
+        assert RepetitionPlan.from_dict(written) == plan
+    v2 = RepetitionPlan.from_dict({"version": 2, "layers": {}})
+    assert (v2.remainder, v2.source_init, v2.bias_init) == ("paper", "small_xavier", "zeros")
+    # no version but a version-2 key: version 2
+    assert RepetitionPlan.from_dict({"bias_init": "default", "layers": {}}).remainder == "paper"
+
+
+def test_an_exported_version_1_run_config_still_builds_what_it_built():
+    """Old exported run configs carry version-1 plans: the model they build is unchanged."""
+    import yaml
+
+    from repnas.spaces import build_model
+    from repnas.train import RunConfig
+
+    text = """
+model:
+  base: vgg
+  kwargs: {cfg: [8, 12, M, 12]}
+  plan: {version: 1, map: swish, scalar_init: xavier, layers: {features.3: {own: [5, 8]}}}
+dataset: {name: digits}
+"""
+    config = RunConfig.from_dict(yaml.safe_load(text))
+    torch.manual_seed(0)
+    model = build_model(config.model, num_classes=10, in_channels=1)
+    torch.manual_seed(0)
+    base = build_model({"base": "vgg", "kwargs": {"cfg": [8, 12, "M", 12]}}, num_classes=10, in_channels=1)
+    ((_, conv, rep),) = repeated_layers(model)
+    assert rep.remainder == "source" and rep.layout == (2, 1, 2, 0)
+    assert torch.equal(conv.bias, base.features[3].bias)  # default bias, not zeros
+    assert torch.equal(rep.source(), base.features[3].weight[:5, :8])  # physical init
+    assert RunConfig.from_dict(config.to_dict()).model == config.model

@@ -20,7 +20,7 @@ TRIALS = 6
 def test_sigkill_then_resume(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "repnas", "search", "--space", "quick", "--trials", str(TRIALS),
-           "--epochs", "6", "--out", str(out), "--device", "cpu", "--seed", "3"]
+           "--epochs", "6", "--out", str(out), "--device", "cpu", "--seed", "3", "--early-stop", "none"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     completed_lines = 0

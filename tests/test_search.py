@@ -23,6 +23,7 @@ TRIALS = 8
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "quick"
     code = main(["search", "--space", "quick", "--dataset", "digits", "--trials", str(TRIALS), "--epochs", "3",
+                 "--early-stop", "none",
                  "--out", str(out), "--seed", "1", "--quiet"])
     assert code == 0
     return out
@@ -72,6 +73,19 @@ def test_load_study_and_best_trials_match_the_run_directory(quick_run):
         row = table[table["trial"] == t.number].iloc[0]
         if row["status"] == "complete":
             assert t.values == [row["val_accuracy"], row["params"], row["flops"]]
+
+
+def test_every_complete_trial_has_one_intermediate_value_per_epoch(quick_run):
+    """Learning curves where optuna-dashboard looks: the study holds each epoch's val accuracy."""
+    search = SearchConfig.from_yaml(quick_run / "search.yaml")
+    study = optuna.load_study(study_name=search.study, storage=search.storage)
+    table = pd.read_parquet(quick_run / "trials.parquet").set_index("trial")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) >= TRIALS - 1
+    for t in complete:
+        assert sorted(t.intermediate_values) == [1, 2, 3]
+        assert t.intermediate_values[3] == table.loc[t.number, "val_accuracy"]  # the last epoch is the result
+        assert len(t.user_attrs["val_loss_curve"]) == 3 and all(v > 0 for v in t.user_attrs["val_loss_curve"])
 
 
 def _search(tmp_path):

@@ -82,7 +82,29 @@ def test_banks_are_shared_with_the_sampled_rank():
     assert len(members) >= 5  # 3 blocks x 2 convs, less the first conv if its input is too narrow
 
 
+def test_remainder_and_source_init_knobs_reach_the_model():
+    """wrn-width searches the remainder rule and the source init (docs/method.md); a network bank
+    tiled into wider stages has remainders whenever the solved widths do not divide."""
+    from repnas.rescale import repeated_layers
+
+    space = load_space("wrn-width")
+    assert space.knobs["remainder"].choices == ("paper", "source")
+    assert space.knobs["source_init"].choices == ("small_xavier", "physical")
+    point = {**space.sample(0), "width_rep.0": 1, "width_rep.1": 1, "width_rep.2": 1, "share.0": "bank",
+             "share.1": "bank", "share.2": "bank", "bank_scope": "network", "rank": 1, "map": "swish"}
+    for remainder, source_init in (("paper", "small_xavier"), ("source", "physical")):
+        config = space.to_model_config({**point, "remainder": remainder, "source_init": source_init})
+        plan = config["plan"]
+        assert plan["version"] == 2 and plan["bias_init"] == "zeros"
+        assert (plan["remainder"], plan["source_init"]) == (remainder, source_init)
+        model = build_model(config, num_classes=10, in_channels=3)
+        reps = [rep for _, _, rep in repeated_layers(model)]
+        assert {rep.remainder for rep in reps} == {remainder}
+        assert any(rep.layout[2] or rep.layout[3] for rep in reps)  # the rule has remainders to act on
+
+
 @pytest.mark.parametrize("text, message", [
+    ("name: x\nfamily: vgg\nwidths: [8, 16]\nknobs: {remainder: {choices: [paper, tiles]}}", "remainder must be"),
     ("name: x\nfamily: vgg\nwidths: [8, 16]\nknobs: {depht: {low: 1, high: 2}}", "unknown knob 'depht'"),
     ("name: x\nfamily: mobilenet\nwidths: [8]", "unknown family"),
     ("name: x\nfamily: vgg\nwidths: [8, 16]\nknobs: {share: {choices: [own, steal]}}", "unknown share"),

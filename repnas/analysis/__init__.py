@@ -6,6 +6,7 @@ Does not import ``repnas.search``; plotly and ray are imported only by the funct
 """
 
 from repnas.analysis._baselines import BASELINE_COLUMNS, load_baselines
+from repnas.analysis._curves import learning_curves
 from repnas.analysis._hypervolume import hypervolume, hypervolume_history, ideal_point, reference_point
 from repnas.analysis._load import (
     DEFAULT_OBJECTIVES,
@@ -34,6 +35,7 @@ __all__ = [
     "hypervolume_history",
     "ideal_point",
     "knob_effects",
+    "learning_curves",
     "load_baselines",
     "load_inputs",
     "load_run",

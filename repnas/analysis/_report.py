@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from repnas._io import atomic_write_text
+from repnas.analysis._curves import learning_curves
 from repnas.analysis._hypervolume import hypervolume_history, ideal_point, reference_point
 from repnas.analysis._load import Run, knob_columns, load_run
 from repnas.analysis._pareto import feasible_mask, pareto_mask
@@ -193,6 +194,50 @@ def _hypervolume_figure(runs: Sequence[Run], names: Sequence[str]):
     return fig, "; ".join(captions)
 
 
+def _learning_curves_figure(runs: Sequence[Run], names: Sequence[str], table: pd.DataFrame):
+    """Validation accuracy against epoch, one line per trial that trained; the trials on their
+    run's front (over all its objectives) drawn thick and on top, pruned trials dotted."""
+    import plotly.express as px
+
+    parts = []
+    for run, name in zip(runs, names, strict=True):
+        curves = learning_curves(run)
+        if curves.empty:
+            continue
+        rows = table[table["run"] == name].set_index("trial")
+        curves = curves[curves["trial"].isin(rows.index) & np.isfinite(curves[ACCURACY])].copy()
+        status = rows.loc[curves["trial"], "status"].to_numpy()
+        front = rows.loc[curves["trial"], "front"].to_numpy(bool)
+        curves["kind"] = np.where(front, "on front", np.where(status == "pruned", "stopped early", "other"))
+        curves.insert(0, "run", name)
+        parts.append(curves)
+    data = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if data.empty:
+        return None
+    data["curve"] = data["run"] + " #" + data["trial"].astype(str)
+    data = data.sort_values(["run", "trial", "epoch"], kind="stable")
+    multi = len(runs) > 1
+    fig = px.line(data, x="epoch", y=ACCURACY, color="kind", line_group="curve",
+                  line_dash="run" if multi else None, color_discrete_map=_CURVE_COLORS,
+                  category_orders={"kind": list(_CURVE_ORDER)}, markers=False,
+                  hover_data={"run": multi, "trial": True, "val_loss": ":.4f", "kind": False},
+                  labels={ACCURACY: "validation accuracy"})
+    for trace in fig.data:
+        kind = trace.legendgroup.split(",")[0]
+        trace.line.width = 3 if kind == "on front" else 1.2
+        if kind == "stopped early":  # dotted, with markers: a curve stopped at epoch 1 is one point
+            trace.line.dash = "dot"
+            trace.mode = "lines+markers"
+            trace.marker.size = 5
+    fig.update_layout(title="Learning curves: validation accuracy after each epoch (thick: the front)",
+                      legend_title_text="", height=460, xaxis={"dtick": 1})
+    return fig
+
+
+_CURVE_ORDER = ("stopped early", "other", "on front")  # traces are drawn in this order: the front on top
+_CURVE_COLORS = {"on front": "#d62728", "other": "#9bb7d4", "stopped early": "#bbbbbb"}
+
+
 def _parallel_coordinates(run: Run):
     """Knobs (categorical ones as ticked levels) and accuracy, one line per trial, coloured by accuracy."""
     import plotly.graph_objects as go
@@ -326,6 +371,9 @@ def report_figures(runs: Sequence[Run], baselines: pd.DataFrame | None = None) -
     hv_fig, hv_caption = _hypervolume_figure(runs, names)
     figures.append(("fig-hypervolume", hv_fig, "Flat tail: the search stopped finding better trade-offs. "
                                                f"Reference point: {hv_caption}."))
+    figures.append(("fig-learning-curves", _learning_curves_figure(runs, names, table),
+                    "One line per trained trial (from trials/N/metrics.json); hover for its number and "
+                    "loss. Flat early, steep late: a rule that stops at the first epochs would lose it."))
     for i, run in enumerate(runs):
         figures.append((f"fig-parallel-{i}", _parallel_coordinates(run),
                         "Follow the yellow lines to see which knob settings give high accuracy."))

@@ -4,10 +4,15 @@
         [--seeds 0,1] [--out results/DIR] [--device cuda] [--data-dir DIR] [--time-limit 540]
     python -m repnas.experiments status experiments/c3_rotmnist.yaml   # done / pending runs
     python -m repnas.experiments tables experiments/c3_rotmnist.yaml   # tables + figure only
+    python -m repnas.experiments tables        # every queued experiment's tables + docs/results.md
+    python -m repnas.experiments gpu [--time-limit 480] [--smoke] [--device cuda]   # a lent GPU's command
 
 Several configs run one after the other, in the order given, sharing one ``--time-limit`` (what a
 lent GPU's 10-minute command wants: ``run A.yaml B.yaml --time-limit 480`` finishes what it can of
 A, then spends what is left on B).
+
+``gpu`` runs the CUDA checks, the benchmarks and the experiment queue (``experiments/gpu_queue.yaml``)
+within ``--time-limit`` and packs what it wrote into one ``results.tgz`` (see ``_gpu.py``).
 
 Default output: ``results/<name>/`` (``runs/experiments-smoke/<name>/`` with ``--smoke``, which is
 git-ignored). Bad input prints one ``repnas: error: ...`` line and exits with 2.
@@ -41,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("status", "list finished and pending runs (trains nothing)"),
                        ("tables", "rebuild tables and figure from the finished runs")):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("configs", nargs="+", metavar="config",
-                       help="experiment YAML(s), e.g. experiments/c1c2_vgg_depth.yaml")
+        p.add_argument("configs", nargs="*" if name == "tables" else "+", metavar="config",
+                       help="experiment YAML(s), e.g. experiments/c1c2_vgg_depth.yaml" + (
+                           " (none: every experiment of experiments/gpu_queue.yaml, then docs/results.md)"
+                           if name == "tables" else ""))
         p.add_argument("--smoke", action="store_true", help="the config's tiny variant (CPU, seconds)")
         p.add_argument("--models", type=_csv, help="comma list: only these models (default: all)")
         p.add_argument("--seeds", type=_seeds, help="comma list: only these seeds (default: the config's)")
@@ -56,7 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="figure.html loading plotly.js from the CDN (default: a few kB, committed with "
                        "the results) or with plotly.js inside (offline, ~4.7 MB)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_gpu_parser(sub)
     return parser
+
+
+def _add_gpu_parser(sub) -> None:
+    text = ("on a lent GPU: CUDA checks, benchmarks, then the experiment queue, packed; starts nothing past "
+            "--time-limit; skips what results/ holds; writes one results.tgz")
+    p = sub.add_parser("gpu", help=text, description=text)
+    p.add_argument("--time-limit", type=float, help="seconds for the whole command (default 480: one 10-minute "
+                   "device command with the install and the copy back; 100 with --smoke)")
+    p.add_argument("--smoke", action="store_true", help="every step with tiny settings on digits (CPU, ~1-2 min); "
+                   "output in the git-ignored runs/gpu-smoke/")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA), cuda, cuda:1; cpu only with --smoke")
+    p.add_argument("--data-dir", help="folder holding cifar10.tar.gz and mnist.tar.gz (default: the experiments' "
+                   "candidates: ../shared/datasets, shared/datasets, .data)")
+    p.add_argument("--queue", default="experiments/gpu_queue.yaml", help="the queue file (priority order)")
+    p.add_argument("--results", help="results folder (default results/, or runs/gpu-smoke/results with --smoke)")
+    p.add_argument("--archive", help="where results.tgz goes (default $OUT/results.tgz when $OUT is set, else "
+                   "results.tgz; with --smoke runs/gpu-smoke/results.tgz)")
+    p.add_argument("--only", help="comma list of task-name prefixes to run (e.g. check/,bench/packed_trials)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from repnas.errors import UserError
 
+    if args.command == "gpu":
+        return _gpu(args)
+    if args.command == "tables" and not args.configs:
+        return _all_tables(args)
     if len(args.configs) > 1 and args.out:
         raise UserError("--out takes one experiment config; give several without --out")
     start, code = time.perf_counter(), 0
@@ -114,6 +144,42 @@ def _one(args: argparse.Namespace, config: str, time_limit: float | None, start_
         names = ", ".join(f"{name} seed {seed}" for name, seed, _ in outcome.failed)
         print(f"repnas: error: {len(outcome.failed)} run(s) failed: {names}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _gpu(args: argparse.Namespace) -> int:
+    import os
+
+    from repnas.errors import UserError
+    from repnas.experiments._gpu import run_gpu_session, session_for
+
+    session = session_for(args.device, args.smoke, Path(args.queue), Path(args.results) if args.results else None,
+                          args.data_dir)
+    if not session.device.startswith("cuda") and not args.smoke:
+        raise UserError(f"the gpu command needs CUDA (device {session.device}); --smoke runs its CPU variant")
+    default_archive = Path("runs/gpu-smoke/results.tgz") if args.smoke else \
+        Path(os.environ["OUT"]) / "results.tgz" if os.environ.get("OUT") else Path("results.tgz")
+    limit = args.time_limit if args.time_limit is not None else (100.0 if args.smoke else 480.0)
+    if limit <= 0:
+        raise UserError(f"--time-limit must be > 0, got {limit:g}")
+    prefixes = _csv(args.only) if args.only else None
+    only = (lambda name: any(name.startswith(p) for p in prefixes)) if prefixes else None
+    page = session.results.parent / "results.md" if args.smoke else Path("docs/results.md")
+    record = run_gpu_session(session, limit, Path(args.archive) if args.archive else default_archive,
+                             reserve=15.0 if args.smoke else 25.0, only=only, write_page=page)
+    failed = [t for p in record["phases"].values() for t in p.get("failed", []) + p.get("killed", [])]
+    print(f"gpu session: {record['wall_seconds']:.0f} s; " + "; ".join(
+        f"{name}: {len(p.get('done', []))} done, {len(p.get('left', []))} left" for name, p in record["phases"].items())
+        + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _all_tables(args: argparse.Namespace) -> int:
+    from repnas.experiments._gpu_queue import load_queue
+    from repnas.experiments._results_page import rebuild_all
+
+    queue = load_queue(Path("experiments/gpu_queue.yaml"))
+    rebuild_all(queue, Path(args.out) if args.out else Path("results"), page=Path("docs/results.md"))
     return 0
 
 

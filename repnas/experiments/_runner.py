@@ -97,13 +97,15 @@ def run_experiment(
     progress: bool = True,
     log: Callable[[str], None] = print,
     start_one: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> RunOutcome:
     """Train the selected runs that have no result file yet; returns what was done.
 
     ``device`` overrides the experiment's; ``dry_run`` only reports what would run. ``time_limit``
     stops starting runs that would likely end after it; the first run starts regardless when
     ``start_one`` (so a command always makes progress), not when this call only uses what an
-    earlier experiment of the same command left of the time.
+    earlier experiment of the same command left of the time. ``extra`` is merged into each run's
+    JSON (the GPU session records the run's GPU share and queue item).
     """
     from repnas.train import RunConfig, train
     from repnas.train._trainer import resolve_device
@@ -178,6 +180,7 @@ def run_experiment(
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "val_curve": [round(float(h["val_accuracy"]), 5) for h in result.history],
             "config": _portable(cfg.to_dict()),
+            **(extra or {}),
         }
         atomic_write_text(run_path(out, entry, seed), json.dumps(record, indent=1) + "\n")
         outcome.trained.append((entry.name, seed))

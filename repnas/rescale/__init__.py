@@ -9,10 +9,11 @@ from repnas.rescale._accounting import count_flops, count_params, count_physical
 from repnas.rescale._apply import materialize, repeated_layers, rescale
 from repnas.rescale._bank import TemplateBank
 from repnas.rescale._maps import SCALAR_MAPS, ScalarMap
-from repnas.rescale._plan import PLAN_VERSION, BankSpec, LayerRule, RepetitionPlan
+from repnas.rescale._plan import PLAN_OPTIONS, PLAN_VERSION, BankSpec, LayerRule, RepetitionPlan
 from repnas.rescale._repeat import RepeatWeight, tile_layout
 
 __all__ = [
+    "PLAN_OPTIONS",
     "PLAN_VERSION",
     "SCALAR_MAPS",
     "BankSpec",

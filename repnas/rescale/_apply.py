@@ -2,10 +2,18 @@
 (``materialize``).
 
 ``rescale`` works on any ``nn.Module`` built from ``nn.Conv2d`` (ours, torchvision's resnet18, ...):
-it registers a :class:`RepeatWeight` parametrization on every conv the plan names. Sources start from
-the layer's existing weight where one exists (an ``own`` source is the top-left crop of the layer's
-weight, bank template r is the crop of the r-th member), so a plan applied to a pretrained or
-freshly initialised model starts from those weights at the scale that layer expects.
+it registers a :class:`RepeatWeight` parametrization on every conv the plan names.
+
+Initialisation follows the plan's options (docs/method.md):
+
+* ``source_init: small_xavier`` (the authors'): an ``own`` source and every bank template are drawn
+  xavier-uniform on their own small shape (o, i, k, k). ``physical``: they start from the layer's
+  existing weight (an ``own`` source is the top-left crop of the layer's weight, bank template r the
+  crop of the r-th member), so a plan applied to a pretrained or freshly initialised model starts
+  from those weights at the scale that layer expects. A plain lender keeps its own full weight
+  either way (the authors' lenders are ordinary convs).
+* ``bias_init: zeros`` (the authors'): every conv the plan names starts with a zero bias;
+  ``default`` leaves the bias the model was built with.
 """
 
 from __future__ import annotations
@@ -84,7 +92,8 @@ def rescale(model: nn.Module, plan: RepetitionPlan | dict, inplace: bool = False
         scalar_map = (rule.map if rule is not None and rule.map else None) or plan.map
         try:
             parametrizations[name] = RepeatWeight(
-                bank, weight_shape(name), scalar_map, coefficients, plan.scalar_init, source_name
+                bank, weight_shape(name), scalar_map, coefficients, plan.scalar_init, source_name,
+                remainder=plan.option("remainder", name),
             )
         except ValueError as exc:
             raise ValueError(f"plan layer {name!r}: {exc}") from None
@@ -105,7 +114,10 @@ def rescale(model: nn.Module, plan: RepetitionPlan | dict, inplace: bool = False
                 )
             bank = new_bank(name, o, i, 1)
             with torch.no_grad():
-                bank.templates[0].copy_(_crop(convs[name], o, i))
+                if plan.option("source_init", name) == "small_xavier":
+                    nn.init.xavier_uniform_(bank.templates[0])
+                else:
+                    bank.templates[0].copy_(_crop(convs[name], o, i))
             sources[name] = (bank, None)
             make(name, bank, None, "own")
 
@@ -121,10 +133,14 @@ def rescale(model: nn.Module, plan: RepetitionPlan | dict, inplace: bool = False
                 )
         bank = new_bank(members[0], spec.out, spec.in_, spec.rank)
         with torch.no_grad():
-            for r, m in enumerate(members[: spec.rank]):
-                big_o, big_i = weight_shape(m)[:2]
-                if spec.out <= big_o and spec.in_ <= big_i:
-                    bank.templates[r].copy_(_crop(convs[m], spec.out, spec.in_))
+            if plan.source_init == "small_xavier":
+                for template in bank.templates:
+                    nn.init.xavier_uniform_(template)
+            else:
+                for r, m in enumerate(members[: spec.rank]):
+                    big_o, big_i = weight_shape(m)[:2]
+                    if spec.out <= big_o and spec.in_ <= big_i:
+                        bank.templates[r].copy_(_crop(convs[m], spec.out, spec.in_))
         for j, m in enumerate(members):
             coefficients = _initial_coefficients(spec.rank, j, bank.templates)
             sources[m] = (bank, coefficients)
@@ -145,6 +161,10 @@ def rescale(model: nn.Module, plan: RepetitionPlan | dict, inplace: bool = False
 
     for name, param in parametrizations.items():
         parametrize.register_parametrization(convs[name], "weight", param)
+    with torch.no_grad():
+        for name in plan.layers:
+            if convs[name].bias is not None and plan.option("bias_init", name) == "zeros":
+                convs[name].bias.zero_()
     return target
 
 

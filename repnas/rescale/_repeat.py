@@ -4,15 +4,24 @@ Given a source ``S`` of shape (o, i, k, k) and a target weight shape (O, I, k, k
 
 * ``r0 = O // o`` and ``r1 = I // i`` tiles; tile (a, b) is ``f(S; alpha_ab, beta_ab)`` placed at
   ``out[a*o + p, b*i + q] = f(S[p, q])`` (contiguous blocks).
-* Remainders: the ``O % o`` extra output filters repeat the first filters of the tiled tensor
-  through one extra scalar pair; the ``I % i`` extra input channels likewise (they span all O rows).
+* Remainders (``e0 = O % o`` extra output filters, ``e1 = I % i`` extra input channels), each with
+  one extra scalar pair, by one of two rules (docs/method.md):
+
+  - ``paper`` (the authors' code, and PAPER.md read literally): the extras are taken from the
+    *already mapped* tensor and mapped again. Extra row ``r0*o + p`` is ``f_e0(T[p])`` where ``T`` is
+    the mapped whole-tile tensor, so its column block ``b`` is ``f_e0(f_(0,b)(S[p]))``; extra column
+    ``r1*i + q`` is ``f_e1`` of column ``q`` of everything above, so its row block ``a`` is
+    ``f_e1(f_(a,0)(S[:, q]))`` and the corner is ``f_e1(f_e0(f_(0,0)(S[p, q])))`` (three maps).
+  - ``source`` (repnas before plan version 2): every element is one map of the raw source,
+    ``f(S[x % o, y % i])``, with the scalars of the tile (x, y) falls in; the corner takes the
+    input-side pair.
 * ``(o, i) == (O, I)``: no tiling and no scalars (plain weight, possibly shared or mixed).
 
-Every element of the target is therefore ``f(S[x % o, y % i])`` with the scalars of the tile that
-(x, y) falls in. Without remainders the forward pass broadcasts the source against the per-tile
-scalars; with remainders it builds the periodic tiling with one ``repeat`` and gathers the scalars
-into an (O, I) map. Either way the cost is a handful of elementwise kernels over the physical weight,
-however many tiles there are.
+Without remainders both rules are the same function and the forward pass broadcasts the source
+against the per-tile scalars. With remainders, ``source`` builds the periodic tiling with one
+``repeat`` and gathers the scalars into an (O, I) map; ``paper`` maps the whole tiles as above and
+appends the mapped remainder rows, then columns. Either way the cost is a handful of elementwise
+kernels over the physical weight, however many tiles there are.
 
 Why ``parametrize``: the conv stays an ``nn.Conv2d`` (stride, padding, groups, bias and every tool
 that inspects convs keep working), ``parametrize.cached()`` computes a shared weight once per forward,
@@ -72,6 +81,7 @@ class RepeatWeight(nn.Module):
             tensor, remainder scalars U(0, 1)) or ``identity`` (the map starts as the identity, so
             the layer starts as pure tiling).
         source_name: where the source comes from, for tables (``own``, ``borrow:NAME``, ``bank:NAME``).
+        remainder: ``paper`` (maps on maps, the authors') or ``source`` (see the module docstring).
     """
 
     def __init__(
@@ -82,6 +92,7 @@ class RepeatWeight(nn.Module):
         coefficients: nn.Parameter | None = None,
         scalar_init: str = "xavier",
         source_name: str = "own",
+        remainder: str = "paper",
     ):
         super().__init__()
         o, i, *kernel = bank.source_shape
@@ -90,6 +101,9 @@ class RepeatWeight(nn.Module):
             raise ValueError(f"kernel {tuple(kernel)} of the source differs from the layer's {tuple(target_kernel)}")
         if o > big_o or i > big_i:
             raise ValueError(f"source ({o}, {i}) is larger than the layer's weight ({big_o}, {big_i})")
+        if remainder not in ("paper", "source"):
+            raise ValueError(f"unknown remainder rule {remainder!r}; choose 'paper' or 'source'")
+        self.remainder = remainder
         self.bank = bank
         self.coefficients = coefficients
         self.target_shape = tuple(target_shape)
@@ -137,23 +151,41 @@ class RepeatWeight(nn.Module):
         o, i = source.shape[:2]
         r0, r1, e0, e1 = self.layout
         if not (e0 or e1):
-            # Whole tiles only (VGG, WRN): broadcast the source against per-tile scalars shaped
-            # (r0, 1, r1, 1, 1, 1), so the map writes the physical weight in one pass per op, with
-            # no repeated copy of the source and no gather of scalars.
-            tiles = source[None, :, None]  # (1, o, 1, i, k, k)
-            if self.alpha is None:
-                tiles = tiles.expand(r0, o, r1, i, *source.shape[2:])
-            else:
-                alpha = self.alpha.view(r0, 1, r1, 1, 1, 1)
-                beta = self.beta.view(r0, 1, r1, 1, 1, 1) if self.beta is not None else None
-                tiles = self.map.apply(tiles, alpha, beta)
-            return tiles.reshape(self.target_shape)
+            return self._whole_tiles(source, r0, r1)
+        if self.remainder == "paper" and self.alpha is not None:
+            weight = self._whole_tiles(source, r0, r1)
+            pair = r0 * r1
+            if e0:
+                weight = torch.cat([weight, self._map_pair(weight[:e0], pair)], dim=0)
+                pair += 1
+            if e1:
+                weight = torch.cat([weight, self._map_pair(weight[:, :e1], pair)], dim=1)
+            return weight
         periodic = source.repeat(-(-big_o // o), -(-big_i // i), 1, 1)[:big_o, :big_i]
         if self.alpha is None:
             return periodic
         alpha = self.alpha[self.tile_index][:, :, None, None]
         beta = self.beta[self.tile_index][:, :, None, None] if self.beta is not None else None
         return self.map.apply(periodic, alpha, beta)
+
+    def _whole_tiles(self, source: Tensor, r0: int, r1: int) -> Tensor:
+        """The (r0*o, r1*i) tensor of mapped whole tiles. The source is broadcast against per-tile
+        scalars shaped (r0, 1, r1, 1, 1, 1), so the map writes the weight in one pass per op, with no
+        repeated copy of the source and no gather of scalars."""
+        o, i, *kernel = source.shape
+        tiles = source[None, :, None]  # (1, o, 1, i, k, k)
+        if self.alpha is None:
+            tiles = tiles.expand(r0, o, r1, i, *kernel)
+        else:
+            alpha = self.alpha.view(-1)[: r0 * r1].view(r0, 1, r1, 1, 1, 1)
+            beta = self.beta.view(-1)[: r0 * r1].view(r0, 1, r1, 1, 1, 1) if self.beta is not None else None
+            tiles = self.map.apply(tiles, alpha, beta)
+        return tiles.reshape(r0 * o, r1 * i, *kernel)
+
+    def _map_pair(self, w: Tensor, pair: int) -> Tensor:
+        """``w`` through the map with scalar pair ``pair`` (a remainder's)."""
+        beta = self.beta[pair] if self.beta is not None else None
+        return self.map.apply(w, self.alpha[pair], beta)
 
     def right_inverse(self, weight: Tensor) -> tuple[()]:
         """The conv keeps no tensor of its own: the source lives in the bank."""
@@ -166,4 +198,5 @@ class RepeatWeight(nn.Module):
         r0, r1, e0, e1 = self.layout
         return (
             f"target={self.target_shape}, tiles={r0}x{r1}+({e0},{e1}), map={self.map.name}, source={self.source_name}"
+            + (f", remainder={self.remainder}" if e0 or e1 else "")
         )

@@ -1,7 +1,7 @@
 """How candidates are explored: Optuna and Ray Tune drivers, the run directory, the trial runner,
 export and early stopping. Training one candidate lives in :mod:`repnas.train`."""
 
-from repnas.search._early_stop import SuccessiveHalving
+from repnas.search._early_stop import MultiObjectiveASHA, SuccessiveHalving
 from repnas.search._export import export_trials
 from repnas.search._front import front_rows, front_text
 from repnas.search._optuna_driver import run_optuna_search
@@ -10,6 +10,7 @@ from repnas.search._runner import run_trial
 
 __all__ = [
     "OBJECTIVES",
+    "MultiObjectiveASHA",
     "RunDir",
     "SearchConfig",
     "SuccessiveHalving",

@@ -271,6 +271,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
         worker_name,
     )
     from repnas.search._early_stop import make_rule
+    from repnas.search._epochs import EpochReport
     from repnas.search._runner import run_trial
 
     run = RunDir(root)
@@ -305,10 +306,12 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
                 continue
             break
         point = {k: trial.params[k] for k in knob_names}
-        rule = make_rule(search, study, trial.number)
+        report = EpochReport(study, trial.number, make_rule(search, study, trial.number))
         with heartbeat:
-            row = run_trial(search, point, run.trial_dir(trial.number), rule, device=device, data=data,
+            row = run_trial(search, point, run.trial_dir(trial.number), report, device=device, data=data,
                             lookup=lambda config: _same_config(study, config))
+        if row.get("duplicate_of") is not None:
+            report.copy_from(int(row["duplicate_of"]))
         row["worker"] = name
         with run.lock():
             _tell(study, trial, row, search)

@@ -99,7 +99,8 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
 
         cost: dict[str, Any] = {}
         if report is not None and getattr(report, "wants_flops", False):
-            cost["flops"] = _flops(solution.model_config, search.dataset)
+            cost["params"] = int(solution.params)
+            cost["flops"] = _flops(solution.model_config, search.dataset, data)
 
         def callback(epoch: int, metrics: dict[str, Any]) -> bool:
             metrics = {**metrics, **cost}
@@ -134,13 +135,19 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
     return row
 
 
-def _flops(model_config: dict, dataset: str) -> int:
-    """Forward FLOPs per image of a model config (built on CPU: FlopCounterMode needs real kernels)."""
+def _flops(model_config: dict, dataset: str, data=None) -> int:
+    """Forward FLOPs per image of a model config (built on CPU: FlopCounterMode needs real kernels),
+    on the loaded images' shape where ``data`` is given (as the trainer counts them), else on the
+    dataset's usual shape."""
     from repnas.rescale import count_flops
     from repnas.spaces import build_model, dataset_info
 
-    info = dataset_info(dataset)
-    return int(count_flops(build_model(model_config, info.num_classes, info.in_channels), info.input_shape))
+    if data is not None:
+        classes, channels, shape = data.num_classes, data.in_channels, (data.in_channels, *data.image_size)
+    else:
+        info = dataset_info(dataset)
+        classes, channels, shape = info.num_classes, info.in_channels, info.input_shape
+    return int(count_flops(build_model(model_config, classes, channels), shape))
 
 
 def _error_text(exc: BaseException) -> str:

@@ -14,6 +14,9 @@ if they differ, so the count is exactly what the trainer will report. The count 
 every ``W_s``, so the solver bisects a common scale of the reference widths, then greedily widens
 single stages while the budget allows (a finer step than the common scale; it lands within a few
 percent under the budget).
+
+A ``shape: fixed`` space gives the physical widths instead; :func:`solve_fixed_shape` then only
+sizes the sources of the convs that own weights, by one scale of the physical widths.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 from repnas.errors import UserError
+from repnas.spaces._lenders import apply_lenders, drop_misfits
 
 if TYPE_CHECKING:
     from repnas.spaces._space import Architecture, SearchSpace
@@ -43,7 +47,11 @@ class InfeasibleError(UserError):
 
 @dataclass(frozen=True)
 class Solution:
-    """The solver's answer for one point: widths, the model config and its exact parameter count."""
+    """The solver's answer for one point: widths, the model config and its exact parameter count.
+
+    ``source_widths`` are the owned sources' widths per stage; with ``shape: fixed`` they equal
+    ``physical_widths`` when the plain convs fit the budget.
+    """
 
     source_widths: tuple[int, ...]
     physical_widths: tuple[int, ...]
@@ -128,7 +136,7 @@ def plan_for(space: SearchSpace, arch: Architecture, widths: tuple[int, ...], co
     """The RepetitionPlan dict of ``arch`` with source widths ``widths`` on ``config``'s base model."""
     layout, _ = _conv_layout(space.family, config["base"], json.dumps(config["kwargs"], sort_keys=True),
                              in_channels, arch.depths)
-    physical = [w * r for w, r in zip(widths, arch.width_reps, strict=True)]
+    physical = space.physical_widths(arch, widths)
     layers: dict[str, dict[str, Any]] = {}
     banks: dict[str, dict[str, int]] = {}
 
@@ -188,15 +196,36 @@ def plan_for(space: SearchSpace, arch: Architecture, widths: tuple[int, ...], co
             banks["network"] = {"out": size, "in": size, "rank": arch.rank}
             for c in members:
                 layers[c.name] = {"bank": "network"}
+    replaced = _lend(layout, layers, arch) if arch.lenders else {}
+    keep_full = arch.full_source == "own"
     for c in layout:
-        if c.name not in layers and c.role != "stem" and own[c.name] != (c.out, c.in_):
+        if c.name not in layers and c.role != "stem" and (keep_full or own[c.name] != (c.out, c.in_)):
             layers[c.name] = {"own": list(own[c.name])}
+    if arch.lenders:
+        drop_misfits([c.name for c in layout], {c.name: (c.out, c.in_, c.kernel) for c in layout},
+                     layers, banks, own, replaced, keep_full)
+        used = {rule["bank"] for rule in layers.values() if "bank" in rule}
+        for name in [b for b in banks if b not in used]:
+            del banks[name]
     order = {c.name: k for k, c in enumerate(layout)}
-    plan: dict[str, Any] = {"version": 1, "map": arch.map, "scalar_init": arch.scalar_init}
+    plan: dict[str, Any] = arch.plan_header()
     if banks:
         plan["banks"] = banks
     plan["layers"] = dict(sorted(layers.items(), key=lambda kv: order[kv[0]]))
-    return plan
+    # the space's plan_options (e.g. a family's) under what the point itself decides
+    return {**space.plan_options, **plan}
+
+
+def _lend(layout: tuple[_Conv, ...], layers: dict[str, dict], arch: Architecture) -> dict[str, dict | None]:
+    """Apply the ``lender.<s>.<j>`` knobs over the share rules (slot j = j-th main conv of stage s)."""
+    main: dict[tuple[int, int], str] = {}
+    per_stage: dict[int, int] = {}
+    for c in layout:
+        if c.role in ("first", "inner"):
+            j = per_stage.get(c.stage, 0)
+            main[(c.stage, j)] = c.name
+            per_stage[c.stage] = j + 1
+    return apply_lenders(main, layers, arch.lenders)
 
 
 # --------------------------------------------------------------------- counting and solving
@@ -283,6 +312,8 @@ def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset:
     """Source widths for ``point`` with params <= ``budget`` and as close to it as the widths allow."""
     from repnas.spaces._datasets_info import dataset_info
 
+    if space.shape == "fixed":
+        return solve_fixed_shape(space, point, budget, dataset, exact)
     info = dataset_info(dataset)
     arch = space.architecture(point)
     refs = space.widths
@@ -338,6 +369,72 @@ def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset:
                     model_config=config)
 
 
+#: Scales the fixed-shape solver probes first: 2**(-k/4) down to about 1/1000 of the physical widths.
+_FIXED_SCALES = tuple(2 ** (-k / 4) for k in range(41))
+
+
+def _fixed_widths(space: SearchSpace, physical: tuple[int, ...], scale: float) -> tuple[int, ...]:
+    """Source widths at ``scale`` of the physical ones: at least ``min_width``, at most physical."""
+    return tuple(min(p, max(space.min_width, round(scale * p))) for p in physical)
+
+
+def solve_fixed_shape(space: SearchSpace, point: dict[str, Any], budget: int, dataset: str,
+                      exact: bool = False) -> Solution:
+    """``shape: fixed``: the physical widths are given; pick how large the owned sources are.
+
+    Every owning stage's source is ``round(t * physical)`` (at least ``min_width``, at most the
+    physical width) for one scale ``t <= 1``: the largest ``t`` whose count fits the budget. If the
+    plain-width sources fit, the convs stay plain (a point like RepVGG-6 at its own count is
+    exactly RepVGG-6). The count is not monotone at tiny sources (a 2-channel source tiled over
+    512 channels needs 2 scalars per tile, tens of thousands), so the solver first probes a fixed
+    geometric ladder of scales for the largest one that fits, then bisects between it and the next
+    rung up: a fixed number of closed-form counts, whatever the space's ranges.
+    """
+    from repnas.spaces._datasets_info import dataset_info
+
+    info = dataset_info(dataset)
+    arch = space.architecture(point)
+    physical = space.physical_widths(arch, space.widths)
+    cache: dict[tuple[int, ...], tuple[int, dict]] = {}
+
+    def count(widths: tuple[int, ...]) -> int:
+        if widths not in cache:
+            config = space.model_config(arch, widths, info.in_channels)
+            if exact:
+                cache[widths] = (count_config_params(config, info.num_classes, info.in_channels), config)
+            else:
+                cache[widths] = (_estimate_params(config, space.family, arch.depths, info), config)
+        return cache[widths][0]
+
+    def at_scale(scale: float) -> tuple[int, ...]:
+        return _fixed_widths(space, physical, scale)
+
+    lo = next((t for t in _FIXED_SCALES if count(at_scale(t)) <= budget), None)
+    if lo is None:
+        smallest = min(count(at_scale(t)) for t in _FIXED_SCALES)
+        raise InfeasibleError(f"{_describe(point)} needs at least {smallest:,} params "
+                              f"(budget {budget:,})", smallest)
+    if lo < 1.0:
+        hi = lo * 2 ** 0.25  # the rung above: it does not fit
+        for _ in range(40):
+            low_w, high_w = at_scale(lo), at_scale(hi)
+            if sum(h - w for h, w in zip(high_w, low_w, strict=True)) <= 1:
+                break
+            mid = (lo + hi) / 2
+            if count(at_scale(mid)) <= budget:
+                lo = mid
+            else:
+                hi = mid
+    best = at_scale(lo)
+    params, config = cache[best]
+    if not exact:
+        real = count_config_params(config, info.num_classes, info.in_channels)
+        if real != params:  # the closed form missed something: solve again with real counts
+            return solve_fixed_shape(space, point, budget, dataset, exact=True)
+    return Solution(source_widths=best, physical_widths=physical, params=params, budget=budget,
+                    model_config=config)
+
+
 def _describe(point: dict[str, Any]) -> str:
     if not point:
         return "the candidate"
@@ -351,7 +448,8 @@ def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: 
     held at their smallest values and the other knobs are enumerated: exact when they have at most
     ``samples`` combinations, else the minimum over ``samples`` seeded random ones (an upper bound).
     Width factors are not monotone: a factor that makes a stage as wide as the stem removes its
-    projection shortcut.
+    projection shortcut. A ``shape: fixed`` point's fewest is over the solver's ladder of scales
+    (tiny sources need many tile scalars), so those spaces try at most 64 points.
     """
     import itertools
     import random
@@ -359,10 +457,12 @@ def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: 
     from repnas.spaces._datasets_info import dataset_info
 
     info = dataset_info(dataset or space.dataset)
-    monotone = {n: min(k.grid() or [k.low]) for n, k in space.knobs.items()
+    monotone = {n: min(k.choices) if k.choices is not None else k.low for n, k in space.knobs.items()
                 if n.partition(".")[0] == "depth"}
     names = [n for n in space.knobs if n not in monotone]
     grids = [space.knobs[n].grid() or [space.knobs[n].low] for n in names]
+    if space.shape == "fixed":  # each point needs a scan over scales (see solve_fixed_shape)
+        samples = min(samples, 64)
     if math.prod(len(g) for g in grids) <= samples:
         points = [dict(zip(names, values, strict=True)) for values in itertools.product(*grids)]
     else:
@@ -372,6 +472,19 @@ def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: 
     counts = []
     for point in points:
         arch = space.architecture({**point, **monotone})
+        if space.shape == "fixed":
+            counts.append(_fixed_shape_minimum(space, arch, info))
+            continue
         config = space.model_config(arch, smallest, info.in_channels)
+        counts.append(_estimate_params(config, space.family, arch.depths, info))
+    return min(counts)
+
+
+def _fixed_shape_minimum(space: SearchSpace, arch: Architecture, info) -> int:
+    """The fewest parameters of a fixed-shape architecture over the solver's ladder of scales."""
+    physical = space.physical_widths(arch, space.widths)
+    counts = []
+    for scale in _FIXED_SCALES:
+        config = space.model_config(arch, _fixed_widths(space, physical, scale), info.in_channels)
         counts.append(_estimate_params(config, space.family, arch.depths, info))
     return min(counts)

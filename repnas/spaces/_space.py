@@ -12,12 +12,32 @@ per stage and the repetition *knobs* (see :data:`KNOB_DEFAULTS`):
                      (all mix one shared rank-``rank`` template bank);
 * ``rank``           mixing rank R of the banks; ``bank_scope`` ``stage`` (one bank per stage) or
                      ``network`` (one bank for every ``bank`` stage);
-* ``map``            tile scalar map (``swish`` | ``linear`` | ``none``); ``scalar_init``.
+* ``map``            tile scalar map (``swish`` | ``linear`` | ``none``); ``scalar_init``;
+* ``remainder``, ``source_init``, ``bias_init``: the plan options of docs/method.md (the authors'
+                     choice by default: ``paper``, ``small_xavier``, ``zeros``).
 
 The same definition gives Optuna distributions (:meth:`SearchSpace.distributions`), a Ray Tune
 ``param_space`` (:meth:`SearchSpace.to_ray`) and, for a sampled point and a parameter budget, a
 deterministic model config (:meth:`SearchSpace.to_model_config`): the budget solver
 (``_budget.py``) picks the source widths, so every candidate uses (almost) the whole budget.
+
+Which layers share, and the paper's own designs as points (RepVGG-N, RepWRN-16-k):
+
+* ``lender.<s>.<j>`` cross-layer borrowing: conv j of stage s tiles an earlier conv ``"s'.j'"``
+                     of the same or an earlier stage (``none``: the stage's share rule);
+                     ``lender: {per_conv: true}`` makes one knob per conv (``_lenders.py``);
+* ``widen``          with ``shape: fixed`` only: physical widths are ``widths`` times this (WRN's k);
+* ``full_source``    a conv whose owned source is as large as the conv: ``plain`` (left out of the
+                     plan: an ordinary conv, as RepVGG's owners) or ``own`` (an untiled own source,
+                     initialised by the plan's source init, as the authors' RepWRN-16-1).
+
+Two shape modes. ``shape: solved`` (default): ``widths`` are reference *source* widths and the
+solver scales them to fill the budget (physical = source x width_rep). ``shape: fixed``: ``widths``
+(times ``widen``) are the *physical* widths, e.g. VGG11's, and the solver only decides how large the
+sources of the convs that own weights are (never larger than the conv: a budget that fits the
+plain convs gives plain convs). ``plan_options`` are plan-level RepetitionPlan keys for every plan
+(``like: rep_vgg6`` copies a family's); a knob the YAML leaves unset takes its value from them
+before :data:`KNOB_DEFAULTS`, so a space point rebuilds the family exactly.
 
 Space YAML (built-ins live in ``spaces/builtin/``)::
 
@@ -56,13 +76,20 @@ KNOB_DEFAULTS: dict[str, tuple[Any, bool]] = {
     "depth": (2, True),
     "width_rep": (1, True),
     "share": ("own", True),
+    "lender": ("none", False),
+    "widen": (1, False),
+    "full_source": ("plain", False),
     "rank": (1, False),
     "bank_scope": ("stage", False),
     "map": ("swish", False),
     "scalar_init": ("xavier", False),
+    "remainder": ("paper", False),
+    "source_init": ("small_xavier", False),
+    "bias_init": ("zeros", False),
 }
 _SPACE_KEYS = {"name", "description", "family", "widths", "budget", "dataset", "epochs", "recipe", "knobs",
-               "min_width"}
+               "min_width", "shape", "plan_options"}
+SHAPE_MODES = ("solved", "fixed")
 
 
 def parse_count(value: Any, what: str = "budget") -> int:
@@ -129,9 +156,10 @@ class Knob:
         return None
 
     def sample(self, rng: random.Random) -> Any:
-        values = self.grid()
-        if values is not None:
-            return rng.choice(values)
+        if self.choices is not None:
+            return rng.choice(self.choices)
+        if self.is_int:  # the same draw as rng.choice(self.grid()), without listing a huge range
+            return rng.randrange(int(self.low), int(self.high) + 1, self.step or 1)
         if self.log:
             return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
         return rng.uniform(self.low, self.high)
@@ -177,10 +205,22 @@ class Architecture:
     depths: tuple[int, ...]
     width_reps: tuple[int, ...]
     shares: tuple[str, ...]
+    #: (borrower slot, lender slot) pairs of the ``lender.<s>.<j>`` knobs that name a lender.
+    lenders: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = ()
+    widen: int = 1
+    full_source: str = "plain"
     rank: int = 1
     bank_scope: str = "stage"
     map: str = "swish"
     scalar_init: str = "xavier"
+    remainder: str = "paper"
+    source_init: str = "small_xavier"
+    bias_init: str = "zeros"
+
+    def plan_header(self) -> dict[str, Any]:
+        """The plan-wide part of this architecture's RepetitionPlan dict (version 2)."""
+        return {"version": 2, "map": self.map, "scalar_init": self.scalar_init, "remainder": self.remainder,
+                "source_init": self.source_init, "bias_init": self.bias_init}
 
 
 @dataclass
@@ -198,6 +238,8 @@ class SearchSpace:
     recipe: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     min_width: int = 2
+    shape: str = "solved"
+    plan_options: dict[str, Any] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- definition
     @property
@@ -220,8 +262,12 @@ class SearchSpace:
     def grid_size(self) -> float:
         size = 1.0
         for knob in self.knobs.values():
-            values = knob.grid()
-            size *= len(values) if values is not None else math.inf
+            if knob.choices is not None:
+                size *= len(knob.choices)
+            elif knob.is_int:  # counted, not enumerated: a range may be huge
+                size *= (int(knob.high) - int(knob.low)) // (knob.step or 1) + 1
+            else:
+                size = math.inf
         return size
 
     def architecture(self, point: dict[str, Any]) -> Architecture:
@@ -239,6 +285,8 @@ class SearchSpace:
                 return values[f"{name}.{stage}"]
             if name in values:
                 return values[name]
+            if name in self.plan_options:  # e.g. a family's map when the space does not search it
+                return self.plan_options[name]
             return KNOB_DEFAULTS[name][0]
 
         stages = range(self.num_stages)
@@ -246,29 +294,42 @@ class SearchSpace:
             depths=tuple(int(get("depth", s)) for s in stages),
             width_reps=tuple(int(get("width_rep", s)) for s in stages),
             shares=tuple(str(get("share", s)) for s in stages),
+            lenders=_lenders_of(values, f"space {self.name!r}"),
+            widen=int(get("widen")),
+            full_source=str(get("full_source")),
             rank=int(get("rank")),
             bank_scope=str(get("bank_scope")),
             map=str(get("map")),
             scalar_init=str(get("scalar_init")),
+            remainder=str(get("remainder")),
+            source_init=str(get("source_init")),
+            bias_init=str(get("bias_init")),
         )
         _check_architecture(arch, self.name)
+        _check_shape_mode(arch, self)
         return arch
+
+    def physical_widths(self, arch: Architecture, source_widths: tuple[int, ...]) -> tuple[int, ...]:
+        """Channels per stage: given (``shape: fixed``) or source widths times ``width_rep``."""
+        if self.shape == "fixed":
+            return tuple(w * arch.widen for w in self.widths)
+        return tuple(w * r for w, r in zip(source_widths, arch.width_reps, strict=True))
 
     # ----------------------------------------------------------------- model configs
     def model_config(self, arch: Architecture, source_widths: tuple[int, ...], in_channels: int) -> dict:
         """The ModelConfig (base + kwargs + plan) for given source widths: no budget involved."""
         from repnas.spaces._budget import plan_for
 
-        physical = [w * r for w, r in zip(source_widths, arch.width_reps, strict=True)]
+        physical = self.physical_widths(arch, source_widths)
         if self.family == "vgg":
             cfg: list[Any] = []
             for width, depth in zip(physical, arch.depths, strict=True):
                 cfg += [width] * depth + ["M"]
             base, kwargs = "vgg", {"cfg": cfg}
         elif self.family == "resnet":
-            base, kwargs = "cifar_resnet", {"blocks": list(arch.depths), "widths": physical}
+            base, kwargs = "cifar_resnet", {"blocks": list(arch.depths), "widths": list(physical)}
         else:  # wrn: the same number of blocks in every stage
-            base, kwargs = "wrn", {"depth": 6 * arch.depths[0] + 4, "widths": physical}
+            base, kwargs = "wrn", {"depth": 6 * arch.depths[0] + 4, "widths": list(physical)}
         config = {"base": base, "kwargs": kwargs}
         config["plan"] = plan_for(self, arch, tuple(source_widths), config, in_channels)
         return config
@@ -309,6 +370,10 @@ class SearchSpace:
         out = {"name": self.name, "description": self.description, "family": self.family,
                "widths": list(self.widths), "budget": self.budget, "dataset": self.dataset,
                "epochs": self.epochs, "min_width": self.min_width, "knobs": knobs}
+        if self.shape != "solved":
+            out["shape"] = self.shape
+        if self.plan_options:
+            out["plan_options"] = dict(self.plan_options)
         if self.recipe:
             out["recipe"] = dict(self.recipe)
         return out
@@ -337,8 +402,12 @@ class SearchSpace:
         raw_knobs = data.get("knobs") or {}
         if not isinstance(raw_knobs, dict):
             raise UserError(f"{where}: knobs must be a mapping")
+        lender_spec = raw_knobs.get("lender")
         for name, spec in raw_knobs.items():
             base, _, stage = str(name).partition(".")
+            if base == "lender":
+                _parse_lender_knob(str(name), spec, len(widths), knobs, fixed, where)
+                continue
             if base not in KNOB_DEFAULTS:
                 close = difflib.get_close_matches(base, KNOB_DEFAULTS, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
@@ -357,6 +426,20 @@ class SearchSpace:
         if family == "wrn" and any(n.startswith("depth.") for n in knobs):
             raise UserError(f"{where}: wrn has the same depth in every stage; "
                             "use knob 'depth', not per stage")
+        from repnas.spaces._lenders import check_slots_exist, lender_choices, slots
+
+        max_depths = _max_depths(knobs, fixed, len(widths))
+        for name in [n for n in [*knobs, *fixed] if n.startswith("lender.")]:
+            values = list(knobs[name].choices or ()) if name in knobs else [fixed[name]]
+            check_slots_exist(name, values, family, max_depths, where)
+        if lender_spec is not None:  # {per_conv: true}: one knob per conv, after the depths are known
+            generated = lender_choices(slots(family, tuple(widths), max_depths))
+            for n, choices in generated.items():
+                if n not in knobs and n not in fixed:
+                    knobs[n] = Knob(n, choices=tuple(choices))
+        shape = data.get("shape", "solved")
+        if shape not in SHAPE_MODES:
+            raise UserError(f"{where}: shape must be one of {', '.join(SHAPE_MODES)}, got {shape!r}")
         space = cls(
             name=str(data.get("name", "custom")),
             family=family,
@@ -369,10 +452,13 @@ class SearchSpace:
             recipe=dict(data.get("recipe") or {}),
             description=str(data.get("description", "")),
             min_width=int(data.get("min_width", 2)),
+            shape=shape,
+            plan_options=_plan_options(data.get("plan_options"), where),
         )
         # Every value a knob can take must make a valid architecture: fail at load, not mid-search.
+        # Ranges are checked at their ends (validity is monotone in them), so a huge range loads at once.
         for name, knob in knobs.items():
-            for value in knob.grid() or []:
+            for value in _probe_values(knob):
                 point = {n: (value if n == name else _first(k)) for n, k in knobs.items()}
                 space.architecture(point)
         space.architecture({n: _first(k) for n, k in knobs.items()})
@@ -393,8 +479,106 @@ class SearchSpace:
 
 
 def _first(knob: Knob) -> Any:
-    values = knob.grid()
-    return values[0] if values else knob.low
+    return knob.choices[0] if knob.choices is not None else knob.low
+
+
+def _probe_values(knob: Knob) -> list[Any]:
+    """The values load-time validation tries: every choice, or a range's two ends."""
+    return list(knob.choices) if knob.choices is not None else [knob.low, knob.high]
+
+
+def _max_depths(knobs: dict[str, Knob], fixed: dict[str, Any], num_stages: int) -> tuple[int, ...]:
+    """The largest depth each stage can take (for generating per-conv lender knobs)."""
+
+    def largest(name: str) -> int | None:
+        if name in knobs:
+            knob = knobs[name]
+            values = list(knob.choices) if knob.choices is not None else [knob.high]
+        else:
+            values = [fixed[name]] if name in fixed else []
+        for value in values:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise UserError(f"space: {name} must be a whole number, got {value!r}")
+        return int(max(values)) if values else None
+
+    out = []
+    for s in range(num_stages):
+        depth = largest(f"depth.{s}")
+        depth = largest("depth") if depth is None else depth
+        out.append(KNOB_DEFAULTS["depth"][0] if depth is None else depth)
+    return tuple(out)
+
+
+def _parse_lender_knob(name: str, spec: Any, num_stages: int, knobs: dict[str, Knob], fixed: dict[str, Any],
+                       where: str) -> None:
+    """``lender: {per_conv: true}`` (generated later) or ``lender.<s>.<j>``: choices or a fixed slot."""
+    from repnas.spaces._lenders import check_lender_knob
+
+    if name == "lender":
+        if spec != {"per_conv": True}:
+            raise UserError(f"{where}: knob 'lender' takes {{per_conv: true}}; for one conv write "
+                            f"lender.<stage>.<conv>: {{choices: [none, '0.1']}} or a fixed '0.1'")
+        return
+    if isinstance(spec, dict):
+        knob = Knob.from_spec(name, spec, where)
+        if knob.choices is None:
+            raise UserError(f"{where}: knob {name!r} needs choices (none or 'stage.conv' slots)")
+        check_lender_knob(name, list(knob.choices), num_stages, where)
+        knobs[name] = knob
+    else:
+        check_lender_knob(name, [spec], num_stages, where)
+        fixed[name] = spec
+
+
+def _lenders_of(values: dict[str, Any], where: str) -> tuple[tuple[tuple[int, int], tuple[int, int]], ...]:
+    """The (borrower, lender) slot pairs of a point's ``lender.<s>.<j>`` values other than ``none``."""
+    from repnas.spaces._lenders import NO_LENDER, parse_slot
+
+    pairs = []
+    for name, value in values.items():
+        if name.startswith("lender.") and value != NO_LENDER:
+            pairs.append((parse_slot(name[len("lender."):], where), parse_slot(value, f"{where}: {name}")))
+    return tuple(sorted(pairs))
+
+
+def _plan_options(options: Any, where: str) -> dict[str, Any]:
+    """Plan-level keys for every plan of the space; ``like: FAMILY`` copies that family's."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise UserError(f"{where}: plan_options must be a mapping of RepetitionPlan keys")
+    options = dict(options)
+    like = options.pop("like", None)
+    if like is not None:
+        from repnas.spaces._registry import model_spec
+
+        spec = model_spec(str(like))
+        if spec.plan is None:
+            raise UserError(f"{where}: plan_options like {like!r}: that model has no plan")
+        family_options = {k: v for k, v in spec.plan.to_dict().items() if k not in ("layers", "banks")}
+        options = {**family_options, **options}
+    if {"layers", "banks"} & set(options):
+        raise UserError(f"{where}: plan_options hold plan-level keys, not layers or banks (the space makes those)")
+    from repnas.rescale import RepetitionPlan
+
+    try:
+        RepetitionPlan.from_dict({**options, "layers": {}})
+    except ValueError as exc:
+        raise UserError(f"{where}: plan_options: {exc}") from None
+    return options
+
+
+def _check_shape_mode(arch: Architecture, space: SearchSpace) -> None:
+    where = f"space {space.name!r}"
+    if space.shape == "fixed" and any(r != 1 for r in arch.width_reps):
+        raise UserError(f"{where}: with shape: fixed the solver sizes the sources; width_rep must be 1 "
+                        "(use widen to scale the physical widths)")
+    if space.shape == "solved" and arch.widen != 1:
+        raise UserError(f"{where}: widen needs shape: fixed (in a solved space, width_rep sets the tiling)")
+    if arch.widen < 1:
+        raise UserError(f"{where}: widen must be >= 1, got {arch.widen}")
+    if arch.full_source not in ("plain", "own"):
+        raise UserError(f"{where}: full_source must be 'plain' or 'own', got {arch.full_source!r}")
 
 
 def _check_architecture(arch: Architecture, space: str) -> None:
@@ -416,6 +600,11 @@ def _check_architecture(arch: Architecture, space: str) -> None:
         raise UserError(f"{where}: unknown map {arch.map!r}; choose one of {sorted(SCALAR_MAPS)}")
     if arch.scalar_init not in ("xavier", "identity"):
         raise UserError(f"{where}: scalar_init must be 'xavier' or 'identity', got {arch.scalar_init!r}")
+    from repnas.rescale import PLAN_OPTIONS
+
+    for key, allowed in PLAN_OPTIONS.items():
+        if getattr(arch, key) not in allowed:
+            raise UserError(f"{where}: {key} must be one of {', '.join(allowed)}, got {getattr(arch, key)!r}")
 
 
 # --------------------------------------------------------------------- built-in spaces

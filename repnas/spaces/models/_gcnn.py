@@ -1,11 +1,14 @@
 """Rotation-equivariant G-CNNs C_N for rot-MNIST (PAPER.md), built with e2cnn.
 
 e2cnn is optional (``pip install repnas[equivariant]``): it is imported inside the builder only.
-The net mirrors :mod:`._rotmnist`'s CNN with ``R2Conv`` layers between regular-representation
-fields of ``Rot2dOnR2(N)``: six convs (7x7 then 5x5, no bias) + ``InnerBatchNorm`` + ELU,
-max-pool after convs 2 and 4, group pooling, global average pool, Linear 64 - BN - ELU - Linear.
-Field counts are 16/24/32/32/48/64 times 2/sqrt(N), rounded, so channel widths are
-C4 64/96/128/128/192/256, C8 88/136/184/184/272/360, C16 128/192/256/256/384/512.
+The net is the authors' ``SteerableCNN``: :mod:`._rotmnist`'s CNN layout with ``R2Conv`` layers
+between regular-representation fields of ``Rot2dOnR2(N)``: six convs (7x7 then 5x5, no bias, the
+authors' padding 1/2/2/2/2/0 and their basis: ``sigma``, ``rings`` and ``frequencies_cutoff``
+below) + ``InnerBatchNorm`` + ELU, 2x2 max-pool after convs 2 and 4, then a global average pool
+over space *before* pooling over the group (max over the N rotations), Linear 64 - BN - ELU -
+Linear. Field counts are 16/24/32/32/48/64 times 2/sqrt(N), rounded, so channel widths are
+C4 64/96/128/128/192/256, C8 88/136/184/184/272/360, C16 128/192/256/256/384/512; parameters
+304,154 / 305,098 / 301,746.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import Tensor, nn
 
 from repnas.errors import UserError
 from repnas.spaces._registry import register_family, register_model
-from repnas.spaces.models._rotmnist import HEAD_WIDTH, KERNEL_SIZES, POOL_AFTER
+from repnas.spaces.models._rotmnist import HEAD_WIDTH, KERNEL_SIZES, PADDINGS, POOL_AFTER
 
 BASE_FIELDS = (16, 24, 32, 32, 48, 64)
 ROTATIONS = (4, 8, 16)
@@ -28,6 +31,23 @@ ROTATIONS = (4, 8, 16)
 def gcnn_fields(rotations: int, base_fields: Sequence[int] = BASE_FIELDS) -> list[int]:
     """Regular fields per layer for C_N: ``round(f * 2 / sqrt(N))`` (constant-ish parameters)."""
     return [max(1, round(f * 2 / math.sqrt(rotations))) for f in base_fields]
+
+
+def _basis(layer: int) -> dict:
+    """The authors' steerable-filter basis of conv ``layer`` (1-based): 4 rings for the 7x7 conv,
+    3 for the 5x5 ones. (With these the parameter counts equal e2cnn's default basis.)"""
+    if layer == 1:
+        return {"sigma": [0.6, 0.6, 0.6, 0.4], "rings": [0, 1, 2, 3],
+                "frequencies_cutoff": _cutoff_7x7}
+    return {"sigma": [0.6, 0.6, 0.4], "rings": [0, 1, 2], "frequencies_cutoff": _cutoff_5x5}
+
+
+def _cutoff_7x7(r: float) -> float:
+    return 0 if r == 0 else (3 if r == 2 else 2)
+
+
+def _cutoff_5x5(r: float) -> float:
+    return 0 if r == 0 else 2
 
 
 def _import_e2cnn(model_name: str):
@@ -57,16 +77,16 @@ class GCNN(nn.Module):
         layers = []
         with warnings.catch_warnings():  # e2cnn's basis code triggers torch deprecation warnings
             warnings.simplefilter("ignore")
-            for layer, (count, k) in enumerate(zip(fields, KERNEL_SIZES, strict=True), start=1):
+            for layer, (count, k, pad) in enumerate(zip(fields, KERNEL_SIZES, PADDINGS, strict=True), start=1):
                 out_type = enn.FieldType(gspace, count * [gspace.regular_repr])
-                layers += [enn.R2Conv(field_type, out_type, k, padding=k // 2, bias=False),
+                layers += [enn.R2Conv(field_type, out_type, k, padding=pad, bias=False, **_basis(layer)),
                            enn.InnerBatchNorm(out_type), enn.ELU(out_type, inplace=True)]
                 if layer in POOL_AFTER:
-                    layers.append(enn.PointwiseMaxPool(out_type, 2, ceil_mode=True))
+                    layers.append(enn.PointwiseMaxPool(out_type, 2))
                 field_type = out_type
         self.features = enn.SequentialModule(*layers)
+        self.pool = enn.PointwiseAdaptiveAvgPool(field_type, 1)
         self.group_pool = enn.GroupPooling(field_type)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Linear(fields[-1], HEAD_WIDTH), nn.BatchNorm1d(HEAD_WIDTH),
                                   nn.ELU(inplace=True), nn.Linear(HEAD_WIDTH, num_classes))
         self._geometric_tensor = enn.GeometricTensor
@@ -79,8 +99,8 @@ class GCNN(nn.Module):
             return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.group_pool(self.features(self._geometric_tensor(x, self.in_type))).tensor
-        return self.head(self.pool(x).flatten(1))
+        x = self.group_pool(self.pool(self.features(self._geometric_tensor(x, self.in_type)))).tensor
+        return self.head(x.flatten(1))
 
 
 @register_model(dataset="rotmnist")

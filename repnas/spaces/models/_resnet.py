@@ -1,9 +1,9 @@
 """CIFAR ResNets (He et al. 2016): a 16-channel stem, stages of basic blocks, one Linear.
 
 The same :class:`CifarResNet` builds ``resnet20/32/56`` (convs without bias) and WideResNet-16
-(``_wrn.py``, convs with bias). Shortcuts are "option B": a 1x1 conv + BN wherever the shape
-changes, identity elsewhere. Conv names follow torchvision: ``conv1`` (stem),
-``layer{s}.{b}.conv1``, ``layer{s}.{b}.conv2``, ``layer{s}.{b}.shortcut.0``, ``fc``.
+(``_wrn.py``: block convs with bias in RepWRN, without in the plain ``wrn16_K``). Shortcuts are
+"option B": a 1x1 conv + BN wherever the shape changes, identity elsewhere. Conv names follow
+torchvision: ``conv1`` (stem), ``layer{s}.{b}.conv1``, ``layer{s}.{b}.conv2``, ``layer{s}.{b}.shortcut.0``, ``fc``.
 """
 
 from __future__ import annotations

@@ -99,10 +99,15 @@ def vgg(cfg: Sequence[CfgItem] = _VGG11_CFG, num_classes: int = 10,
 
 
 def rep_vgg_plan(n: int) -> dict:
-    """The RepetitionPlan dict of RepVGG-N: VGG11's later convs borrow from earlier ones."""
+    """The RepetitionPlan dict of RepVGG-N: VGG11's later convs borrow from earlier ones.
+
+    With the authors' choices (plan v2 defaults): a borrowing conv's bias starts at zero; the lenders
+    are ordinary convs and keep their init; no layer has remainders, so the rule does not matter.
+    """
     names = vgg_conv_names(VGG_CFGS[11])
     layers = {names[x - 1]: {"borrow": names[y - 1]} for x, y in sorted(REP_VGG_BORROWS[n].items())}
-    return {"version": 1, "map": "swish", "scalar_init": "xavier", "layers": layers}
+    return {"version": 2, "map": "swish", "scalar_init": "xavier", "remainder": "paper",
+            "source_init": "small_xavier", "bias_init": "zeros", "layers": layers}
 
 
 for _n, _cfg in VGG_CFGS.items():

@@ -1,0 +1,544 @@
+"""``python -m repnas.experiments gpu``: turn one lent-GPU command into checks, benchmarks and results.
+
+A lent GPU is rare and short (one command of at most 10 minutes), so one command does, in order,
+what ``results/`` does not hold yet for this kind of GPU, and starts nothing that would end after
+``--time-limit``:
+
+a. CUDA checks: ``repnas train`` (bf16, channels_last, materialized == repeated), a packed Optuna
+   search (``--workers 4 --gpus-per-trial 0.25``), ``repnas report``; one JSON each.
+b. benchmarks: ``benchmarks/repeat_overhead.py``, ``trainer_throughput.py``, ``packed_trials.py`` and
+   the seconds of one 15-epoch VGG11 run; one JSON each, with the GPU's name and torch version.
+c. the experiment queue (``experiments/gpu_queue.yaml``), runs packed several at once on the GPU.
+d. tables, ``docs/results.md`` and one ``results.tgz`` of every file the command wrote.
+
+Checks and benchmarks measure the GPU, so they are kept per kind of GPU
+(``results/gpu/<slug of torch.cuda.get_device_name()>/{checks,bench}/*.json``); an experiment run is
+a result whatever GPU made it (``results/<experiment>/runs/*.json`` records the hardware), so the
+queue skips a run any GPU has finished.
+
+Estimates: each task's duration is a declared planning figure (:data:`DECLARED`) until something was
+measured on this kind of GPU (the task's own last time, earlier runs of the same model, the VGG11
+benchmark), and is then derived from that (the task log says which). Packing follows one rule:
+``pack_of``: a model runs ``k`` at once where ``benchmarks/packed_trials.py`` measured that ``k`` copies
+of a model with at least its FLOPs per image gave the most trials per hour on this GPU; without that
+measurement, one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repnas._io import atomic_path, atomic_write_text
+from repnas.errors import UserError
+from repnas.experiments._gpu_queue import (
+    GpuQueue,
+    QueueItem,
+    blocked_reason,
+    item_runs,
+    queue_experiment,
+)
+from repnas.experiments._runner import read_run, run_path
+from repnas.experiments._schedule import Task, run_tasks
+
+__all__ = ["DECLARED", "GpuSession", "device_slug", "plan_queue", "run_gpu_session", "write_archive"]
+
+#: seconds, planning figures for a task nothing was measured for on this kind of GPU (not results): the
+#: issue's own budget ("checks about a minute, benchmarks about two"), with room for the first CIFAR-10
+#: decode and process starts; after a session, the measured times (timings.json) replace them.
+DECLARED = {"check/train": 45, "check/search": 60, "check/report": 15, "bench/repeat_overhead": 30,
+            "bench/trainer_throughput": 45, "bench/packed_trials": 90, "bench/vgg11_15ep": 60}
+SMOKE_DECLARED = {"check/train": 20, "check/search": 30, "check/report": 12, "bench/repeat_overhead": 12,
+                  "bench/trainer_throughput": 15, "bench/packed_trials": 25, "bench/vgg11_15ep": 12}
+#: measured estimates are multiplied by this before a start is decided (machines vary between leases)
+SAFETY = 1.15
+#: seconds a search chunk spends before its first trial (processes, imports, data)
+SEARCH_STARTUP = {False: 30.0, True: 10.0}
+#: targets the benchmarks are judged against (issue 10)
+TARGETS = {"repeat_overhead": ("ratio", "<=", 1.03), "trainer_throughput": ("ratio", ">=", 10.0),
+           "packed_trials": ("ratio", ">=", 3.0)}
+
+
+def device_slug(name: str) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``: a folder name per kind of GPU."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+
+
+@dataclass
+class GpuSession:
+    """Where one session reads and writes, and what it runs on."""
+
+    results: Path
+    device: str
+    hardware: str
+    queue: GpuQueue
+    smoke: bool = False
+    data_dir: str | None = None
+    work: Path = Path("runs/gpu-work")
+    python: str = sys.executable
+    root: Path = field(default_factory=Path.cwd)
+
+    @property
+    def slug(self) -> str:
+        return device_slug(self.hardware)
+
+    @property
+    def gpu_dir(self) -> Path:
+        return self.results / "gpu" / self.slug
+
+    @property
+    def declared(self) -> dict[str, float]:
+        return SMOKE_DECLARED if self.smoke else DECLARED
+
+    def rebase(self, path: str | Path) -> Path:
+        """A ``results/...`` path of a config file, inside this session's results folder."""
+        parts = Path(path).parts
+        return self.results.joinpath(*parts[1:]) if parts and parts[0] == "results" else Path(path)
+
+    # ------------------------------------------------------------------ measurements so far
+    def timings(self) -> dict[str, float]:
+        data = _read_json(self.gpu_dir / "timings.json")
+        return data if isinstance(data, dict) else {}
+
+    def record_timings(self, records: list[dict[str, Any]]) -> None:
+        timings = self.timings()
+        for r in records:
+            if r.get("rc") == 0:
+                timings[r["task"]] = r["seconds"]
+        self.gpu_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.gpu_dir / "timings.json", json.dumps(timings, indent=1, sort_keys=True) + "\n")
+
+    def estimate(self, name: str) -> tuple[float, str]:
+        measured = self.timings().get(name)
+        if measured:
+            return SAFETY * float(measured), f"measured {measured:.0f} s on {self.slug}"
+        return float(self.declared[name]), "declared"
+
+    def bench(self, name: str) -> dict[str, Any] | None:
+        data = _read_json(self.gpu_dir / "bench" / f"{name}.json")
+        return data if isinstance(data, dict) else None
+
+    def ledger(self) -> dict[str, float]:
+        data = _read_json(self.results / "gpu" / "ledger.json")
+        return data if isinstance(data, dict) else {}
+
+    def add_to_ledger(self, spent: dict[str, float]) -> None:
+        ledger = self.ledger()
+        for item, seconds in spent.items():
+            ledger[item] = round(ledger.get(item, 0.0) + seconds, 1)
+        (self.results / "gpu").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.results / "gpu" / "ledger.json", json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+
+    # ------------------------------------------------------------------ tasks
+    def job(self, name: str, spec: dict[str, Any], estimate: float, basis: str, share: float = 1.0) -> Task:
+        """A task running ``repnas.experiments._job`` on ``spec`` (written beside the work folder)."""
+        specs = self.work / "specs"
+        specs.mkdir(parents=True, exist_ok=True)
+        path = specs / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.json"
+        threads = self.cpu_threads(share)
+        spec = {"name": name, "device": self.device, "smoke": self.smoke, "threads": threads, **spec}
+        atomic_write_text(path, json.dumps(spec, indent=1) + "\n")
+        return self.task(name, [self.python, "-m", "repnas.experiments._job", str(path)], estimate, basis, share)
+
+    def cpu_threads(self, share: float) -> int | None:
+        """Torch threads of a task on the CPU: its share of the cores (None on a GPU: leave as is)."""
+        if self.device.startswith("cuda"):
+            return None
+        return max(1, int((os.cpu_count() or 1) * share))
+
+    def task(self, name: str, argv: list[str], estimate: float, basis: str, share: float = 1.0) -> Task:
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (str(self.root), os.environ.get("PYTHONPATH")) if p),
+               "PYTHONUNBUFFERED": "1"}
+        threads = self.cpu_threads(share)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        log = self.gpu_dir / "logs" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.log"
+        if log.exists():
+            log.unlink()
+        return Task(name=name, argv=argv, estimate=estimate, share=share, basis=basis, log=log, env=env)
+
+
+# ---------------------------------------------------------------------------------- a. checks
+def check_tasks(s: GpuSession) -> list[Task]:
+    dataset = "digits" if s.smoke else "cifar10"
+    search_dir = s.work / "check-search"
+    specs = {
+        # smoke: a repeated model of small physical shape (rep_vgg6 has VGG11's: seconds per eval on a CPU)
+        "check/train": {"kind": "check_train", "model": "rep_wrn16_2" if s.smoke else "rep_vgg6", "dataset": dataset,
+                        "epochs": 1,
+                        "steps": 2 if s.smoke else None, "batch_size": 16 if s.smoke else None,
+                        "work": str(s.work / "check-train")},
+        "check/search": {"kind": "check_search", "space": "quick" if s.smoke else "vgg-depth", "dataset": dataset,
+                         "budget": "12k" if s.smoke else "600k", "trials": 2 if s.smoke else 4,
+                         "workers": s.queue.search_workers if not s.smoke else 2,
+                         "gpus_per_trial": s.queue.search_gpus_per_trial, "epochs": 1, "work": str(search_dir)},
+        "check/report": {"kind": "check_report", "run": str(search_dir), "work": str(s.work / "check-report")},
+    }
+    passed = {name: bool((_read_json(s.gpu_dir / "checks" / f"{name.split('/')[1]}.json") or {}).get("pass"))
+              for name in specs}
+    if not passed["check/report"] and not (search_dir / "trials.parquet").is_file():
+        passed["check/search"] = False  # the report check reads that search: run it again first
+    tasks = []
+    for name, spec in specs.items():
+        if passed[name]:
+            continue
+        result = s.gpu_dir / "checks" / f"{name.split('/')[1]}.json"
+        estimate, basis = s.estimate(name)
+        task = s.job(name, {**spec, "data_dir": s.data_dir, "result": str(result)}, estimate, basis)
+        if name == "check/report":
+            task.needs = [t.name for t in tasks if t.name == "check/search"]
+        tasks.append(task)
+    return tasks
+
+
+# ------------------------------------------------------------------------------ b. benchmarks
+def bench_tasks(s: GpuSession) -> list[Task]:
+    bench_dir = s.gpu_dir / "bench"
+    scripts = s.root / "benchmarks"
+    data = ["--data-dir", s.data_dir] if s.data_dir else []
+    if s.smoke:
+        argv = {
+            "bench/repeat_overhead": ["--batch-size", "2", "--steps", "1", "--warmup", "0", "--rounds", "1"],
+            "bench/trainer_throughput": ["--dataset", "digits", "--model", "vgg4", "--steps", "3", "--batch-size", "32",
+                                         "--workers", "0"],
+            "bench/packed_trials": ["--dataset", "digits", "--models", "vgg4", "--steps", "2", "--trials", "1",
+                                    "--packs", "2"],
+        }
+    else:
+        argv = {"bench/repeat_overhead": ["--batch-size", "256"], "bench/trainer_throughput": [*data],
+                "bench/packed_trials": [*data]}
+    tasks = []
+    for name, extra in argv.items():
+        result = bench_dir / f"{name.split('/')[1]}.json"
+        if result.exists():
+            continue
+        estimate, basis = s.estimate(name)
+        command = [s.python, str(scripts / f"{name.split('/')[1]}.py"), "--device", s.device, *extra,
+                   "--out", str(result)]
+        tasks.append(s.task(name, command, estimate, basis))
+    result = bench_dir / "vgg11_15ep.json"
+    if not result.exists():
+        recipe_exp = queue_experiment(s.root / "experiments" / "c1c2_vgg_depth.yaml", s.smoke)
+        recipe = {**recipe_exp.recipe, "epochs": 1 if s.smoke else 15}
+        # smoke: vgg4 stands in (VGG11 on a CPU costs seconds per evaluation, even of 8x8 digits)
+        config = {"model": {"family": "vgg4" if s.smoke else "vgg11"}, "recipe": recipe, "seed": 0, "device": s.device,
+                  "dataset": {**recipe_exp.dataset, "data_dir": s.data_dir or _data_dir(recipe_exp)}}
+        estimate, basis = s.estimate("bench/vgg11_15ep")
+        tasks.append(s.job("bench/vgg11_15ep", {"kind": "bench_run", "config": config, "result": str(result)},
+                           estimate, basis))
+    return tasks
+
+
+def _data_dir(exp) -> str | None:
+    from repnas.experiments._config import resolve_data_dir
+
+    return resolve_data_dir(exp.dataset.get("data_dir"))
+
+
+# ------------------------------------------------------------------------------- c. the queue
+def model_flops(entry, dataset: str) -> int:
+    """Forward FLOPs per image of an experiment's model on its dataset (the packing rule's input)."""
+    from repnas.rescale import count_flops
+    from repnas.spaces import build_model, dataset_info
+
+    info = dataset_info(dataset)
+    return int(count_flops(build_model(entry.model, info.num_classes, info.in_channels), info.input_shape))
+
+
+def pack_of(s: GpuSession, flops: float) -> tuple[int, float]:
+    """(runs at once, measured speed-up at that many) for a model of ``flops`` per image.
+
+    The rule: take the benchmarked model with the fewest FLOPs that still has at least ``flops``; use
+    the number of copies that gave it the most trials per hour (capped by ``max_pack``). A model
+    heavier than every benchmarked one, or no benchmark on this GPU: (1, 1.0).
+    """
+    bench = s.bench("packed_trials")
+    rows = sorted((r for r in (bench or {}).get("models", []) if r.get("flops", 0) >= flops),
+                  key=lambda r: r["flops"])
+    if not rows:
+        return 1, 1.0
+    row = rows[0]
+    speedups = {int(k): float(v) for k, v in row.get("speedup", {}).items() if int(k) <= s.queue.max_pack}
+    if not speedups:
+        return 1, 1.0
+    k = max(speedups, key=lambda n: (speedups[n], -n))
+    return (k, speedups[k]) if speedups[k] > 1.0 else (1, 1.0)
+
+
+def run_estimate(s: GpuSession, exp, entry, flops: int) -> tuple[float, str]:
+    """Seconds one run of ``entry`` takes alone on this GPU, and on what the figure rests."""
+    epochs = exp.recipe.get("epochs")
+    measured = []
+    for path in s.results.glob("*/runs/*.json"):
+        r = read_run(path)
+        if (r and r.get("model") == entry.name and r.get("hardware") == s.hardware
+                and r.get("epochs") == epochs and bool(r.get("smoke")) == s.smoke):
+            # a packed run's wall time x its share x the measured speed-up = its time alone
+            measured.append(float(r["wall_seconds"]) * float(r.get("gpu_share", 1.0))
+                            * float(r.get("pack_speedup", 1.0)))
+    if measured:
+        return SAFETY * max(measured), f"measured: {len(measured)} earlier run(s) of {entry.name}"
+    bench = s.bench("vgg11_15ep")
+    if bench and bench.get("dataset") == exp.dataset.get("name") and epochs and bench.get("epochs"):
+        scale = epochs / bench["epochs"] * max(1.0, flops / max(1, bench.get("flops", 1)))
+        return SAFETY * bench["seconds"] * scale, "from the VGG11 benchmark (epochs, FLOPs)"
+    return s.queue.default_run_seconds, "declared (gpu_queue.yaml default_run_seconds)"
+
+
+@dataclass
+class QueuePlan:
+    tasks: list[Task] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    #: task name -> queue item (for the GPU-time ledger)
+    owner: dict[str, str] = field(default_factory=dict)
+
+
+def plan_queue(s: GpuSession, log: Callable[[str], None] = print) -> QueuePlan:
+    """The queue's tasks in priority order: what is done is skipped, what waits says why, and each
+    item stops at its ``gpu_minutes`` cap (GPU seconds spent so far from the ledger + the plan)."""
+    plan = QueuePlan()
+    claimed: set[Path] = set()
+    ledger = s.ledger()
+    for item in s.queue.items:
+        reason = blocked_reason(item)
+        if reason:
+            plan.notes.append({"item": item.name, "status": "waiting", "reason": reason})
+            log(f"  queue {item.name}: skipped, {reason}")
+            continue
+        cap = None if item.gpu_minutes is None else 60.0 * item.gpu_minutes
+        spent = ledger.get(item.name, 0.0)
+        if item.search:
+            note = _plan_search(s, item, plan, cap, spent)
+        else:
+            note = _plan_runs(s, item, plan, cap, spent, claimed)
+        plan.notes.append(note)
+        log(f"  queue {item.name}: {note['status']}" + (f" ({note['reason']})" if note.get("reason") else ""))
+    return plan
+
+
+def _plan_runs(s: GpuSession, item: QueueItem, plan: QueuePlan, cap: float | None, spent: float,
+               claimed: set[Path]) -> dict[str, Any]:
+    exp = queue_experiment(item.experiment, s.smoke)
+    out = s.rebase(Path("results") / exp.name)
+    pairs = item_runs(item, exp, s.queue.runs_per_item)
+    done, planned, capped = 0, 0, 0
+    flops_cache: dict[str, int] = {}
+    for entry, seed in pairs:
+        path = run_path(out, entry, seed)
+        if path in claimed:
+            continue
+        claimed.add(path)
+        if path.exists():
+            done += 1
+            continue
+        if entry.name not in flops_cache:
+            flops_cache[entry.name] = model_flops(entry, exp.dataset["name"])
+        alone, basis = run_estimate(s, exp, entry, flops_cache[entry.name])
+        k, speedup = pack_of(s, flops_cache[entry.name])
+        estimate = alone * k / speedup
+        if cap is not None and spent + estimate / k > cap:
+            capped += 1
+            continue
+        spent += estimate / k
+        name = f"queue/{item.name}/{entry.file_stem}/seed{seed}"
+        spec = {"kind": "run", "experiment": str(item.experiment), "model": entry.name, "seed": seed,
+                "out": str(out), "data_dir": s.data_dir,
+                "extra": {"queue_item": item.name, "gpu_share": 1.0 / k, "pack_speedup": speedup}}
+        basis = f"{basis}; {k} at once" if k > 1 else basis
+        plan.tasks.append(s.job(name, spec, estimate, basis, share=1.0 / k))
+        plan.owner[name] = item.name
+        planned += 1
+    total = done + planned + capped
+    status = "done" if done == total else f"{planned} run(s) planned, {done}/{total} done"
+    reason = f"{capped} run(s) over the {item.gpu_minutes:g} GPU-minute cap" if capped else ""
+    return {"item": item.name, "status": status, "reason": reason, "done": done, "planned": planned,
+            "capped": capped, "total": total}
+
+
+def _search_rows(out: Path):
+    import pandas as pd
+
+    path = out / "trials.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def _plan_search(s: GpuSession, item: QueueItem, plan: QueuePlan, cap: float | None, spent: float) -> dict[str, Any]:
+    spec = item.search
+    assert spec is not None
+    out = s.rebase(spec["out"])
+    recipe_exp = queue_experiment(Path(spec["recipe_from"]), s.smoke)
+    epochs = int(spec.get("epochs") or recipe_exp.recipe.get("epochs") or 1)
+    rows = _search_rows(out)
+    have = 0 if rows is None else len(rows)
+    total = int(spec["trials"])
+    if have >= total:
+        return {"item": item.name, "status": "done", "done": have, "total": total}
+    workers = s.queue.search_workers
+    per_trial, basis = _trial_estimate(s, rows, epochs, workers)
+    startup = SEARCH_STARTUP[s.smoke]
+
+    def chunk(n: int) -> Task:
+        estimate = startup + math.ceil(n / workers) * per_trial
+        job = {"kind": "search", "out": str(out), "target": have + n, "workers": workers,
+               "gpus_per_trial": s.queue.search_gpus_per_trial, "space": spec["space"],
+               "dataset": spec.get("dataset") or recipe_exp.dataset["name"], "budget": spec.get("budget", ""),
+               "epochs": epochs, "recipe": recipe_exp.recipe, "seed": spec.get("seed", 0),
+               "data_dir": s.data_dir or _data_dir(recipe_exp)}
+        name = f"queue/{item.name}/trials-{have + 1}-{have + n}"
+        plan.owner[name] = item.name
+        task = s.job(name, job, estimate, f"{basis}; {n} trial(s), {workers} workers")
+        task.shrink = shrink
+        return task
+
+    def fits(seconds: float) -> int:
+        return workers * int(max(0.0, seconds - startup) // per_trial)
+
+    def shrink(seconds: float) -> Task | None:
+        n = min(total - have, fits(seconds))
+        return chunk(n) if n >= 1 else None
+
+    n = total - have
+    if cap is not None:
+        n = min(n, fits(cap - spent))
+        if n < 1:
+            return {"item": item.name, "status": f"{have}/{total} trials", "reason":
+                    f"the {item.gpu_minutes:g} GPU-minute cap is spent", "done": have, "total": total}
+    plan.tasks.append(chunk(n))
+    return {"item": item.name, "status": f"{n} trial(s) planned, {have}/{total} done", "done": have,
+            "planned": n, "total": total}
+
+
+def _trial_estimate(s: GpuSession, rows, epochs: int, workers: int) -> tuple[float, str]:
+    """Seconds one trial takes while ``workers`` trials share the GPU."""
+    if rows is not None and len(rows) and rows["train_seconds"].notna().any():
+        return SAFETY * (float(rows["train_seconds"].max()) + 10.0), "measured: this search's slowest trial + 10 s"
+    bench = s.bench("vgg11_15ep")
+    if bench and bench.get("epochs"):
+        k, speedup = pack_of(s, float(bench.get("flops", 0)))
+        slowdown = workers / speedup if k >= workers else float(workers)
+        # the budget solver narrows a candidate to ~its budget, so VGG11's FLOPs bound those of vgg-depth
+        # (rep_vgg6, at 600k, has exactly VGG11's shape) and far exceed wrn-width's
+        return SAFETY * bench["seconds"] * epochs / bench["epochs"] * slowdown, "from the VGG11 benchmark"
+    return s.queue.default_run_seconds * workers, "declared (default_run_seconds x workers)"
+
+
+# ------------------------------------------------------------------------------ d. the archive
+def write_archive(results: Path, since_ns: int, archive: Path, max_bytes: int = 4 << 20) -> list[str]:
+    """Pack every file under ``results`` modified since ``since_ns`` (not checkpoints, nothing over
+    ``max_bytes``) into ``archive`` (members relative to ``results``: unpack with ``-C results``)."""
+    members = sorted(p for p in results.rglob("*") if p.is_file() and p.stat().st_mtime_ns >= since_ns
+                     and p.suffix != ".pt" and p.stat().st_size <= max_bytes and not p.name.startswith("."))
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for path in members:
+            tar.add(path, arcname=str(path.relative_to(results)))
+    return [str(p.relative_to(results)) for p in members]
+
+
+# ------------------------------------------------------------------------------ the session
+def run_gpu_session(s: GpuSession, time_limit: float, archive: Path, *, reserve: float = 20.0,
+                    only: Callable[[str], bool] | None = None, log: Callable[[str], None] = print,
+                    write_page: Path | None = None, **schedule: Any) -> dict[str, Any]:
+    """Checks, benchmarks, the queue, tables and the archive within ``time_limit`` seconds."""
+    started_ns = time.time_ns() - 1
+    clock = schedule.get("clock", time.monotonic)
+    t0 = clock()
+    deadline = t0 + time_limit - reserve
+    s.gpu_dir.mkdir(parents=True, exist_ok=True)
+    s.work.mkdir(parents=True, exist_ok=True)
+    log(f"gpu session on {s.hardware} ({s.device}), results in {s.results}, {time_limit:.0f} s "
+        f"({reserve:.0f} s kept for tables and the archive)")
+    record: dict[str, Any] = {"hardware": s.hardware, "device": s.device, "smoke": s.smoke,
+                              "time_limit": time_limit, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "phases": {}}
+    queue_notes: list[dict[str, Any]] = []
+    for phase in ("checks", "benchmarks", "queue"):
+        log(f"[{clock() - t0:5.0f} s] {phase}")
+        if phase == "checks":
+            tasks, owner = check_tasks(s), {}
+        elif phase == "benchmarks":
+            tasks, owner = bench_tasks(s), {}
+        else:
+            plan = plan_queue(s, log)
+            tasks, owner, queue_notes = plan.tasks, plan.owner, plan.notes
+        if only is not None:
+            tasks = [t for t in tasks if only(t.name)]
+        if not tasks:
+            log("  nothing to do (all done or waiting)")
+            record["phases"][phase] = {"done": [], "left": [], "wall_seconds": 0.0}
+            continue
+        outcome = run_tasks(tasks, deadline, log=log, max_running=s.queue.max_pack if phase == "queue" else 1,
+                            **schedule)
+        s.record_timings([r for r in outcome.records if not r["task"].startswith("queue/")])
+        if owner:
+            spent: dict[str, float] = {}
+            for r in outcome.records:
+                spent[owner[r["task"]]] = spent.get(owner[r["task"]], 0.0) + r["seconds"] * r["share"]
+            s.add_to_ledger(spent)
+        record["phases"][phase] = {"done": outcome.done, "failed": outcome.failed, "killed": outcome.killed,
+                                   "left": outcome.left, "wall_seconds": round(outcome.wall_seconds, 1),
+                                   "tasks": outcome.records}
+    record["queue"] = queue_notes
+    record["packing"] = _packing_summary(record["phases"].get("queue", {}))
+    log(f"[{clock() - t0:5.0f} s] tables")
+    from repnas.experiments._results_page import rebuild_all
+
+    rebuild_all(s.queue, s.results, page=write_page, smoke=s.smoke, log=log)
+    record["wall_seconds"] = round(clock() - t0, 1)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    (s.gpu_dir / "sessions").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(s.gpu_dir / "sessions" / f"{stamp}.json", json.dumps(record, indent=1) + "\n")
+    files = write_archive(s.results, started_ns, archive)
+    record["archive"] = {"path": str(archive), "files": len(files)}
+    log(f"[{clock() - t0:5.0f} s] wrote {archive} ({len(files)} files); unpack with "
+        f"`experiments/device.sh unpack DIR` (or tar xzf {archive.name} -C results)")
+    return record
+
+
+def _packing_summary(queue_phase: dict[str, Any]) -> dict[str, Any]:
+    """How packed the queue ran: wall time vs the sum of its tasks' times (mean concurrency)."""
+    tasks = queue_phase.get("tasks") or []
+    wall = float(queue_phase.get("wall_seconds") or 0.0)
+    busy = sum(t["seconds"] for t in tasks)
+    return {"tasks": len(tasks), "wall_seconds": wall, "sum_task_seconds": round(busy, 1),
+            "mean_concurrency": round(busy / wall, 2) if wall > 0 else None,
+            "max_concurrency": max((t.get("running_at_start") or 1 for t in tasks), default=0)}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def session_for(device: str, smoke: bool, queue_path: Path, results: Path | None, data_dir: str | None,
+                work: Path | None = None) -> GpuSession:
+    """A session on ``device`` (``auto``: CUDA if there is one), with its hardware name resolved."""
+    from repnas.experiments._gpu_queue import load_queue
+    from repnas.experiments._runner import hardware_name
+    from repnas.train import resolve_device
+
+    resolved = str(resolve_device(device))
+    if resolved == "cuda":
+        resolved = "cuda:0"
+    queue = load_queue(queue_path, smoke=smoke)
+    base = Path("runs/gpu-smoke") if smoke else Path(".")
+    results = results or base / "results"
+    work = work or (results.parent / "work" if smoke else Path("runs/gpu-work"))
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such folder")
+    if data_dir is None and not smoke:  # the experiments' own candidates (../shared/datasets, .data, ...)
+        from repnas.experiments._config import resolve_data_dir
+
+        data_dir = resolve_data_dir(["../shared/datasets", "shared/datasets", ".data"])
+    return GpuSession(results=results, device=resolved, hardware=hardware_name(resolved), queue=queue,
+                      smoke=smoke, data_dir=data_dir, work=work)

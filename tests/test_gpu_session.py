@@ -1,0 +1,241 @@
+"""The GPU session (``python -m repnas.experiments gpu``): the deadline scheduler on a fake clock, the
+queue's order and skips, C3's wait for the faithful models, the packing rule, and one real smoke
+slice on CPU (digits) that writes JSONs and results.tgz and starts nothing the second time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from repnas.experiments import _gpu, _gpu_queue
+from repnas.experiments._gpu import bench_tasks, check_tasks, pack_of, plan_queue, session_for
+from repnas.experiments._schedule import Task, run_tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUE = ROOT / "experiments" / "gpu_queue.yaml"
+
+
+# --------------------------------------------------------------------------- the scheduler, fake clock
+class FakeWorld:
+    """A clock that only moves when the scheduler sleeps, and processes that end after ``durations``."""
+
+    def __init__(self, durations: dict[str, float]) -> None:
+        self.now = 0.0
+        self.durations = durations
+        self.started: list[tuple[str, float, int]] = []  # (name, time, running incl. itself)
+        self.running: list[str] = []
+        self.killed: list[str] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def launcher(self, task: Task):
+        world, began = self, self.now
+        world.running.append(task.name)
+        world.started.append((task.name, began, len(world.running)))
+
+        class Handle:
+            def poll(self):
+                if world.now - began >= world.durations[task.name]:
+                    if task.name in world.running:
+                        world.running.remove(task.name)
+                    return 0
+                return None
+
+            def kill(self):
+                world.killed.append(task.name)
+                world.running.remove(task.name)
+
+        return Handle()
+
+
+def _run(world: FakeWorld, tasks: list[Task], deadline: float, **kw):
+    return run_tasks(tasks, deadline, clock=world.clock, sleep=world.sleep, launcher=world.launcher, poll=1.0,
+                     log=lambda _: None, **kw)
+
+
+def test_starts_nothing_that_would_end_past_the_deadline():
+    tasks = [Task("a", [], 30), Task("b", [], 50), Task("c", [], 10), Task("d", [], 25)]
+    world = FakeWorld({"a": 30, "b": 50, "c": 10, "d": 25})
+    outcome = _run(world, tasks, deadline=60)
+    # a runs 0-30; b (50 s) would end at 80: not started; c fits (30-40); d would end at 65: not started
+    assert [name for name, _, _ in world.started] == ["a", "c"]
+    assert outcome.done == ["a", "c"] and outcome.left == ["b", "d"]
+    assert all(began + {"a": 30, "c": 10}[name] <= 60 for name, began, _ in world.started)
+
+
+def test_packs_by_share_and_keeps_priority_order():
+    tasks = [Task(f"r{k}", [], 10, share=0.25) for k in range(5)] + [Task("alone", [], 5, share=1.0)]
+    world = FakeWorld({**{f"r{k}": 10 for k in range(5)}, "alone": 5})
+    outcome = _run(world, tasks, deadline=100)
+    assert [n for n, _, _ in world.started] == ["r0", "r1", "r2", "r3", "r4", "alone"]
+    assert max(running for _, _, running in world.started) == 4  # four quarter-shares fill the GPU
+    starts = {n: t for n, t, _ in world.started}
+    assert starts["r4"] >= 10 and starts["alone"] >= starts["r4"] + 10  # a share-1 task waits for an idle GPU
+    assert len(outcome.done) == 6
+
+
+def test_kills_at_the_deadline_when_an_estimate_was_wrong_and_shrinks_to_fit():
+    world = FakeWorld({"slow": 500, "chunk-small": 20})
+    outcome = _run(world, [Task("slow", [], 10)], deadline=60, grace=5)
+    assert outcome.killed == ["slow"] and world.now <= 66
+
+    world = FakeWorld({"chunk-small": 20})
+    big = Task("chunk-big", [], 100, shrink=lambda seconds: Task("chunk-small", [], 20) if seconds >= 20 else None)
+    outcome = _run(world, [big], deadline=30)
+    assert outcome.done == ["chunk-small"]
+
+    world = FakeWorld({"report": 1})  # a task whose input was not made in this pass is not started
+    outcome = _run(world, [Task("search", [], 50), Task("report", [], 1, needs=["search"])], deadline=30)
+    assert outcome.left == ["search", "report"] and world.started == []
+
+
+# --------------------------------------------------------------------------- the queue
+@pytest.fixture
+def session(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the queue names experiment files relative to the repository
+    monkeypatch.setattr(_gpu, "model_flops", lambda entry, dataset: 1)
+    s = session_for("cpu", False, QUEUE, tmp_path / "results", None, work=tmp_path / "work")
+    bench = s.gpu_dir / "bench"
+    bench.mkdir(parents=True)
+    # measured-looking benchmark files so that the estimates stay under the caps
+    (bench / "vgg11_15ep.json").write_text(json.dumps({"dataset": "cifar10", "epochs": 15, "seconds": 15.0,
+                                                       "flops": 10}))
+    return s
+
+
+def _names(tasks) -> list[str]:
+    return [t.name for t in tasks]
+
+
+def test_queue_order_and_c3_waits_for_the_faithful_models(session, monkeypatch):
+    monkeypatch.setattr(_gpu_queue, "rep_cnn_c4_params", lambda: 352_123)  # today's registry
+    plan = plan_queue(session, log=lambda _: None)
+    names = _names(plan.tasks)
+    assert names[:6] == [f"queue/c1c2-core/{m}/seed{s}" for m in ("vgg6", "rep_vgg6", "vgg11") for s in (0, 1)]
+    assert names[6:12] == [f"queue/c2-width-core/{m}/seed{s}" for m in ("wrn16_1", "rep_wrn16_4", "wrn16_4")
+                           for s in (0, 1)]
+    rest = [n for n in names if n.startswith("queue/c1c2-rest/")]
+    assert len(rest) == 24 and not any("/vgg6/" in n or "/vgg11/" in n or "/rep_vgg6/" in n for n in rest)
+    assert names[12:36] == rest  # the rest of c1c2 comes next, then the rest of the width experiment
+    assert names[36:42] == [n for n in names if n.startswith("queue/c2-width-rest/")]
+    assert names[42:] == ["queue/search-vgg-depth/trials-1-24", "queue/search-wrn-width/trials-1-24"]
+    c3 = next(n for n in plan.notes if n["item"] == "c3")
+    assert c3["status"] == "waiting" and "352,123" in c3["reason"] and "352,987" in c3["reason"]
+
+    monkeypatch.setattr(_gpu_queue, "rep_cnn_c4_params", lambda: 352_987)  # fidelity's models merged
+    plan = plan_queue(session, log=lambda _: None)
+    c3_tasks = [n for n in _names(plan.tasks) if n.startswith("queue/c3/")]
+    assert c3_tasks and _names(plan.tasks)[-len(c3_tasks):] == c3_tasks  # last, after the searches
+    c3 = next(n for n in plan.notes if n["item"] == "c3")
+    # no rot-MNIST timing measured: declared 300 s per run, so the 40-minute cap admits 8 of the 14 runs
+    assert c3["planned"] == len(c3_tasks) == 8 and c3["capped"] == 6 and "cap" in c3["reason"]
+
+
+def test_skips_what_is_done(session, monkeypatch):
+    monkeypatch.setattr(_gpu_queue, "rep_cnn_c4_params", lambda: 352_123)
+    runs = session.results / "c1c2_vgg_depth" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "vgg6__seed0.json").write_text("{}")
+    search = session.results / "search" / "wrn-width-cifar10"
+    search.mkdir(parents=True)
+    pd.DataFrame({"trial": range(20), "status": "complete", "train_seconds": 40.0}).to_parquet(
+        search / "trials.parquet")
+    plan = plan_queue(session, log=lambda _: None)
+    names = _names(plan.tasks)
+    assert "queue/c1c2-core/vgg6/seed0" not in names and names[0] == "queue/c1c2-core/vgg6/seed1"
+    assert names[-1] == "queue/search-wrn-width/trials-21-24"  # a search continues where it stopped
+    assert "measured" in plan.tasks[-1].basis
+
+    checks = session.gpu_dir / "checks"
+    checks.mkdir(parents=True)
+    (checks / "train.json").write_text(json.dumps({"pass": True}))
+    (checks / "search.json").write_text(json.dumps({"pass": False}))  # a failed check runs again
+    tasks = check_tasks(session)
+    assert _names(tasks) == ["check/search", "check/report"] and tasks[1].needs == ["check/search"]
+    (checks / "search.json").write_text(json.dumps({"pass": True}))  # passed, but its run is not here:
+    assert _names(check_tasks(session)) == ["check/search", "check/report"]  # the report needs it again
+    (session.gpu_dir / "bench" / "packed_trials.json").write_text("{}")
+    assert _names(bench_tasks(session)) == ["bench/repeat_overhead", "bench/trainer_throughput"]
+
+
+def test_gpu_minute_cap_and_packing_rule(session, monkeypatch):
+    monkeypatch.setattr(_gpu_queue, "rep_cnn_c4_params", lambda: 352_123)
+    session.add_to_ledger({"c1c2-core": 15 * 60.0})  # the item's cap is spent
+    plan = plan_queue(session, log=lambda _: None)
+    assert not any(n.startswith("queue/c1c2-core/") for n in _names(plan.tasks))
+    note = next(n for n in plan.notes if n["item"] == "c1c2-core")
+    assert "cap" in note["reason"]
+
+    assert pack_of(session, 5) == (1, 1.0)  # nothing measured: one at a time
+    (session.gpu_dir / "bench" / "packed_trials.json").write_text(json.dumps({"models": [
+        {"model": "vgg6", "flops": 100, "speedup": {"1": 1.0, "2": 1.8, "4": 3.2}},
+        {"model": "vgg11", "flops": 1000, "speedup": {"1": 1.0, "2": 1.3, "4": 1.2}}]}))
+    assert pack_of(session, 50) == (4, 3.2)  # lighter than vgg6: packs like vgg6
+    assert pack_of(session, 500) == (2, 1.3)  # between: like vgg11, its best count
+    assert pack_of(session, 5000) == (1, 1.0)  # heavier than anything measured
+
+
+# --------------------------------------------------------------------------- one real slice on CPU
+def test_smoke_slice_writes_results_and_archive_then_skips(tmp_path, monkeypatch, capsys):
+    from repnas.experiments.__main__ import main
+
+    monkeypatch.chdir(ROOT)
+    results, archive = tmp_path / "results", tmp_path / "results.tgz"
+    argv = ["gpu", "--smoke", "--device", "cpu", "--results", str(results), "--archive", str(archive),
+            "--only", "queue/c1c2-core", "--time-limit", "300"]
+    assert main(argv) == 0, capsys.readouterr()
+    text = capsys.readouterr().out
+    run = results / "c1c2_vgg_depth" / "runs" / "vgg6__seed0.json"
+    record = json.loads(run.read_text())
+    assert record["queue_item"] == "c1c2-core" and record["hardware"].startswith("CPU") and record["smoke"]
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert {"c1c2_vgg_depth/runs/vgg6__seed0.json", "c1c2_vgg_depth/table.md"} <= set(names)
+    assert any(n.startswith("gpu/") and "/sessions/" in n for n in names)
+    assert "waits for fidelity" in text
+    page = (tmp_path / "results.md").read_text()  # the smoke's docs/results.md, beside its results
+    assert "| vgg6 |" in page and "not measured (no GPU lent)" in page  # a CPU run is no GPU figure
+
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert "start:" not in second and "queue: 0 done, 0 left" in second
+    assert json.loads(run.read_text())["finished"] == record["finished"]  # not redone
+
+
+def test_device_script_carry_fits_64_mib(tmp_path):
+    shared = Path(os.environ.get("REPNAS_SHARED", ROOT.parent / "shared"))  # as conftest.py finds it
+    if not (shared / "datasets" / "cifar10.tar.gz").exists() or not (shared / "tools" / "device-wheels").exists():
+        pytest.skip(f"{shared} (datasets and tools/device-wheels) not found")
+    # fetches the wheels into the git-ignored .dw1/ unless they are there (pip; CI reaches PyPI)
+    out = subprocess.run(["bash", str(ROOT / "experiments" / "device.sh"), "carry-size"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "REPNAS_SHARED": str(shared)})
+    if out.returncode != 0 and "pip" in out.stderr.lower() and not (ROOT / ".dw1").is_dir():
+        pytest.skip(f"the wheels could not be fetched: {out.stderr.strip().splitlines()[-1:]}")
+    assert out.returncode == 0, out.stderr
+    size = int(out.stdout.strip().splitlines()[-1].split()[0])
+    assert 20 << 20 < size <= 64 << 20  # the wheels and the archives are really in it
+
+
+def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+    from repnas.experiments.__main__ import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["gpu", "--smoke", "--device", "cpu", "--queue", str(tmp_path / "none.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"repnas: error: no such queue file: {tmp_path / 'none.yaml'}"
+    assert main(["gpu", "--device", "cpu", "--results", str(tmp_path / "r")]) == 2  # the real thing needs CUDA
+    assert "needs CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    bad = tmp_path / "q.yaml"
+    bad.write_text("queue:\n  - {name: x, experiment: experiments/c3_rotmnist.yaml, requires: luck}\n")
+    assert main(["gpu", "--smoke", "--device", "cpu", "--queue", str(bad)]) == 2
+    assert "requires must be one of faithful_rotmnist" in capsys.readouterr().err
