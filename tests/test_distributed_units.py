@@ -101,3 +101,30 @@ def test_tune_experiments_are_listed_in_the_order_they_ran(tmp_path):
     assert experiment_paths(str(tmp_path), "quick") == [f"{tmp_path.resolve()}/{n}" for n in ("quick", "quick-2",
                                                                                               "quick-10")]
     assert experiment_paths(str(tmp_path / "missing"), "quick") == []
+
+
+def test_ray_trials_claim_models_by_tune_id_and_the_driver_numbers_duplicates(tmp_path):
+    from repnas.search._canonical import ModelClaims, TrialModels
+    from repnas.search._distributed import storage_lock, storage_reachable
+    from repnas.search._ray_results import result_rows
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    search = SearchConfig(space="quick", storage=url, study="s")
+    assert not storage_reachable(search)  # a node that cannot see the file gets no claims
+    study = optuna.create_study(storage=url, study_name="s")
+    assert storage_reachable(search)
+    claims = ModelClaims(study, lambda: storage_lock(search))
+    assert TrialModels(claims, "ab_00000").acquire("k") is None  # the first trial trains it
+    TrialModels(claims, "ab_00000").finish("k", {"status": "complete", "val_accuracy": 0.5})
+    earlier = TrialModels(claims, "ab_00001").acquire("k")
+    assert earlier["trial"] == "ab_00000" and earlier["row"]["val_accuracy"] == 0.5
+
+    class Result:
+        def __init__(self, trial_id, metrics):
+            self.metrics, self.path, self.config = {"trial_id": trial_id, **metrics}, "x", {}
+            self.checkpoint, self.error = None, None
+
+    run = RunDir(tmp_path)
+    rows = result_rows(run, [Result("ab_00001", {"status": "complete", "duplicate_of": "ab_00000"}),
+                             Result("ab_00000", {"status": "complete"})], [])
+    assert rows[1]["duplicate_of"] == 0 and "duplicate_of" not in rows[0]

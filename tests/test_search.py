@@ -38,9 +38,11 @@ def test_run_directory_is_filled(quick_run):
     table = pd.read_parquet(quick_run / "trials.parquet")
     assert list(table.columns[: len(TRIAL_COLUMNS)]) == list(TRIAL_COLUMNS)
     assert {f"knob.{k}" for k in load_space("quick").knobs} <= set(table.columns)
-    assert len(table) == TRIALS and sorted(table["trial"]) == list(range(TRIALS))
+    assert sorted(table["trial"]) == list(range(len(table)))
+    trained = table[table["duplicate_of"].isna()]  # --trials counts distinct models, not proposals
+    assert len(trained) == TRIALS and trained["config"].map(_model_key).nunique() == TRIALS
     assert set(table["status"]) <= {"complete", "failed", "infeasible", "pruned"}
-    complete = table[table["status"] == "complete"]
+    complete = trained[trained["status"] == "complete"]
     assert len(complete) >= TRIALS - 1
     # digits has 10 classes: every completed trial learnt something
     assert (complete["val_accuracy"] > 0.5).all()
@@ -59,20 +61,43 @@ def test_every_completed_trial_is_under_the_budget(quick_run):
     assert (complete["physical_params"] >= complete["params"]).all()
 
 
-def test_load_study_and_best_trials_match_the_run_directory(quick_run):
+def _model_key(config: str) -> str:
+    from repnas.search._canonical import model_key
+
+    return model_key(json.loads(config))
+
+
+def test_load_study_and_best_trials_match_the_run_directory(quick_run, tmp_path):
+    """study.best_trials, the printed front, the export and the report's front: one set, each model once."""
+    import yaml
+
+    from repnas.analysis import front_table, load_run
+    from repnas.search._front import front_rows
+
     search = SearchConfig.from_yaml(quick_run / "search.yaml")
     study = optuna.load_study(study_name=search.study, storage=search.storage)
-    assert len(study.trials) == TRIALS
     table = pd.read_parquet(quick_run / "trials.parquet")
-    complete = table[table["status"] == "complete"].reset_index(drop=True)
+    assert len(study.trials) == len(table)
+    trained = table[table["duplicate_of"].isna()]
+    complete = trained[trained["status"] == "complete"].reset_index(drop=True)
     signs = np.array([-1.0, 1.0, 1.0])
     mask = nondominated(complete[["val_accuracy", "params", "flops"]].to_numpy(float) * signs)
     front = set(complete.loc[mask, "trial"])
     assert {t.number for t in study.best_trials} == front
+    assert set(front_rows(table, search)["trial"]) == front
+    assert set(front_table(load_run(quick_run))["trial"]) == front
+    assert main(["export", str(quick_run), "--pareto", "--out", str(tmp_path / "x")]) == 0
+    exported = yaml.safe_load((tmp_path / "x" / "exported.yaml").read_text())["trials"]
+    assert {e["trial"] for e in exported} == front and len(exported) == len(front)
+    assert complete.loc[mask, "config"].map(_model_key).nunique() == len(front)  # each model once
     for t in study.trials:
         row = table[table["trial"] == t.number].iloc[0]
         if row["status"] == "complete":
             assert t.values == [row["val_accuracy"], row["params"], row["flops"]]
+    for _, dup in table[table["duplicate_of"].notna()].iterrows():  # reused: same model, same numbers
+        original = table[table["trial"] == dup["duplicate_of"]].iloc[0]
+        assert pd.isna(original["duplicate_of"]) and _model_key(dup["config"]) == _model_key(original["config"])
+        assert (dup["val_accuracy"], dup["status"]) == (original["val_accuracy"], original["status"])
 
 
 def test_every_complete_trial_has_one_intermediate_value_per_epoch(quick_run):
@@ -127,20 +152,22 @@ def test_infeasible_points_never_train(tmp_path, monkeypatch):
     assert row["status"] == "infeasible" and "needs at least" in row["error"] and row["params"] > 50
 
 
-def test_two_workers_share_a_journal_storage(tmp_path):
-    out = tmp_path / "two"
-    code = main(["search", "--space", "quick", "--trials", "4", "--epochs", "1", "--workers", "2",
+def test_four_workers_share_a_journal_storage_and_never_train_one_model_twice(tmp_path):
+    out = tmp_path / "four"
+    code = main(["search", "--space", "quick", "--trials", "6", "--epochs", "1", "--workers", "4",
                  "--out", str(out), "--quiet", "--device", "cpu"])
     assert code == 0
     assert (out / "journal.log").is_file() and not (out / "study.db").exists()
     table = pd.read_parquet(out / "trials.parquet")
-    assert sorted(table["trial"]) == [0, 1, 2, 3]
-    assert set(table["worker"].str.split(":").str[0]) <= {"w0", "w1"}
+    assert sorted(table["trial"]) == list(range(len(table)))
+    assert set(table["worker"].str.split(":").str[0]) <= {"w0", "w1", "w2", "w3"}
+    trained = table[table["duplicate_of"].isna()]
+    assert len(trained) == 6 and trained["config"].map(_model_key).nunique() == 6
     search = SearchConfig.from_yaml(out / "search.yaml")
     from repnas.search._optuna_driver import open_storage
 
     study = optuna.load_study(study_name=search.study, storage=open_storage(search.storage))
-    assert len(study.trials) == 4
+    assert len(study.trials) == len(table)
 
 
 def test_ray_backend_writes_the_same_run_directory(tmp_path, capsys):
@@ -193,6 +220,30 @@ def test_ray_backend_writes_the_same_run_directory(tmp_path, capsys):
     knobs = [c for c in after.columns if c.startswith("knob.")]
     points = [tuple(row) for row in after[knobs].itertuples(index=False)]
     assert points[2] not in points[:2], "the second experiment replayed a point of the first"
+    # the sampler was told constraints, and best_trials is the printed front (Tune's numbers on the trials)
+    from repnas.search._front import front_rows
+
+    assert all(set(t.constraints) == {"over_budget", "duplicate"} for t in study.trials)
+    assert {t.user_attrs["trial"] for t in study.best_trials} == set(front_rows(after, search)["trial"])
+
+
+def test_ray_searcher_tells_duplicates_and_infeasible_points_as_constraints():
+    pytest.importorskip("ray.tune")
+    from repnas.search._ray_searcher import ConstrainedOptunaSearch
+
+    names, directions = ["val_accuracy", "params"], ["maximize", "minimize"]
+    searcher = ConstrainedOptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric=names,
+                                       mode=["max", "min"], directions=directions)
+    row = {"status": "complete", "val_accuracy": 0.9, "params": 900, "budget": 1000, "trial": 0}
+    for trial_id, result in (("a", row), ("b", {**row, "trial": 1, "duplicate_of": 0}),
+                             ("c", {"status": "infeasible", "params": 2000, "budget": 1000, "trial": 2})):
+        searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, result)
+    study = searcher._ot_study
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert [t.constraints["duplicate"] for t in study.trials] == [0.0, 1.0, 0.0]
+    assert study.trials[2].constraints["over_budget"] == 1.0
+    assert [t.user_attrs["trial"] for t in study.best_trials] == [0]
 
 
 def test_resumed_search_proposes_what_an_uninterrupted_one_would(tmp_path):
@@ -242,13 +293,14 @@ def test_early_stopping_search_records_pruned_trials(tmp_path):
     assert main(["search", "--space", "quick", "--trials", "8", "--epochs", "3", "--early-stop", "sha",
                  "--out", str(out), "--quiet", "--device", "cpu", "--seed", "5"]) == 0
     table = pd.read_parquet(out / "trials.parquet")
-    assert len(table) == 8
-    pruned = table[table["status"] == "pruned"]
+    assert table["duplicate_of"].isna().sum() == 8
+    pruned = table[(table["status"] == "pruned") & table["duplicate_of"].isna()]
     assert set(table["status"]) <= {"complete", "pruned", "failed", "infeasible"}
     assert len(pruned) >= 1 and pruned["error"].str.startswith("stopped early after epoch 1").all()
     search = SearchConfig.from_yaml(out / "search.yaml")
     study = optuna.load_study(study_name=search.study, storage=search.storage)
-    assert {t.number for t in study.trials if t.state.name == "PRUNED"} == set(pruned["trial"])
+    assert {t.number for t in study.trials if t.state.name == "PRUNED"} == set(table.loc[table["status"] == "pruned",
+                                                                                          "trial"])
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,10 @@ CSV::
 YAML (a list, a ``baselines:`` list, or a mapping from name to fields)::
 
     vgg6: {params: 292000, flops: 9100000, val_accuracy: 0.962, test_accuracy: 0.958}
+
+Or a search run directory, e.g. a search over a plain (no repetition) space at budget levels
+(``--budget 4k,10k,20k,40k``): its trained, complete trials are the plain family's scaling curve,
+trained with the same recipe as the run it is drawn beside; each is named ``<run>:<trial>``.
 """
 
 from __future__ import annotations
@@ -41,12 +45,26 @@ def _rows_from_yaml(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+def _rows_from_run(path: Path) -> list[dict[str, Any]]:
+    """Baseline rows of a run directory: complete trials that trained their own model."""
+    trials = pd.read_parquet(path / "trials.parquet")
+    keep = trials["status"].eq("complete")
+    if "duplicate_of" in trials.columns:
+        keep &= trials["duplicate_of"].isna()
+    if not keep.any():
+        raise UserError(f"{path}: no complete trials to use as baselines")
+    return [{"name": f"{path.name}:{int(r['trial'])}", **{k: r[k] for k in BASELINE_COLUMNS[1:]}}
+            for _, r in trials[keep].sort_values("params").iterrows()]
+
+
 def load_baselines(path: str | Path) -> pd.DataFrame:
     """Read and check a baselines file; returns one row per model with :data:`BASELINE_COLUMNS`."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir() and (path / "trials.parquet").is_file():
+        rows = _rows_from_run(path)
+    elif not path.is_file():
         raise UserError(f"{path}: no such baselines file")
-    if path.suffix.lower() in (".yaml", ".yml"):
+    elif path.suffix.lower() in (".yaml", ".yml"):
         rows = _rows_from_yaml(path)
     elif path.suffix.lower() == ".csv":
         try:

@@ -43,11 +43,12 @@ TRIAL_COLUMNS: tuple[str, ...] = (
     "error",
     "budget",
     "config",
+    "duplicate_of",  # the trial whose model this one reused without training (NaN: trained its own)
 )
 STATUSES: tuple[str, ...] = ("complete", "failed", "infeasible", "pruned")
 KNOB_PREFIX = "knob."
 _FLOAT_COLUMNS = ("val_accuracy", "test_accuracy", "params", "physical_params", "flops", "train_seconds",
-                  "budget", "seed")
+                  "budget", "seed", "duplicate_of")
 _STRING_COLUMNS = ("worker", "error", "config")
 
 #: Objectives assumed when a source does not name its own (the search's default).

@@ -27,14 +27,20 @@ def _check_objectives(trials: pd.DataFrame, objectives: Objectives) -> list[str]
 
 
 def feasible_mask(trials: pd.DataFrame, objectives: Objectives, budget: float | None = None) -> np.ndarray:
-    """Rows that may sit on a front: complete, every objective finite, and within budget.
+    """Rows that may sit on a front: complete, every objective finite, within budget, and not a
+    duplicate.
 
     The budget is the parameter budget: the trial's own ``budget`` column where it is positive,
     and ``budget`` (if given) for every trial. Failed, pruned and infeasible trials never count,
-    even if some of their metrics were recorded.
+    even if some of their metrics were recorded. A duplicate (``duplicate_of`` set: the search
+    answered it from an earlier trial that built the same model) never counts either: its model
+    is on the front once, as the trial that trained it. This is the one rule every front of a run
+    uses: ``repnas search``'s printed front, ``repnas export --pareto`` and the report.
     """
     values, _ = objective_matrix(trials, objectives)
     ok = (trials["status"] == "complete").to_numpy() & np.isfinite(values).all(axis=1)
+    if "duplicate_of" in trials.columns:
+        ok &= pd.to_numeric(trials["duplicate_of"], errors="coerce").isna().to_numpy()
     params = pd.to_numeric(trials["params"], errors="coerce").to_numpy(dtype=float)
     if "budget" in trials.columns:
         own = pd.to_numeric(trials["budget"], errors="coerce").to_numpy(dtype=float)

@@ -117,6 +117,8 @@ def _accuracy_vs_cost(table: pd.DataFrame, x: str, baselines: pd.DataFrame | Non
 
 
 def _add_baselines(fig, baselines: pd.DataFrame | None, x: str) -> None:
+    """The baselines as stars joined in order of cost: the plain family's scaling curve (e.g. vgg4..
+    vgg11 trained with the search's recipe), to read the front against (a budget range searched)."""
     import plotly.graph_objects as go
 
     if baselines is None or baselines.empty:
@@ -125,9 +127,11 @@ def _add_baselines(fig, baselines: pd.DataFrame | None, x: str) -> None:
     ok = baselines[x].notna() & acc.notna()
     if not ok.any():
         return
-    b = baselines[ok]
+    order = baselines[ok][x].astype(float).sort_values(kind="stable").index
+    b, acc = baselines.loc[order], acc.loc[order]
     fig.add_trace(go.Scatter(
-        x=b[x], y=acc[ok], mode="markers+text", text=b["name"], textposition="top center",
+        x=b[x], y=acc, mode="lines+markers+text" if len(b) > 1 else "markers+text", text=b["name"],
+        textposition="top center", line={"color": "black", "width": 1},
         marker={"symbol": "star", "size": 14, "color": "black"}, name="baselines",
         customdata=np.stack([b["test_accuracy"].to_numpy(float)], axis=1),
         hovertemplate="%{text}<br>" + x + "=%{x:,.0f}<br>accuracy=%{y:.4f}"

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="run directory, Ray Tune experiment directory or Optuna storage")
     parser.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     parser.add_argument("--baselines", metavar="FILE", default=None,
-                        help="CSV or YAML of plain models (name, params, flops, val_accuracy, test_accuracy)")
+                        help="CSV or YAML of plain models (name, params, flops, val_accuracy, test_accuracy), or "
+                        "the run directory of a search over a plain space at budget levels; drawn as a curve")
     parser.add_argument("--title", default=None, help="page title (default: the run names)")
     parser.add_argument("--images", metavar="DIR", default=None,
                         help="also write each figure as PNG and SVG into DIR (needs kaleido and a Chromium)")

@@ -24,8 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("--space", help="built-in space (quick, vgg-depth, wrn-width, resnet) or a space YAML")
     p.add_argument("--dataset", help="dataset name (default: the space's)")
-    p.add_argument("--budget", help="parameter budget, e.g. 600k or 1.5M (default: the space's)")
-    p.add_argument("--trials", type=int, help="trials to run in all, failed ones included (default 12)")
+    p.add_argument("--budget", help="parameter budget: one (600k, 1.5M), a range searched log-uniformly "
+                   "(50k:2M) or levels (100k,300k,1M) (default: the space's)")
+    p.add_argument("--trials", type=int, help="distinct models to try (default 12): failed and infeasible ones "
+                   "count, a proposal of a model already trained is reused and does not")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's)")
     p.add_argument("--backend", choices=("optuna", "ray"), help="search driver (default optuna)")
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a journal file "
@@ -64,25 +66,25 @@ def build_search_config(args: argparse.Namespace):
     """A validated SearchConfig from the arguments (new search), before anything is written."""
     from repnas.search._optuna_driver import default_population
     from repnas.search._rundir import DEFAULT_OBJECTIVES, RunDir, SearchConfig, parse_objectives
-    from repnas.spaces import dataset_info, load_space, parse_count, smallest_candidate
+    from repnas.spaces import dataset_info, load_space, parse_budget, smallest_candidate
 
     if args.space is None:
         raise UserError("--space is required for a new search (or --resume an existing one)")
     space = load_space(args.space)
     dataset = args.dataset or space.dataset
     dataset_info(dataset)  # unknown dataset -> UserError
-    budget = parse_count(args.budget if args.budget is not None else space.budget, "--budget")
+    budget = parse_budget(args.budget if args.budget is not None else space.budget, "--budget")
     trials = 12 if args.trials is None else args.trials
     _check_counts(trials, args.epochs, args.workers, args.gpus_per_trial)
     minimum = smallest_candidate(space, dataset)
-    if budget < minimum:
-        raise UserError(f"budget {budget:,} is below the smallest candidate of space {space.name!r} on "
+    if budget.largest < minimum:
+        raise UserError(f"budget {budget.describe()} is below the smallest candidate of space {space.name!r} on "
                         f"{dataset} ({minimum:,} params); use --budget {minimum:,} or more")
     out = Path(args.out or Path("runs") / space.name)
     backend = args.backend or "optuna"
     workers = args.workers or (0 if backend == "ray" else 1)  # 0: Ray packs trials by resources
     return SearchConfig(
-        space=space.to_dict(), space_name=space.name, dataset=dataset, budget=budget, trials=trials,
+        space=space.to_dict(), space_name=space.name, dataset=dataset, budget=budget.to_value(), trials=trials,
         epochs=args.epochs or space.epochs, seed=args.seed or 0,
         objectives=parse_objectives(args.objectives or ",".join(DEFAULT_OBJECTIVES)),
         sampler=args.sampler or "nsga2", population_size=default_population(trials),
@@ -126,10 +128,11 @@ def resume_search_config(args: argparse.Namespace):
             raise UserError(f"--{name} {given} differs from the run's {saved}; "
                             "a resumed search keeps its config")
     if args.budget is not None:
-        from repnas.spaces import parse_count
+        from repnas.spaces import parse_budget
 
-        if parse_count(args.budget, "--budget") != search.budget:
-            raise UserError(f"--budget {args.budget} differs from the run's {search.budget:,}")
+        if parse_budget(args.budget, "--budget") != search.budget_spec:
+            raise UserError(f"--budget {args.budget} differs from the run's {search.budget_spec.describe()}; "
+                            "a resumed search keeps its config")
     if args.objectives is not None and parse_objectives(args.objectives) != search.objectives:
         raise UserError(f"--objectives {args.objectives} differs from the run's "
                         f"{','.join(search.objective_names)}; a resumed search keeps its config")
@@ -229,8 +232,12 @@ def run(args: argparse.Namespace) -> int:
         run_optuna_search(search, out, resume=args.resume, progress=progress, join=args.join)
     import pandas as pd
 
-    from repnas.search._front import summary_text
+    from repnas.search._front import no_complete_reason, summary_text
 
-    print("\n" + summary_text(pd.read_parquet(RunDir(out).trials_parquet), search, time.time() - started))
+    table = pd.read_parquet(RunDir(out).trials_parquet)
+    print("\n" + summary_text(table, search, time.time() - started))
     print(f"run directory: {out}")
+    reason = no_complete_reason(table, search)
+    if reason:  # a search that trained nothing usable has failed: say why, exit non-zero
+        raise UserError(reason)
     return 0

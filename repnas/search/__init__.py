@@ -1,6 +1,7 @@
 """How candidates are explored: Optuna and Ray Tune drivers, the run directory, the trial runner,
 export and early stopping. Training one candidate lives in :mod:`repnas.train`."""
 
+from repnas.search._canonical import model_key
 from repnas.search._early_stop import MultiObjectiveASHA, SuccessiveHalving
 from repnas.search._export import export_trials
 from repnas.search._front import front_rows, front_text
@@ -17,6 +18,7 @@ __all__ = [
     "export_trials",
     "front_rows",
     "front_text",
+    "model_key",
     "run_optuna_search",
     "run_trial",
     "trials_frame",

@@ -134,6 +134,45 @@ def study_lock(search, run):
             yield
 
 
+@contextlib.contextmanager
+def storage_lock(search):
+    """The study-wide lock of a process that has no run directory (a Ray trial on any node): the
+    server's lock for a server storage, else a file lock beside the storage's file (SQLite or
+    journal), which the processes of one node (or of a shared filesystem) see."""
+    if is_server_storage(search.storage):
+        key = (search.storage, search.study)
+        if key not in _LOCKS:
+            _LOCKS[key] = StudyLock(search.storage, search.study)
+        with _LOCKS[key].hold():
+            yield
+        return
+    import fcntl
+
+    with open(f"{storage_file(search.storage)}.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def storage_file(url: str) -> str | None:
+    """The file of a file-based storage (``sqlite:///path`` or a journal path), else None."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):]
+    return None if "://" in url else url
+
+
+def storage_reachable(search) -> bool:
+    """Whether this process can open the study and lock it (:func:`storage_lock`): always for a
+    server storage, for a file storage only where its file is visible (the driver's node, or a
+    shared filesystem)."""
+    if is_server_storage(search.storage):
+        return True
+    path = storage_file(search.storage)
+    return path is not None and os.path.exists(path)
+
+
 def claim_worker(search, study, run) -> int:
     """A worker number no other worker of the study has, on any machine (a counter on the study)."""
     with study_lock(search, run):

@@ -6,8 +6,10 @@ and, where the trial left a checkpoint, ``DIR/trial_<n>.pt`` is the *materialize
 into the base model without repnas's repetition machinery). ``DIR/exported.yaml`` lists what was
 exported with the trial's metrics.
 
-The Pareto front is :func:`~repnas.search._front.front_rows` of ``trials.parquet`` (search does not
-import analysis); for an Optuna run it is the same set as ``study.best_trials``.
+The Pareto front is :func:`~repnas.search._front.front_rows` of ``trials.parquet`` (the same helper
+decides the printed front and the report's); for an Optuna run it is the same set as
+``study.best_trials``. Each model is exported once: a duplicate trial (``duplicate_of``) is never
+chosen, the trial that trained its model is.
 """
 
 from __future__ import annotations
@@ -36,20 +38,17 @@ def load_run_trials(run_dir: str | Path):
 
 def choose_trials(search: SearchConfig, trials, pareto: bool = False, top: int | None = None) -> list[int]:
     """Trial numbers of the Pareto front (best validation accuracy first) or of the top K by
-    validation accuracy; trials with the same run config as an earlier chosen one are skipped."""
-    complete = front_rows(trials, search) if pareto else trials[trials["status"] == "complete"]
+    validation accuracy; duplicates (``duplicate_of``) are skipped, each model comes once."""
+    if pareto:
+        complete = front_rows(trials, search)
+    else:
+        trained = trials["duplicate_of"].isna() if "duplicate_of" in trials.columns else True
+        complete = trials[(trials["status"] == "complete") & trained]
     if complete.empty:
         raise UserError("the run has no completed trials to export")
     complete = complete.sort_values(["val_accuracy", "params", "trial"], ascending=[False, True, True])
-    chosen, seen = [], set()
-    for _, row in complete.iterrows():
-        if row["config"] in seen:
-            continue
-        seen.add(row["config"])
-        chosen.append(int(row["trial"]))
-        if top is not None and len(chosen) >= top:
-            break
-    return chosen
+    chosen = [int(t) for t in complete["trial"]]
+    return chosen[:top] if top is not None else chosen
 
 
 def export_trials(run_dir: str | Path, out: str | Path, pareto: bool = False,

@@ -3,9 +3,10 @@
 Both backends are summarised (and exported, ``repnas export --pareto``) from the same place, the run
 directory's ``trials.parquet`` table, not from the Optuna study: the table holds test accuracy and
 the ``trials/<n>`` numbers for either backend, while a Ray Tune search cannot annotate its Optuna
-trials (Optuna forbids changing finished trials) and numbers them in its own order. The front here
-is exact (``O(n^2)`` dominance checks, fine for the hundreds of trials a search has);
-``repnas.analysis`` has the full analysis (moocore fronts, hypervolume, reports).
+trials (Optuna forbids changing finished trials) and numbers them in its own order. Which trials
+are on the front is decided by one helper for the printed front, the export and the report:
+``repnas.analysis.pareto_mask`` (complete, within budget, not a duplicate, non-dominated; ties
+kept, as ``optuna.Study.best_trials`` keeps them).
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from repnas.search._rundir import STATUSES, SearchConfig
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
-    """Trials per status of ``STATUSES`` (any other status counts as failed)."""
-    counts = dict.fromkeys(STATUSES, 0)
-    for status in frame["status"]:
-        counts[status if status in counts else "failed"] += 1
+    """Trials per status of ``STATUSES`` (any other status counts as failed), duplicates apart as
+    ``reused`` (they are not trained models)."""
+    counts = dict.fromkeys((*STATUSES, "reused"), 0)
+    reused = (frame["duplicate_of"].notna() if "duplicate_of" in frame.columns
+              else pd.Series(False, index=frame.index))
+    for status, duplicate in zip(frame["status"], reused, strict=True):
+        counts["reused" if duplicate else status if status in counts else "failed"] += 1
     return counts
 
 
@@ -34,15 +38,12 @@ def nondominated(costs: np.ndarray) -> np.ndarray:
 
 
 def front_rows(frame: pd.DataFrame, search: SearchConfig) -> pd.DataFrame:
-    """The complete trials no other complete trial dominates on the search's objectives (ties are
-    all kept, as in ``optuna.Study.best_trials``), best validation accuracy first."""
+    """The front of the run (:func:`repnas.analysis.pareto_mask` on the search's objectives: each
+    model once, ties all kept, as in ``optuna.Study.best_trials``), best validation accuracy first."""
+    from repnas.analysis import pareto_mask
+
     names = search.objective_names
-    done = frame[frame["status"] == "complete"]
-    values = done[names].to_numpy(dtype=float) if len(done) else np.empty((0, len(names)))
-    keep = np.isfinite(values).all(axis=1)
-    done, values = done[keep], values[keep]
-    signs = np.array([1.0 if d == "minimize" else -1.0 for d in search.directions])
-    front = done[nondominated(values * signs)]
+    front = frame[pareto_mask(frame, search.objectives)] if len(frame) else frame
     order = "val_accuracy" if "val_accuracy" in names else names[0]
     return front.sort_values([order, "trial"], ascending=[order != "val_accuracy", True])
 
@@ -67,8 +68,8 @@ def summary_text(frame: pd.DataFrame, search: SearchConfig, seconds: float) -> s
     """The closing lines of ``repnas search``: counts per status, then the front."""
     counts = status_counts(frame)
     return (f"{counts['complete']} complete, {counts['failed']} failed, {counts['infeasible']} infeasible, "
-            f"{counts['pruned']} pruned in {seconds:.0f}s; Pareto front ({', '.join(search.objective_names)}):\n"
-            + front_text(frame, search))
+            f"{counts['pruned']} pruned, {counts['reused']} reused (same model as an earlier trial) in "
+            f"{seconds:.0f}s; Pareto front ({', '.join(search.objective_names)}):\n" + front_text(frame, search))
 
 
 def _cell(name: str, value) -> str:
@@ -78,3 +79,24 @@ def _cell(name: str, value) -> str:
     if "accuracy" in name:
         return f"{value:.4f}"
     return f"{int(value):,}" if value.is_integer() else f"{value:.3g}"
+
+
+def no_complete_reason(frame: pd.DataFrame, search: SearchConfig) -> str | None:
+    """Why a finished search has no complete trial, in one line (None when it has one).
+
+    All infeasible: the smallest budget that would have fitted one of the proposed points (the
+    fewest parameters any of them needs at its smallest widths).
+    """
+    if len(frame) and frame["status"].eq("complete").any():
+        return None
+    counts = status_counts(frame)
+    if not len(frame):
+        return "no trial ran"
+    if counts["infeasible"] == len(frame):
+        needed = int(pd.to_numeric(frame["params"], errors="coerce").min())
+        return (f"no trial completed: all {len(frame)} were over the budget {search.budget_spec.describe()}; "
+                f"the smallest budget that fits one of them is {needed:,} (--budget {needed})")
+    errors = frame.loc[frame["status"] == "failed", "error"].astype(str)
+    first = f"; first error: {errors.iloc[0][:160]}" if len(errors) else ""
+    return (f"no trial completed: {counts['failed']} failed, {counts['infeasible']} infeasible, "
+            f"{counts['pruned']} pruned{first}")

@@ -129,6 +129,29 @@ def search_population(search: SearchConfig) -> int:
     return search.population_size or default_population(search.trials)
 
 
+def spread_budgets(study, search: SearchConfig) -> list[int]:
+    """Enqueue the first points of a new study at budgets spread over a searched budget (levels:
+    each level; a range: log-spaced from its low to its high end), the other knobs left to the
+    sampler. A front across budgets needs both ends: left to chance, a first generation of four
+    draws often misses one, and a sampler that also minimises parameters rarely goes back up."""
+    import numpy as np
+
+    from repnas.spaces import BUDGET_PARAM
+
+    spec = search.budget_spec
+    if not spec.searched:
+        return []
+    count = min(search.trials, search_population(search))
+    if spec.levels:
+        budgets = list(spec.levels)[:count] if len(spec.levels) <= count else [
+            spec.levels[round(k)] for k in np.linspace(0, len(spec.levels) - 1, count)]
+    else:
+        budgets = [round(float(b)) for b in np.geomspace(spec.low, spec.high, max(2, count))]
+    for budget in budgets:
+        study.enqueue_trial({BUDGET_PARAM: budget}, skip_if_exists=True)
+    return budgets
+
+
 # --------------------------------------------------------------------- sampler state across resumes
 def save_sampler(run: RunDir, worker: int, sampler) -> None:
     """Pickle worker ``worker``'s sampler after each ask. Optuna's storage keeps trials, not sampler
@@ -174,9 +197,15 @@ def recover_interrupted(study) -> list[int]:
     """
     from optuna.trial import TrialState
 
+    from repnas.search._canonical import CLAIM_PREFIX
+
     storage = study._storage
     numbers = []
+    claims = {k: v for k, v in study.user_attrs.items() if k.startswith(CLAIM_PREFIX) and v and "row" not in v}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for key, held in claims.items():  # its model was not trained: the next trial to build it trains it
+            if int(held["trial"]) == t.number:
+                study.set_user_attr(key, None)
         trial_id = trial_id_of(study, t.number)
         for key, value in {"interrupted": True, "status": "failed",
                            "error": "interrupted (the search process was killed); re-enqueued"}.items():
@@ -198,25 +227,48 @@ def trial_id_of(study, number: int) -> int:
 
 def counted_trials(study) -> int:
     """Trials that count towards ``--trials``: finished or running, not interrupted, not lost and
-    retried (:func:`~repnas.search._distributed.retried_trials`)."""
+    retried (:func:`~repnas.search._distributed.retried_trials`), and not a duplicate (a proposal
+    answered from an earlier trial that built the same model)."""
     from repnas.search._distributed import retried_trials
 
     trials = study.get_trials(deepcopy=False)
     retried = retried_trials(trials)
     return sum(1 for t in trials if t.state.name in _COUNTED_STATES and not t.user_attrs.get("interrupted")
-               and t.number not in retried)
+               and t.number not in retried and t.user_attrs.get("duplicate_of") is None)
+
+
+def repeat_limit(search: SearchConfig) -> int:
+    """How many proposals in a row may be models already trained before the search stops: the
+    sampler keeps being asked (Optuna's FAQ answer to duplicated parameters), but not forever, as
+    a space with fewer distinct models than ``--trials`` would otherwise never end."""
+    return max(10, 2 * search_population(search))
+
+
+def repeats_in_a_row(study) -> int:
+    """Finished trials at the end of the study (by number) that were duplicates."""
+    count = 0
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: -t.number):
+        if t.state.name == "RUNNING" or t.user_attrs.get("interrupted"):
+            continue
+        if t.user_attrs.get("duplicate_of") is None:
+            break
+        count += 1
+    return count
 
 
 def progress_counts(study) -> dict[str, int]:
-    """Trials per status (``STATUSES``) and ``running``; interrupted trials are not counted."""
+    """Trials per status (``STATUSES``), ``running`` and ``reused`` (duplicates, not in the
+    statuses); interrupted and lost-and-retried trials are not counted."""
     from repnas.search._distributed import retried_trials
 
-    counts = dict.fromkeys((*STATUSES, "running"), 0)
+    counts = dict.fromkeys((*STATUSES, "running", "reused"), 0)
     trials = study.get_trials(deepcopy=False)
     retried = retried_trials(trials)
     for t in trials:
         if t.state.name == "RUNNING":
             counts["running"] += 1
+        elif t.user_attrs.get("duplicate_of") is not None:
+            counts["reused"] += 1
         elif (t.state.name in ("COMPLETE", "FAIL", "PRUNED") and not t.user_attrs.get("interrupted")
               and t.number not in retried):
             status = trial_status(t)
@@ -256,11 +308,13 @@ def worker_devices(device: str, workers: int, gpus_per_trial: float) -> list[str
 
 # --------------------------------------------------------------------- the worker loop
 def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str,
-                progress: bool = True, resume: bool = False) -> None:
+                progress: bool = True, resume: bool = False) -> bool:
     """Ask, train, tell until the study holds ``search.trials`` counted trials (``resume``: go on
-    with the sampler this worker pickled, :func:`resumed_sampler`)."""
+    with the sampler this worker pickled, :func:`resumed_sampler`). Returns False when it stopped
+    because the sampler kept proposing models already trained (:func:`repeat_limit`)."""
     import torch
 
+    from repnas.search._canonical import ModelClaims, TrialModels
     from repnas.search._distributed import (
         TrialHeartbeat,
         claim_worker,
@@ -278,7 +332,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     if device == "cpu":
         torch.set_num_threads(cpu_threads(search.workers))
     space = search.search_space()
-    distributions = space.distributions()
+    distributions = search.distributions(space)
     knob_names = list(distributions)
     study = open_study(search, worker)
     name = f"w{worker}:{device}"
@@ -290,26 +344,31 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
                                      search_population(search))
     if resume:
         study.sampler = resumed_sampler(search, run, worker, len(study.get_trials(deepcopy=False)))
+    claims = ModelClaims(study, lambda: study_lock(search, run))  # every machine's workers claim models
     data = _load_data(search)
     while True:
         with study_lock(search, run):
             if distributed:
                 fail_lost_trials(study)
             full = counted_trials(study) >= search.trials
-            if not full:
+            repeating = not full and repeats_in_a_row(study) >= repeat_limit(search)
+            if not full and not repeating:
                 trial = study.ask(fixed_distributions=distributions)
                 trial.set_user_attr("worker", name)
                 heartbeat = TrialHeartbeat(study, trial)
                 save_sampler(run, worker, study.sampler)
+        if repeating:
+            return False
         if full:  # on a server, stay while other machines' trials run: one may be lost and queued again
             if distributed and wait_for_running(search, study, run):
                 continue
-            break
+            return True
         point = {k: trial.params[k] for k in knob_names}
         report = EpochReport(study, trial.number, make_rule(search, study, trial.number))
+        models = TrialModels(claims, trial.number, alive=lambda number: _is_running(study, number))
         with heartbeat:
             row = run_trial(search, point, run.trial_dir(trial.number), report, device=device, data=data,
-                            lookup=lambda config: _same_config(study, config))
+                            models=models)
         if row.get("duplicate_of") is not None:
             report.copy_from(int(row["duplicate_of"]))
         row["worker"] = name
@@ -323,6 +382,11 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
                 print(line, flush=True)
 
 
+def _is_running(study, number: int) -> bool:
+    """Whether trial ``number`` is still being trained (the holder of a model claim)."""
+    return study._storage.get_trial(trial_id_of(study, number)).state.name == "RUNNING"
+
+
 def cpu_threads(workers: int) -> int:
     """Torch threads of a CPU worker: half the cores per worker (at least 1).
 
@@ -334,15 +398,6 @@ def cpu_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // (2 * max(1, workers)))
 
 
-def _same_config(study, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The row of a completed trial with exactly this run config (not itself a reused one), if any."""
-    for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        if t.state.name == "COMPLETE" and attrs.get("config") == config and not attrs.get("duplicate_of"):
-            return {**attrs, "trial": t.number}
-    return None
-
-
 def _load_data(search: SearchConfig):
     """The worker's dataset, loaded once for all its trials (each trial would reload it otherwise)."""
     from repnas.train._data import load_dataset
@@ -351,35 +406,35 @@ def _load_data(search: SearchConfig):
 
 
 def _tell(study, trial, row: dict[str, Any], search: SearchConfig) -> None:
-    from optuna.trial import TrialState
+    """The row onto the trial's user attributes, then the state, values and constraints of
+    :func:`~repnas.search._tell.optuna_answer` to the study."""
+    from repnas.search._tell import optuna_answer, tell
 
+    if row["status"] == "complete" and optuna_answer(row, search.objective_names, search.directions)[0] == "FAIL":
+        row = {**row, "status": "failed", "error": "an objective is not finite"}
     for key, value in row.items():
         if isinstance(value, float) and not math.isfinite(value):
             continue
         trial.set_user_attr(key, value)
-    if row["status"] == "complete":
-        values = [float(row[name]) for name in search.objective_names]
-        if all(math.isfinite(v) for v in values):
-            study.tell(trial, values)
-            return
-        trial.set_user_attr("status", "failed")
-        trial.set_user_attr("error", "an objective is not finite")
-    study.tell(trial, state=TrialState.PRUNED if row["status"] == "pruned" else TrialState.FAIL)
+    tell(study, trial, row, search.objective_names, search.directions)
 
 
 def _progress_line(number: int, row: dict[str, Any], study, search: SearchConfig) -> str:
     counts = progress_counts(study)
-    done = sum(v for k, v in counts.items() if k != "running")
+    done = sum(v for k, v in counts.items() if k not in ("running", "reused"))
     failed = counts["failed"] + counts["infeasible"]
     head = f"trial {number:>4} {row['status']:<10}"
-    if row["status"] == "complete":
+    if row.get("duplicate_of") is not None:
+        head = f"trial {number} = trial {row['duplicate_of']} (same model, reused)"
+        body = ""
+    elif row["status"] == "complete":
         body = (f"val {row['val_accuracy']:.4f}  params {int(row['params']):>9,}  "
                 f"flops {_si(row['flops'])}  {row['train_seconds']:.1f}s")
     else:
         body = str(row.get("error", ""))[:70]
     front = len(study.best_trials) if counts["complete"] else 0
     return (f"{head} {body:<60} | done {done}/{search.trials} running {counts['running']} "
-            f"failed {failed} front {front}")
+            f"failed {failed} reused {counts['reused']} front {front}")
 
 
 def _si(value: Any) -> str:
@@ -415,10 +470,11 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
             print(f"resume: trials {interrupted} were interrupted; their points are queued again", flush=True)
     else:
         study = open_study(search, create=True)
+        spread_budgets(study, search)
     devices = worker_devices(search.device, search.workers, search.gpus_per_trial)
     if progress:
         print(f"search {search.study}: space {search.space_name}, dataset {search.dataset}, budget "
-              f"{search.budget:,}, {search.trials} trials, {search.workers} worker(s) on "
+              f"{search.budget_spec.describe()}, {search.trials} trials, {search.workers} worker(s) on "
               f"{', '.join(devices)}",
               flush=True)
     processes = []
@@ -430,12 +486,16 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
             p.start()
             processes.append(p)
     try:
-        worker_loop(search, run.root, 0, devices[0], progress, resume)
+        finished = worker_loop(search, run.root, 0, devices[0], progress, resume)
     finally:
         for p in processes:
             p.join()
     study = open_study(search)
-    write_table(study, run, list(search.search_space().knobs))
+    write_table(study, run, search.knob_names())
+    models = counted_trials(study)
+    if not finished and models < search.trials:
+        print(f"note: the space looks exhausted: the last {repeat_limit(search)} proposals were models already "
+              f"trained; stopped at {models} distinct trial(s) of the {search.trials} asked", flush=True)
     bad = [p.exitcode for p in processes if p.exitcode]
     if bad:
         print(f"warning: {len(bad)} worker process(es) exited with errors {bad}", file=sys.stderr)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
-from repnas.search._ray_results import experiment_paths, result_rows, trial_dirname
+from repnas.search._ray_results import experiment_paths, number_trials, result_rows, trial_dirname
 from repnas.search._ray_trial import trainable, trial_device
 from repnas.search._rundir import RunDir, SearchConfig, rows_frame
 
@@ -92,7 +92,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     except ImportError as exc:  # pragma: no cover - ray is a dependency, but keep the message clear
         raise UserError(f"--backend ray needs ray[tune] ({exc})") from None
 
-    from repnas.search._optuna_driver import check_storage, open_study
+    from repnas.search._optuna_driver import check_storage, open_study, spread_budgets
 
     if search.early_stop not in ("none", "", None):  # before anything is written
         raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray yet "
@@ -101,8 +101,10 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     check_storage(search, resume)
     run.create()
     search.to_yaml(run.search_yaml)
-    knobs = list(search.search_space().knobs)
+    knobs = search.knob_names()
     study = open_study(search, create=not resume)  # new: metric names and the search config on it
+    if not resume:
+        spread_budgets(study, search)  # OptunaSearch's ask takes the enqueued points first
 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=progress, logging_level="ERROR")
@@ -120,21 +122,42 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         tuner = tune.Tuner.restore(experiments[-1], trainable=bound, resume_errored=True)
         rows.update(result_rows(run, _fit(tuner), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
-    remaining = search.trials - len(rows)
-    if remaining > 0:
+    for _ in range(_MAX_TOP_UPS):  # duplicates do not count: top up until --trials distinct models
+        remaining = search.trials - _distinct(rows)
+        if remaining <= 0:
+            break
+        experiments = experiment_paths(storage, search.study)
         name = search.study if not experiments else f"{search.study}-{len(experiments) + 1}"
         trials_so_far = len(study.get_trials(deepcopy=False))  # as the Optuna backend counts them
+        searcher = _searcher(search, trials_so_far, number_trials(run, []))
         tuner = tune.Tuner(
             bound,
-            tune_config=tune.TuneConfig(search_alg=_searcher(search, trials_so_far), num_samples=remaining,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
                                         max_concurrent_trials=search.workers or None,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress else 0,
                                       failure_config=failure,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
+        before = _distinct(rows)
         rows.update(result_rows(run, _fit(tuner), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
+        if _distinct(rows) == before:  # only known models proposed: the space looks exhausted
+            if progress:
+                print(f"note: the space looks exhausted: an experiment proposed only models already trained; "
+                      f"stopped at {before} distinct trial(s) of the {search.trials} asked", flush=True)
+            break
+
+
+#: further Tune experiments a search runs when duplicates left it short of --trials distinct models
+_MAX_TOP_UPS = 4
+
+
+def _distinct(rows: dict[int, dict[str, Any]]) -> int:
+    """Rows that count towards --trials: not duplicates (``duplicate_of`` unset)."""
+    import pandas as pd
+
+    return sum(1 for r in rows.values() if r.get("duplicate_of") is None or pd.isna(r["duplicate_of"]))
 
 
 def _fit(tuner):
@@ -155,16 +178,17 @@ def _fit(tuner):
             os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = saved
 
 
-def _searcher(search: SearchConfig, trials_so_far: int):
+def _searcher(search: SearchConfig, trials_so_far: int, numbers: dict[str, int] | None = None):
     """Ray's ``OptunaSearch`` with the Optuna backend's seeded sampler, the space's fixed
     distributions and the run's study (loaded if it exists), so both backends propose alike. A
     further experiment's sampler gets a fresh seed, so it does not replay the first one's points."""
-    from ray.tune.search.optuna import OptunaSearch
-
     from repnas.search._optuna_driver import continuation_seed, make_sampler, open_storage, search_population
+    from repnas.search._ray_searcher import ConstrainedOptunaSearch
 
-    return OptunaSearch(
-        space=search.search_space().distributions(),
+    return ConstrainedOptunaSearch(
+        directions=search.directions,
+        numbers=numbers,  # the trial numbers given so far (ray_trials.json): the next ones follow
+        space=search.distributions(),
         metric=search.objective_names,
         mode=["max" if d == "maximize" else "min" for d in search.directions],
         sampler=make_sampler(search.sampler, continuation_seed(search.seed, 0, trials_so_far),

@@ -5,7 +5,8 @@ order Tune created them (Tune's trial ids end in a creation counter, ``<exp>_000
 order ``OptunaSearch`` asked its study, and keeps the mapping in ``ray_trials.json`` so a restored
 experiment keeps its numbers. Each trial's last checkpoint (``result.checkpoint``, wherever Tune's
 storage is: a local path, NFS, ``s3://``) becomes ``trials/<n>/`` on the driver, and its last
-report becomes its row of ``trials.parquet``.
+report becomes its row of ``trials.parquet``; a duplicate's ``duplicate_of`` (the Tune trial id of
+the trial whose model it reused) becomes that trial's number.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _creation_key(trial_id: str) -> tuple[int, str]:
 
 def number_trials(run: RunDir, trial_ids: list[str]) -> dict[str, int]:
     """``{Tune trial id: trial number}``: numbers already given are kept, new ids get the next
-    numbers in Tune's creation order. Written to ``ray_trials.json`` by the driver alone."""
+    numbers in Tune's creation order (no ids: every number given so far). Written to
+    ``ray_trials.json`` by the driver alone."""
     path = run.root / "ray_trials.json"
     numbers: dict[str, int] = json.loads(path.read_text()) if path.is_file() else {}
     new = sorted((t for t in set(trial_ids) if t not in numbers), key=_creation_key)
@@ -47,7 +49,7 @@ def number_trials(run: RunDir, trial_ids: list[str]) -> dict[str, int]:
         numbers[trial_id] = len(numbers)
     if new:
         atomic_write_text(path, json.dumps(numbers, indent=1))
-    return {t: int(numbers[t]) for t in trial_ids}
+    return {t: int(numbers[t]) for t in (trial_ids or numbers)}
 
 
 def fill_trial_dir(run: RunDir, number: int, checkpoint) -> bool:
@@ -74,6 +76,7 @@ def result_rows(run: RunDir, results, knobs: list[str]) -> dict[int, dict[str, A
     failed more often than ``--max-failures`` allows) is a failed row with its error's last line."""
     results = list(results)
     numbers = number_trials(run, [result_trial_id(r) for r in results])
+    known = number_trials(run, [])  # every number given so far: a duplicate may reuse an earlier experiment's trial
     rows = {}
     for result in results:
         number = numbers[result_trial_id(result)]
@@ -83,6 +86,8 @@ def result_rows(run: RunDir, results, knobs: list[str]) -> dict[int, dict[str, A
             lines = [ln for ln in str(result.error or "no final report").splitlines() if ln.strip()]
             metrics.update(status="failed", error=lines[-1][:300] if lines else "no final report")
         row = {k: metrics[k] for k in TRIAL_COLUMNS if k in metrics}
+        if isinstance(row.get("duplicate_of"), str):  # the Tune trial id of the trial it reused
+            row["duplicate_of"] = known.get(row["duplicate_of"], -1)
         row["trial"] = number
         row["config"] = metrics.get("config_json", "")  # Tune's own "config" is the point
         row.update({f"knob.{k}": v for k, v in dict(result.config or {}).items() if k in knobs})

@@ -8,7 +8,8 @@ curves and a trial whose node died starts again elsewhere from its last epoch
 (``FailureConfig(max_failures)``, ``tune.get_checkpoint()``). The last epoch's report also carries
 the trial's whole row (test accuracy, cost, status, run config): one report per epoch in all. The
 driver numbers the trials and fills ``trials/<n>/`` from their last checkpoints
-(:mod:`repnas.search._ray_results`).
+(:mod:`repnas.search._ray_results`). A trial first claims the model it builds in the study
+(:func:`trial_models`); a duplicate reports the reused row, ``duplicate_of`` its Tune trial id.
 """
 
 from __future__ import annotations
@@ -51,6 +52,25 @@ def final_metrics(row: dict[str, Any], last_epoch: dict[str, Any]) -> dict[str, 
     return metrics
 
 
+def trial_models(search: SearchConfig, trial_id: str):
+    """The trial's model claims (:mod:`~repnas.search._canonical`), kept in the search's study like
+    the Optuna driver's, so a duplicate reuses the model another Tune trial trained. A trial runs on
+    any node and never sees the run directory: the claims are serialised by the storage's own lock
+    (:func:`~repnas.search._distributed.storage_lock`: the server's advisory lock, or a file lock
+    beside a SQLite/journal file). None, and every proposal trains, where this node cannot reach a
+    file storage (a cluster without a shared filesystem and without a database server)."""
+    from repnas.search._canonical import ModelClaims, TrialModels
+    from repnas.search._distributed import storage_lock, storage_reachable
+    from repnas.search._optuna_driver import open_storage
+
+    if not storage_reachable(search):
+        return None
+    import optuna
+
+    study = optuna.load_study(study_name=search.study, storage=open_storage(search.storage, heartbeat=False))
+    return TrialModels(ModelClaims(study, lambda: storage_lock(search)), trial_id)
+
+
 def trainable(point: dict[str, Any], search_dict: dict) -> None:
     """The Tune function trainable of a search (``tune.with_parameters`` passes ``search_dict``)."""
     import ray
@@ -81,7 +101,8 @@ def trainable(point: dict[str, Any], search_dict: dict) -> None:
                 tune.report(dict(last), checkpoint=tune.Checkpoint.from_directory(str(work)))
             return False
 
-        row = run_trial(search, dict(point), work, report, device=device,
+        trial_id = str(tune.get_context().get_trial_id())
+        row = run_trial(search, dict(point), work, report, device=device, models=trial_models(search, trial_id),
                         resume=(work / "checkpoint.pt").is_file())
         row["worker"] = f"ray:{ray.get_runtime_context().get_node_id()[:12]}:{device}"
         tune.report(final_metrics(row, last), checkpoint=tune.Checkpoint.from_directory(str(work)))

@@ -42,7 +42,7 @@ DEFAULT_OBJECTIVES = ("val_accuracy", "params", "flops")
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 STATUSES = ("complete", "failed", "infeasible", "pruned")
 TRIAL_COLUMNS = ("trial", "status", "val_accuracy", "test_accuracy", "params", "physical_params", "flops",
-                 "train_seconds", "seed", "worker", "error", "budget", "config")
+                 "train_seconds", "seed", "worker", "error", "budget", "config", "duplicate_of")
 
 
 @dataclass
@@ -51,7 +51,7 @@ class SearchConfig:
 
     space: dict[str, Any]  # the SearchSpace definition (to_dict)
     dataset: str = "digits"
-    budget: int = 0
+    budget: int | str = 0  # one count, or ``LOW:HIGH`` / ``A,B,C`` searched as the ``budget`` dimension
     trials: int = 12
     epochs: int = 4
     seed: int = 0
@@ -84,6 +84,28 @@ class SearchConfig:
         from repnas.spaces import SearchSpace
 
         return SearchSpace.from_dict(self.space, f"space {self.space_name or 'of search.yaml'}")
+
+    @property
+    def budget_spec(self):
+        """The budget as a :class:`~repnas.spaces.BudgetSpec` (one count, a range or levels)."""
+        from repnas.spaces import parse_budget
+
+        return parse_budget(self.budget, "search.yaml: budget")
+
+    def distributions(self, space=None) -> dict[str, Any]:
+        """What the sampler searches: the space's knobs, plus ``budget`` where it is a range or levels."""
+        from repnas.spaces import BUDGET_PARAM
+
+        space = space if space is not None else self.search_space()
+        out = dict(space.distributions())
+        budget = self.budget_spec.to_optuna()
+        if budget is not None:
+            out[BUDGET_PARAM] = budget
+        return out
+
+    def knob_names(self, space=None) -> list[str]:
+        """The ``knob.<name>`` columns of ``trials.parquet``: the space's knobs (and ``budget``)."""
+        return list(self.distributions(space))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,6 +232,7 @@ def rows_frame(rows: list[dict[str, Any]], knob_names: list[str]):
             "config": (attrs["config"] if isinstance(attrs.get("config"), str)
                        else json.dumps(attrs["config"]) if attrs.get("config") is not None else ""),
         }
+        row["duplicate_of"] = _float(attrs.get("duplicate_of"))
         for name in knob_names:
             row[f"knob.{name}"] = attrs.get(f"knob.{name}")
         table.append(row)
@@ -220,6 +243,7 @@ def rows_frame(rows: list[dict[str, Any]], knob_names: list[str]):
         if frame.loc[complete, ["params", "physical_params", "flops"]].notna().all().all():
             for col in ("params", "physical_params", "flops"):
                 frame[col] = frame[col].astype("Int64" if frame[col].isna().any() else "int64")
+    frame["duplicate_of"] = frame["duplicate_of"].astype("Int64")  # the trial reused; <NA>: trained itself
     for name in knob_names:  # mixed-type object columns (e.g. all ints) need one dtype for parquet
         col = frame[f"knob.{name}"]
         if len(col) and all(isinstance(v, str) for v in col.dropna()):

@@ -53,49 +53,61 @@ def _on_cpu(device: str) -> bool:
 
 def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path,
               report: Report | None = None, *, device: str | None = None, data=None,
-              progress: bool = False, lookup: Callable[[dict], dict | None] | None = None,
-              resume: bool = False) -> dict[str, Any]:
+              progress: bool = False, models=None, resume: bool = False) -> dict[str, Any]:
     """Train the candidate ``point`` of ``search`` in ``trial_dir``; return its result row.
 
     ``report(epoch, metrics)`` is called after every epoch; returning True stops the trial, which
     then comes back ``pruned``. ``data`` reuses loaded splits (a worker loads its dataset once).
-    ``lookup(run_config)`` may return the row of an earlier trial with the very same run config
-    (different knob values often build the same model: sharing in a one-layer stage, the rank of
-    absent banks); training is deterministic for a seed, so that row is reused instead of retraining.
+    ``models`` (a :class:`~repnas.search._canonical.TrialModels`) makes the trial claim the model
+    it builds (:func:`~repnas.search._canonical.model_key`): if another trial already trained it
+    (different knob values often build the same model), that trial's result is reused without
+    training and the row says ``duplicate_of`` (that trial's number, or its Ray Tune trial id under
+    the Ray backend); training is deterministic for a seed.
+    ``point`` holds a ``budget`` entry where the budget is searched (a range or levels).
     ``resume`` continues from ``trial_dir/checkpoint.pt`` (a Ray trial restarted after a lost node).
     """
-    from repnas.spaces import InfeasibleError
+    from repnas.search._canonical import REUSED_FIELDS, model_key
+    from repnas.spaces import BUDGET_PARAM, InfeasibleError
 
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     log = (trial_dir / "log.txt").open("a")
+    point = dict(point)
+    budget = search.budget_spec.budget_of(point)
+    point.pop(BUDGET_PARAM, None)
     row: dict[str, Any] = {
         "status": "failed", "val_accuracy": math.nan, "test_accuracy": math.nan, "params": math.nan,
         "physical_params": math.nan, "flops": math.nan, "train_seconds": math.nan,
-        "seed": int(search.seed), "error": "", "budget": int(search.budget), "config": None,
+        "seed": int(search.seed), "error": "", "budget": int(budget), "config": None,
     }
     started = time.time()
+    key, ended = None, False
     try:
-        print(f"point: {point}", file=log, flush=True)
+        print(f"point: {point} budget: {budget:,}", file=log, flush=True)
         space = search.search_space()
         try:
-            solution = space.solve(point, search.budget, search.dataset)
+            solution = space.solve(point, budget, search.dataset)
         except InfeasibleError as exc:
-            row.update(status="infeasible", error=str(exc), params=exc.min_params)
+            row.update(status="infeasible", error=str(exc), params=exc.min_params,
+                       **_smallest_costs(space, point, search.dataset))
             print(f"infeasible: {exc}", file=log, flush=True)
             return row
         print(f"widths: source {solution.source_widths} physical {solution.physical_widths} "
-              f"params {solution.params:,} ({100 * solution.fill:.1f}% of {search.budget:,}) "
+              f"params {solution.params:,} ({100 * solution.fill:.1f}% of {budget:,}) "
               f"torch threads {torch.get_num_threads()}", file=log, flush=True)
         config = trial_run_config(search, solution.model_config, device or search.device, space)
         row["config"] = config
         row["params"] = solution.params
-        earlier = lookup(config) if lookup is not None else None
-        if earlier is not None:
-            row.update({k: earlier[k] for k in ("status", *_METRICS, "error") if k in earlier})
-            row["duplicate_of"] = int(earlier["trial"])
-            print(f"same run config as trial {row['duplicate_of']}: result reused", file=log, flush=True)
-            return row
+        if models is not None:
+            key = model_key(config)
+            row["model_key"] = key
+            earlier = models.acquire(key)
+            if earlier is not None:
+                row.update({k: earlier["row"][k] for k in REUSED_FIELDS if k in earlier["row"]})
+                row["duplicate_of"] = earlier["trial"]
+                key = None  # nothing to record: the model is the other trial's
+                print(f"same model as trial {row['duplicate_of']}: result reused", file=log, flush=True)
+                return row
 
         cost: dict[str, Any] = {}
         if report is not None and getattr(report, "wants_flops", False):
@@ -124,15 +136,38 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
             row["error"] = "validation accuracy is not finite"
         else:
             row["status"] = "complete"
+        ended = True
     except Exception as exc:  # the search goes on; the error is recorded with the trial
         row["status"] = "failed"
         row["error"] = _error_text(exc)
         print(traceback.format_exc(), file=log, flush=True)
         _free_cuda()
+        ended = True
     finally:
+        # a trial that claimed its model records the result for later duplicates (not when the
+        # process is being interrupted: a resume releases the claim and trains the model again)
+        if key is not None and ended:
+            models.finish(key, row)
         print(f"status: {row['status']} {row['error']} ({time.time() - started:.1f}s)", file=log, flush=True)
         log.close()
     return row
+
+
+def _smallest_costs(space, point: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """FLOPs and physical parameters of ``point`` at the smallest widths: what an infeasible trial
+    tells the sampler for its cost objectives (it was never built at a width that fits)."""
+    from repnas.rescale import count_flops, count_physical_params
+    from repnas.spaces import build_model, dataset_info
+
+    try:
+        info = dataset_info(dataset)
+        arch = space.architecture(point)
+        config = space.model_config(arch, tuple(space.min_width for _ in space.widths), info.in_channels)
+        model = build_model(config, info.num_classes, info.in_channels)
+        return {"flops": int(count_flops(model, info.input_shape)),
+                "physical_params": int(count_physical_params(model))}
+    except Exception:  # only a hint for the sampler: never fail the search over it
+        return {}
 
 
 def _flops(model_config: dict, dataset: str, data=None) -> int:

@@ -2,6 +2,7 @@
 
 from repnas.spaces import models as _models  # noqa: F401  (registers the families)
 from repnas.spaces._budget import InfeasibleError, Solution, smallest_candidate
+from repnas.spaces._budget_spec import BUDGET_PARAM, BudgetSpec, parse_budget
 from repnas.spaces._datasets_info import DATASET_INFO, DatasetInfo, dataset_info
 from repnas.spaces._registry import (
     ModelSpec,
@@ -25,9 +26,11 @@ from repnas.spaces._space import (
 )
 
 __all__ = [
+    "BUDGET_PARAM",
     "DATASET_INFO",
     "KNOB_DEFAULTS",
     "Architecture",
+    "BudgetSpec",
     "DatasetInfo",
     "InfeasibleError",
     "Knob",
@@ -43,6 +46,7 @@ __all__ = [
     "list_spaces",
     "load_space",
     "model_spec",
+    "parse_budget",
     "parse_count",
     "register_family",
     "register_model",

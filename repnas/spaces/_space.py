@@ -44,7 +44,8 @@ Space YAML (built-ins live in ``spaces/builtin/``)::
     name: quick
     family: vgg               # vgg | resnet | wrn
     widths: [8, 16]           # reference source widths per stage (the solver rescales them)
-    budget: 12k               # default parameter budget (k / M suffixes allowed)
+    budget: 12k               # default parameter budget (k / M suffixes allowed), or a range 4k:40k
+                              # or levels 4k,12k,40k searched as a dimension (``_budget_spec``)
     dataset: digits           # default dataset
     epochs: 4                 # default epochs per trial
     recipe: {lr: 0.05}        # optional overrides of the trainer's recipe
@@ -67,6 +68,7 @@ from typing import Any
 import yaml
 
 from repnas.errors import UserError
+from repnas.spaces._budget_spec import parse_budget
 
 FAMILIES = ("vgg", "resnet", "wrn")
 SHARE_MODES = ("own", "borrow", "bank")
@@ -232,7 +234,7 @@ class SearchSpace:
     widths: tuple[int, ...]
     knobs: dict[str, Knob] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
-    budget: int = 100_000
+    budget: int | str = 100_000  # one count, or a range / levels (``_budget_spec``) searched as a dimension
     dataset: str = "digits"
     epochs: int = 5
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -446,7 +448,7 @@ class SearchSpace:
             widths=tuple(widths),
             knobs=knobs,
             fixed=fixed,
-            budget=parse_count(data.get("budget", 100_000), f"{where}: budget"),
+            budget=parse_budget(data.get("budget", 100_000), f"{where}: budget").to_value(),
             dataset=str(data.get("dataset", "digits")),
             epochs=int(data.get("epochs", 5)),
             recipe=dict(data.get("recipe") or {}),
