@@ -176,15 +176,28 @@ def test_ray_backend_writes_the_same_run_directory(tmp_path, capsys):
 
     out = tmp_path / "ray"
     try:
-        code = main(["search", "--space", "quick", "--trials", "2", "--epochs", "1", "--backend", "ray",
+        code = main(["search", "--space", "quick", "--trials", "2", "--epochs", "2", "--backend", "ray",
                      "--out", str(out), "--quiet", "--device", "cpu"])
+        assert code == 0
+        # one tune.report per epoch: Tune's learning curves have one row per epoch, the last with the row
+        from ray import tune
+
+        from repnas.search._ray_trial import trainable
+
+        grid = tune.Tuner.restore(str(out / "ray" / "ray"), trainable=trainable).get_results()
+        assert len(grid) == 2 and not grid.errors
+        for result in grid:
+            curve = result.metrics_dataframe
+            assert list(curve["epoch"]) == [1, 2] and list(curve["training_iteration"]) == [1, 2]
+            assert curve["val_accuracy"].notna().all() and result.metrics["status"] == "complete"
     finally:
         ray.shutdown()
-    assert code == 0
     table = pd.read_parquet(out / "trials.parquet")
     assert sorted(table["trial"]) == [0, 1] and (table["status"] == "complete").all()
     assert (table["params"] <= 12_000).all()
-    assert all((out / "trials" / str(n) / "checkpoint.pt").is_file() for n in table["trial"])
+    for n in table["trial"]:  # filled by the driver from each trial's last Tune checkpoint
+        assert {"checkpoint.pt", "config.yaml", "log.txt"} <= {p.name for p in (out / "trials" / str(n)).iterdir()}
+        assert "epoch 2:" in (out / "trials" / str(n) / "log.txt").read_text()
     search = SearchConfig.from_yaml(out / "search.yaml")
     assert search.workers == 0  # no --workers: Ray runs as many trials at once as resources allow
     study = optuna.load_study(study_name=search.study, storage=search.storage)

@@ -4,6 +4,10 @@ Example: ``repnas search --space quick --dataset digits --trials 12 --out runs/q
 line per finished trial and the Pareto front at the end; everything lands in the run directory
 (``search.yaml``, the Optuna storage, ``trials.parquet``, ``trials/<n>/``). ``--resume`` continues a
 search that was stopped or killed.
+
+Many machines: start with ``--storage postgresql://USER@HOST/DB --study NAME``, then run
+``repnas search --join --storage postgresql://USER@HOST/DB --study NAME`` on each other machine
+(docs/scaling.md). ``--join`` on a finished study rebuilds ``trials.parquet`` from the database.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "--backend ray, the most trials at once (default: as many as CPUs/GPUs allow)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share of one trial, e.g. 0.25 packs 4 on a GPU")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.add_argument("--join", action="store_true", help="add this machine's workers to the search --study "
+                   "on the database server --storage (postgresql://...); --out defaults to runs/<study>")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial (default 0)")
     p.add_argument("--sampler", choices=("nsga2", "tpe", "gp", "random"),
                    help="Optuna sampler (default nsga2)")
@@ -48,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--data-dir", help="where datasets are read or cached")
     p.add_argument("--ray-address", help="address of an existing Ray cluster (--backend ray)")
+    p.add_argument("--ray-storage", help="Tune's storage for trial checkpoints and experiment state: a path "
+                   "every node reaches (NFS) or a URI such as s3://bucket/path (default: <out>/ray, one node)")
+    p.add_argument("--resources-per-trial", help="Ray resources of one trial, e.g. cpu=2,gpu=0.5,my_node=1 "
+                   "(custom resources pin trials to nodes started with them; default cpu=1 and --gpus-per-trial)")
+    p.add_argument("--max-failures", type=int, help="restarts of a Ray trial whose node or process died, from its "
+                   "last epoch's checkpoint (default 3)")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     p.add_argument("--config", metavar="FILE", help="start a new search from a run's search.yaml (or any YAML "
                    "of its keys); flags given as well override it")
@@ -74,7 +86,9 @@ def build_search_config(args: argparse.Namespace):
     options.update({k: v for k, v in given.items() if v is not None})
     if args.out is not None:
         options["out"] = args.out
-    return search_config(**options)
+    search, out = search_config(**options)
+    search.ray = ray_options(args, {})
+    return search, out
 
 
 def resume_search_config(args: argparse.Namespace):
@@ -119,6 +133,10 @@ def resume_search_config(args: argparse.Namespace):
                   args.gpus_per_trial)
     if getattr(args, "config", None):
         raise UserError("--config starts a new search; --resume continues the run's own search.yaml")
+    if args.ray_storage is not None and args.ray_storage != search.ray.get("storage"):
+        raise UserError(f"--ray-storage {args.ray_storage} differs from the run's "
+                        f"{search.ray.get('storage') or 'default'}; its Tune experiments live there")
+    search.ray = ray_options(args, search.ray)
     for name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir"):
         value = getattr(args, name)
         if value is not None:
@@ -126,6 +144,52 @@ def resume_search_config(args: argparse.Namespace):
     if search.backend == "optuna" and search.workers == 0:  # a Ray search resumed by the Optuna driver
         search.workers = 1
     return search, Path(args.out)
+
+
+def join_search_config(args: argparse.Namespace):
+    """The SearchConfig of the running search ``--study`` on ``--storage`` (``--join``), with this
+    machine's ``--workers``/``--device``/``--gpus-per-trial``/``--data-dir``; its run directory."""
+    from repnas.search._distributed import join_search_config as from_study
+    from repnas.search._rundir import RunDir, SearchConfig
+
+    if args.resume:
+        raise UserError("--join and --resume exclude each other (--join again to rejoin a search)")
+    if not args.storage or not args.study:
+        raise UserError("--join needs --storage (the database server's URL) and --study (the search's name)")
+    given = [name for name in ("space", "dataset", "budget", "trials", "epochs", "seed", "sampler",
+                               "objectives", "early_stop") if getattr(args, name) is not None]
+    if given or args.backend == "ray":
+        names = ", ".join("--" + n.replace("_", "-") for n in given) or "--backend ray"
+        raise UserError(f"--join takes the search's config from the study; drop {names}")
+    _check_counts(1, None, args.workers, args.gpus_per_trial)
+    out = Path(args.out or Path("runs") / args.study)
+    run = RunDir(out)
+    if run.search_yaml.is_file():  # rejoining: the same search only
+        saved = SearchConfig.from_yaml(run.search_yaml)
+        if saved.study != args.study:
+            raise UserError(f"run directory {out} belongs to study {saved.study!r}, not {args.study!r}")
+    elif run.is_used():
+        raise UserError(f"run directory {out} already exists; use another --out")
+    search = from_study(args.storage, args.study, {
+        "workers": args.workers or 1, "device": args.device, "gpus_per_trial": args.gpus_per_trial,
+        "data_dir": args.data_dir})
+    return search, out
+
+
+def ray_options(args: argparse.Namespace, saved: dict) -> dict:
+    """``SearchConfig.ray`` from ``--ray-storage``, ``--resources-per-trial``, ``--max-failures``."""
+    options = dict(saved)
+    if args.ray_storage is not None:
+        options["storage"] = args.ray_storage
+    if args.resources_per_trial is not None:
+        from repnas.search._ray_driver import parse_resources
+
+        options["resources"] = parse_resources(args.resources_per_trial)
+    if args.max_failures is not None:
+        if args.max_failures < 0:
+            raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
+        options["max_failures"] = args.max_failures
+    return options
 
 
 def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: float | None) -> None:
@@ -137,7 +201,9 @@ def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: fl
 def run(args: argparse.Namespace) -> int:
     from repnas.search._api import run_search_config
 
-    if args.resume:
+    if args.join:
+        search, out = join_search_config(args)
+    elif args.resume:
         search, out = resume_search_config(args)
     else:
         from repnas.search._start import check_new_run_dir
@@ -155,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     # validated, owned (one process per run directory), started atomically, stopped cleanly:
     # run_search_config runs the driver inside supervised_search
     result = run_search_config(search, out, resume=args.resume, progress=not args.quiet, timeout=args.timeout,
-                               ray_address=args.ray_address)
+                               ray_address=args.ray_address, join=args.join)
     from repnas.search._front import no_complete_reason
 
     table = result.trials

@@ -309,11 +309,15 @@ def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
 
 def run_search_config(search: SearchConfig, out: str | Path, *, resume: bool = False, sampler: Any = None,
                       callbacks: Iterable[Callback] = (), timeout: float | None = None, progress: bool = True,
-                      ray_address: str | None = None) -> SearchResult:
+                      ray_address: str | None = None, join: bool = False) -> SearchResult:
     """Run (or resume) the search ``search`` in ``out`` with either backend; the one place both the
     command line and :func:`run_search` go through. The driver runs inside
     :func:`~repnas.search._supervise.supervised_search`: validated before anything is written, one
-    owner per run directory, a new run started atomically, Ctrl-C/SIGTERM stopped cleanly."""
+    owner per run directory, a new run started atomically, Ctrl-C/SIGTERM stopped cleanly.
+    ``join`` adds this machine's workers to a study already running on a database server (its
+    driver makes its own folder, outside that frame: the study is not new)."""
+    import contextlib
+
     import optuna
 
     from repnas.search._supervise import supervised_search
@@ -340,9 +344,11 @@ def run_search_config(search: SearchConfig, out: str | Path, *, resume: bool = F
     else:
         from repnas.search._optuna_driver import run_optuna_search
 
-        with supervised_search(search, out, resume=resume) as started:
+        frame = contextlib.nullcontext(False) if join else supervised_search(search, out, resume=resume)
+        with frame as started:
             study = run_optuna_search(search, out, resume=started, progress=progress, sampler=sampler,
-                                      after_trial=_after_trial(callbacks) if callbacks else None, timeout=timeout)
+                                      after_trial=_after_trial(callbacks) if callbacks else None, timeout=timeout,
+                                      join=join)
     assert isinstance(study, optuna.Study)
     return SearchResult(study=study, config=search, path=Path(out).resolve())  # valid after a chdir
 

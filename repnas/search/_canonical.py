@@ -10,7 +10,8 @@ change where and how fast the same model is trained, not which model.
 
 :class:`ModelClaims` keeps, in the search's Optuna storage (study user attributes ``model.<key>``),
 which trial trains each model and, once it has finished, its result row. Both drivers use it the
-same way, under the run directory's lock: the first trial to claim a key trains it; a later trial
+same way, under a study-wide lock (the Optuna driver's study lock; a Ray trial's storage lock,
+:func:`~repnas.search._distributed.storage_lock`): the first trial to claim a key trains it; a later trial
 whose point maps to the same key waits for that result (if it is still training) and reuses it
 (``duplicate_of``) without training. Training is deterministic for a seed, so the reused row is what
 training again would give.
@@ -125,10 +126,20 @@ def model_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def _claimant(trial: int | str) -> int | str:
+    """A claimant: a trial number (the Optuna driver), or a Ray Tune trial id (a Ray trial does not
+    know the number the driver will give it; :mod:`repnas.search._ray_results` translates)."""
+    return trial if isinstance(trial, str) else int(trial)
+
+
+def _same(a: int | str, b: int | str) -> bool:
+    return str(_claimant(a)) == str(_claimant(b))
+
+
 class ModelClaims:
     """Which trial trains each model (by :func:`model_key`), kept in the study's user attributes.
 
-    ``lock`` is a context manager factory serialising claimants (the run directory's file lock),
+    ``lock`` is a context manager factory serialising claimants (a study-wide lock, see above),
     so two workers never both claim one key. A claim is ``{"trial": n}`` while trial n trains and
     gains ``"row"`` (the result's :data:`REUSED_FIELDS`) when :meth:`finish` records the result.
     """
@@ -158,11 +169,11 @@ class ModelClaims:
                 held = self._get(key)
                 if held is not None and "row" in held:
                     return held
-                mine = held is None or int(held["trial"]) == int(trial)
-                stale = not mine and ((alive is not None and not alive(int(held["trial"])))
+                mine = held is None or _same(held["trial"], trial)
+                stale = not mine and ((alive is not None and not alive(held["trial"]))
                                       or time.monotonic() > deadline)
                 if mine or stale:
-                    self._set(key, {"trial": int(trial)})
+                    self._set(key, {"trial": _claimant(trial)})
                     return None
             time.sleep(poll)
 
@@ -171,21 +182,21 @@ class ModelClaims:
         result = {k: row[k] for k in REUSED_FIELDS
                   if k in row and not (isinstance(row[k], float) and not math.isfinite(row[k]))}
         with self.lock():
-            self._set(key, {"trial": int(trial), "row": result})
+            self._set(key, {"trial": _claimant(trial), "row": result})
 
     def release(self, key: str, trial: int) -> None:
         """Drop trial ``trial``'s unfinished claim (it was interrupted), so the model is trained again."""
         with self.lock():
             held = self._get(key)
-            if held is not None and int(held["trial"]) == int(trial) and "row" not in held:
+            if held is not None and _same(held["trial"], trial) and "row" not in held:
                 self._set(key, None)
 
 
 class TrialModels:
     """:class:`ModelClaims` seen from one trial: what :func:`~repnas.search._runner.run_trial` asks."""
 
-    def __init__(self, claims: ModelClaims, trial: int, alive: Callable[[int], bool] | None = None):
-        self.claims, self.trial, self.alive = claims, int(trial), alive
+    def __init__(self, claims: ModelClaims, trial: int | str, alive: Callable[[Any], bool] | None = None):
+        self.claims, self.trial, self.alive = claims, _claimant(trial), alive
 
     def acquire(self, key: str) -> dict | None:
         return self.claims.acquire(key, self.trial, self.alive)

@@ -36,11 +36,17 @@ _COUNTED_STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING")
 
 
 # --------------------------------------------------------------------- storage, sampler, study
-def open_storage(url: str):
-    """An Optuna storage from a URL (``sqlite:///...``, any RDB URL) or a journal file path."""
+def open_storage(url: str, heartbeat: bool = True):
+    """An Optuna storage from a URL (``sqlite:///...``, any RDB URL) or a journal file path; a
+    database server (``postgresql://``) gets trial heartbeats unless ``heartbeat=False``
+    (:mod:`repnas.search._distributed`)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
+    from repnas.search._distributed import is_server_storage, open_server_storage
+
+    if is_server_storage(url):
+        return open_server_storage(url, heartbeat)
     if "://" in url:
         return optuna.storages.RDBStorage(url)
     return optuna.storages.JournalStorage(JournalFileBackend(str(url)))
@@ -79,6 +85,8 @@ def check_storage(search: SearchConfig, resume: bool) -> None:
     ``--resume`` of a study that does not exist: before anything is written."""
     import optuna
 
+    from repnas.search._distributed import is_server_storage
+
     if not storage_exists(search.storage):
         if resume:
             raise UserError(f"cannot resume: storage {search.storage} does not exist")
@@ -88,7 +96,7 @@ def check_storage(search: SearchConfig, resume: bool) -> None:
     except Exception as exc:
         raise UserError(f"storage {search.storage} is unreadable ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if names and search.study not in names:
+    if names and search.study not in names and not is_server_storage(search.storage):  # a server holds many
         raise UserError(f"storage {search.storage} holds study {', '.join(map(repr, names))}, "
                         f"not {search.study!r}; pass --study or another --storage")
     if search.study in names and not resume:
@@ -223,11 +231,15 @@ def trial_id_of(study, number: int) -> int:
 
 
 def counted_trials(study) -> int:
-    """Trials that count towards ``--trials``: finished or running, not interrupted, and not a
-    duplicate (a proposal answered from an earlier trial that built the same model)."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state.name in _COUNTED_STATES and not t.user_attrs.get("interrupted")
-               and t.user_attrs.get("duplicate_of") is None)
+    """Trials that count towards ``--trials``: finished or running, not interrupted, not lost and
+    retried (:func:`~repnas.search._distributed.retried_trials`), and not a duplicate (a proposal
+    answered from an earlier trial that built the same model)."""
+    from repnas.search._distributed import retried_trials
+
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_trials(trials)
+    return sum(1 for t in trials if t.state.name in _COUNTED_STATES and not t.user_attrs.get("interrupted")
+               and t.number not in retried and t.user_attrs.get("duplicate_of") is None)
 
 
 def repeat_limit(search: SearchConfig) -> int:
@@ -251,22 +263,34 @@ def repeats_in_a_row(study) -> int:
 
 def progress_counts(study) -> dict[str, int]:
     """Trials per status (``STATUSES``), ``running`` and ``reused`` (duplicates, not in the
-    statuses); interrupted trials are not counted."""
+    statuses); interrupted and lost-and-retried trials are not counted."""
+    from repnas.search._distributed import retried_trials
+
     counts = dict.fromkeys((*STATUSES, "running", "reused"), 0)
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_trials(trials)
+    for t in trials:
         if t.state.name == "RUNNING":
             counts["running"] += 1
         elif t.user_attrs.get("duplicate_of") is not None:
             counts["reused"] += 1
-        elif t.state.name in ("COMPLETE", "FAIL", "PRUNED") and not t.user_attrs.get("interrupted"):
+        elif (t.state.name in ("COMPLETE", "FAIL", "PRUNED") and not t.user_attrs.get("interrupted")
+              and t.number not in retried):
             status = trial_status(t)
             counts[status if status in counts else "failed"] += 1
     return counts
 
 
 def write_table(study, run: RunDir, knob_names: list[str]) -> None:
-    """Rewrite ``trials.parquet`` from the study (the single source of truth)."""
-    run.write_trials(trials_frame(study.get_trials(deepcopy=False), knob_names))
+    """``trials.parquet`` from the storage (all trials of the study, whichever machine ran them)."""
+    from repnas.search._distributed import retried_trials
+
+    trials = study.get_trials(deepcopy=False)
+    frame = trials_frame(trials, knob_names)
+    for lost, retry in retried_trials(trials).items():  # a lost worker's trial says where it went
+        rows = (frame["trial"] == lost) & (frame["error"] == "")
+        frame.loc[rows, "error"] = f"lost (its worker stopped); point retried as trial {retry}"
+    run.write_trials(frame)
 
 
 # --------------------------------------------------------------------- devices
@@ -299,6 +323,15 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     import torch
 
     from repnas.search._canonical import ModelClaims, TrialModels
+    from repnas.search._distributed import (
+        TrialHeartbeat,
+        claim_worker,
+        fail_lost_trials,
+        is_server_storage,
+        study_lock,
+        wait_for_running,
+        worker_name,
+    )
     from repnas.search._early_stop import make_rule
     from repnas.search._epochs import EpochReport
     from repnas.search._runner import run_trial
@@ -310,29 +343,44 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     distributions = search.distributions(space)
     knob_names = list(distributions)
     study = open_study(search, worker, sampler=sampler)
+    name = f"w{worker}:{device}"
+    distributed = is_server_storage(search.storage)
+    if distributed:  # many machines: a study-wide worker number for the seed and the name
+        number = claim_worker(search, study, run)
+        name = worker_name(number, device)
+        study.sampler = make_sampler(search.sampler, continuation_seed(search.seed, number, 0),
+                                     search_population(search))
     if resume and sampler is None:
         study.sampler = resumed_sampler(search, run, worker, len(study.get_trials(deepcopy=False)))
-    claims = ModelClaims(study, run.lock)
+    claims = ModelClaims(study, lambda: study_lock(search, run))  # every machine's workers claim models
     data = _load_data(search)
-    name = f"w{worker}:{device}"
     display = SearchProgress(search.trials, counted_trials(study), search.workers)
     while True:
-        with run.lock():
-            if counted_trials(study) >= search.trials or (deadline is not None and time.time() >= deadline):
-                return True
-            if repeats_in_a_row(study) >= repeat_limit(search):
-                return False
-            trial = study.ask(fixed_distributions=distributions)
-            trial.set_user_attr("worker", name)
-            save_sampler(run, worker, study.sampler)
+        with study_lock(search, run):
+            if distributed:
+                fail_lost_trials(study)
+            full = counted_trials(study) >= search.trials or (deadline is not None and time.time() >= deadline)
+            repeating = not full and repeats_in_a_row(study) >= repeat_limit(search)
+            if not full and not repeating:
+                trial = study.ask(fixed_distributions=distributions)
+                trial.set_user_attr("worker", name)
+                heartbeat = TrialHeartbeat(study, trial)
+                save_sampler(run, worker, study.sampler)
+        if repeating:
+            return False
+        if full:  # on a server, stay while other machines' trials run: one may be lost and queued again
+            if distributed and wait_for_running(search, study, run) and (deadline is None or time.time() < deadline):
+                continue
+            return True
         _faults.point("trial:asked")
         point = {k: trial.params[k] for k in knob_names}
         report = EpochReport(study, trial.number, make_rule(search, study, trial.number))
         display.start_trial()
         show = _epoch_display(display, study, trial.number, search.epochs) if progress and worker == 0 else None
         models = TrialModels(claims, trial.number, alive=lambda number: _is_running(study, number))
-        row = run_trial(search, point, run.trial_dir(trial.number), report, device=device, data=data,
-                        models=models, on_epoch=show)
+        with heartbeat:
+            row = run_trial(search, point, run.trial_dir(trial.number), report, device=device, data=data,
+                            models=models, on_epoch=show)
         if row.get("duplicate_of") is not None:
             report.copy_from(int(row["duplicate_of"]))
         row["worker"] = name
@@ -435,20 +483,28 @@ def _si(value: Any) -> str:
 
 # --------------------------------------------------------------------- the whole search
 def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = False, progress: bool = True, *,
-                      sampler=None, after_trial=None, timeout: float | None = None):
+                      sampler=None, after_trial=None, timeout: float | None = None, join: bool = False):
     """Run (or resume) the search of ``search`` in run directory ``root``; returns the study.
 
-    ``sampler``, ``after_trial`` and ``timeout``: see ``repnas.search.run_search``."""
+    ``sampler``, ``after_trial`` and ``timeout``: see ``repnas.search.run_search``. ``join``: add this
+    machine's workers to a search another machine started on a database server (the study exists;
+    :func:`repnas.search._distributed.join_search_config` checked it).
+    """
     from repnas.search._api import worker_sampler
+    from repnas.search._distributed import is_server_storage
 
     deadline = time.time() + timeout if timeout is not None else None
     run = RunDir(root)
-    check_storage(search, resume)
+    if not join:
+        check_storage(search, resume)
     run.create()
     search.to_yaml(run.search_yaml)
-    if resume:
+    if join:
         study = open_study(search, sampler=sampler)
-        interrupted = recover_interrupted(study)
+    elif resume:
+        study = open_study(search, sampler=sampler)
+        # on a shared server other machines' trials are running: lost ones are found by heartbeat
+        interrupted = [] if is_server_storage(search.storage) else recover_interrupted(study)
         if interrupted and progress:
             print(f"resume: trials {interrupted} were interrupted; their points are queued again", flush=True)
         if not study.get_trials(deepcopy=False):  # a new run that supervised_search created empty

@@ -1,24 +1,26 @@
 """The Ray Tune driver (``repnas search --backend ray``): the same search through ``tune.Tuner``.
 
 What Ray brings over the embedded driver: trials packed onto GPUs by fractional resources
-(``--gpus-per-trial 0.25`` runs 4 at once on one GPU), and clusters (``--ray-address``). What stays
-the same: the sampler (Ray's ``OptunaSearch`` around the same seeded Optuna sampler, given the
-space's fixed Optuna distributions, with metric and mode lists, so both backends propose points
-the same way), the trial runner (:func:`~repnas.search._runner.run_trial`, unchanged) and the run
-directory: ``OptunaSearch`` keeps its study in the run directory's storage (``optuna.load_study``
-works on it as for the Optuna backend), trials are trained into ``trials/<n>/`` and the rows go to
-``trials.parquet``. Tune's own experiment state lives in ``<run>/ray/`` (``RunConfig(storage_path)``),
-which is what ``--resume`` restores (``Tuner.restore``). The study holds the points and objective
-values only (Optuna forbids annotating finished trials, and the trainable cannot see its Optuna
-trial), and ``trials/<n>`` numbers follow Tune's start order (``ray_trials.json`` maps Tune's trial
-ids to them), which can differ from the study's numbers when trials run concurrently. So what a user
-reads (the printed front, reports, exports) comes from ``trials.parquet``, which has both.
+(``--gpus-per-trial 0.25`` runs 4 at once on one GPU) and clusters (``--ray-address``) without a
+shared filesystem. What stays the same: the sampler (Ray's ``OptunaSearch`` around the same seeded
+Optuna sampler, given the space's fixed Optuna distributions, with metric and mode lists), the
+trial runner (:func:`~repnas.search._runner.run_trial`) and the run directory.
+
+Who writes what (docs/scaling.md): a trial (:mod:`repnas.search._ray_trial`, on any node) trains in
+a scratch folder and reports once per epoch to Tune with that folder as a checkpoint; Tune keeps
+experiment state and checkpoints in its storage (``--ray-storage``: a path every node reaches or a
+pyarrow URI; default ``<run>/ray`` for one node) and restarts a trial whose node died from its last
+checkpoint (``FailureConfig(max_failures)``, ``--max-failures``). The driver alone numbers the
+trials and fills ``trials/<n>/`` and ``trials.parquet`` (:mod:`repnas.search._ray_results`), and
+``--resume`` after a driver crash restores the experiment (``Tuner.restore``). The study holds the
+points and objective values only (Optuna forbids annotating finished trials); what a user reads
+(the printed front, reports, exports) comes from ``trials.parquet``.
 
 Concurrency: Ray runs as many trials at once as the resources allow (1 CPU and ``--gpus-per-trial``
-each) unless ``--workers N`` caps it (``SearchConfig.workers`` 0 = no cap).
+each, or ``--resources-per-trial``) unless ``--workers N`` caps it (``SearchConfig.workers`` 0 = no cap).
 
-Not here: early stopping (Tune's schedulers are single-objective; ``--early-stop`` is for the
-Optuna backend), and a scheduler of our own.
+Not here yet: ``--early-stop`` under Ray (a multi-objective Tune ``TrialScheduler`` around the
+backend-independent rule).
 """
 
 from __future__ import annotations
@@ -27,39 +29,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from repnas._io import atomic_write_text
 from repnas.errors import UserError
+from repnas.search._ray_results import experiment_paths, number_trials, result_rows, trial_dirname
+from repnas.search._ray_trial import trainable, trial_device
 from repnas.search._rundir import TRIAL_COLUMNS, RunDir, SearchConfig, rows_frame
 
+__all__ = ["parse_resources", "run_ray_search", "trial_device", "trial_gpus", "trial_resources"]
 
-def trial_number(run: RunDir, trial_id: str) -> int:
-    """The ``trials/<n>`` number of a Tune trial: the next free number the first time its id is seen
-    (Tune's ids are random strings), the same number when a restored trial runs again. The trainable
-    asks first; the driver asks for a trial that died before it could."""
-    import json
-
-    path = run.root / "ray_trials.json"
-    with run.lock():
-        numbers = json.loads(path.read_text()) if path.is_file() else {}
-        if trial_id not in numbers:
-            numbers[trial_id] = len(numbers)
-            atomic_write_text(path, json.dumps(numbers, indent=1))
-        return int(numbers[trial_id])
-
-
-def trial_dirname(trial) -> str:
-    """Tune's folder name for a trial: its id, so the driver can number a trial that left no result."""
-    return f"trial_{trial.trial_id}"
-
-
-def trial_device(device: str, cuda_available: bool) -> str:
-    """The device inside a Tune trial. Ray shows a trial only the GPU share it assigned (through
-    CUDA_VISIBLE_DEVICES), so any ``cuda``/``cuda:N`` of the search means that trial's ``cuda``."""
-    if device == "cpu" or (device == "auto" and not cuda_available):
-        return "cpu"
-    if device == "auto" or device.startswith("cuda"):
-        return "cuda"  # without a GPU the trainer reports the problem and the trial is recorded failed
-    return device
+#: ``--max-failures`` default: how often Tune restarts a trial (from its last epoch) after its
+#: node or process died, before it is recorded failed.
+DEFAULT_MAX_FAILURES = 3
 
 
 def trial_gpus(device: str, gpus_per_trial: float, cluster_gpus: float) -> float:
@@ -68,49 +47,45 @@ def trial_gpus(device: str, gpus_per_trial: float, cluster_gpus: float) -> float
     return gpus_per_trial if device != "cpu" and cluster_gpus > 0 else 0.0
 
 
-def _trainable(point: dict[str, Any], search_dict: dict, root: str) -> None:
-    """One Tune trial: run_trial on the point, then one report of the whole row."""
-    import json
-
-    import ray
-    import torch
-    from ray import tune
-
-    from repnas.search._runner import run_trial
-
-    search = SearchConfig.from_dict(search_dict)
-    run = RunDir(root)
-    number = trial_number(run, str(tune.get_context().get_trial_id()))
-    device = trial_device(search.device, torch.cuda.is_available())
-    if device == "cpu":
-        torch.set_num_threads(1)
-    row = run_trial(search, dict(point), run.trial_dir(number), device=device, models=_models(search, run, number))
-    row["worker"] = f"ray:{ray.get_runtime_context().get_node_id()[:12]}:{device}"
-    metrics: dict[str, Any] = {"trial": number, "config_json": json.dumps(row.pop("config"))}
-    for key, value in row.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            continue  # a missing objective makes OptunaSearch record the trial as not complete
-        metrics[key] = value
-    tune.report(metrics)
+def parse_resources(text: str) -> dict[str, float]:
+    """``--resources-per-trial "cpu=2,gpu=0.5,big_node=1"`` -> ``{"cpu": 2.0, "gpu": 0.5, "big_node": 1.0}``;
+    a custom resource pins trials to the nodes started with it (``ray start --resources``)."""
+    resources: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        try:
+            amount = float(value)
+        except ValueError:
+            amount = -1.0
+        if not sep or not name.strip() or amount < 0:
+            raise UserError(f"--resources-per-trial: {part!r} is not NAME=AMOUNT (e.g. cpu=1,my_node=1)")
+        resources[name.strip().lower() if name.strip().lower() in ("cpu", "gpu") else name.strip()] = amount
+    return resources
 
 
-def _models(search: SearchConfig, run: RunDir, number: int):
-    """The trial's model claims (:mod:`~repnas.search._canonical`), kept in the run's study like the
-    Optuna driver's, so a duplicate reuses the model another Tune trial trained."""
-    from repnas.search._canonical import ModelClaims, TrialModels
-    from repnas.search._optuna_driver import open_study
+def trial_resources(search: SearchConfig, cluster_gpus: float) -> dict[str, float]:
+    """What one trial asks Ray for: 1 CPU and the ``--gpus-per-trial`` share (where the cluster has
+    GPUs), overridden and extended by ``--resources-per-trial``."""
+    resources = {"cpu": 1.0, "gpu": trial_gpus(search.device, search.gpus_per_trial, cluster_gpus)}
+    resources.update(search.ray.get("resources") or {})
+    return resources
 
-    return TrialModels(ModelClaims(open_study(search), run.lock), number)
+
+def tune_storage(search: SearchConfig, run: RunDir) -> str:
+    """Where Tune keeps experiment state and trial checkpoints: ``--ray-storage`` (a path every node
+    reaches, or a pyarrow URI such as ``s3://``), else ``<run>/ray`` (one node)."""
+    return search.ray.get("storage") or str((run.root / "ray").resolve())
 
 
 def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False, progress: bool = True,
                    address: str | None = None) -> None:
-    """Run (or restore, or extend) the search with Ray Tune; writes the run directory.
+    """Run (or restore, or extend) the search with Ray Tune; writes the run directory (the driver only).
 
-    A resume first restores the last Tune experiment if it did not finish (``Tuner.restore``, errored
-    trials run again). If the run then has fewer than ``search.trials`` trials (a raised ``--trials``),
-    a further experiment ``<study>-<k>`` runs the rest: its ``OptunaSearch`` loads the same study,
-    so the sampler goes on from every trial so far. ``trials.parquet`` keeps the rows of all of them.
+    A resume first restores the last Tune experiment if it did not finish (``Tuner.restore``: errored
+    trials run again from their last checkpoints). If the run then has fewer than ``search.trials``
+    trials (a raised ``--trials``), a further experiment ``<study>-<k>`` runs the rest: its
+    ``OptunaSearch`` loads the same study, so the sampler goes on from every trial so far.
+    ``trials.parquet`` keeps the rows of all of them.
     """
     try:
         import ray
@@ -120,6 +95,9 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
 
     from repnas.search._optuna_driver import check_storage, open_study, spread_budgets
 
+    if search.early_stop not in ("none", "", None):  # before anything is written
+        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray yet "
+                        "(Tune's schedulers take one metric); use the optuna backend")
     run = RunDir(root)
     check_storage(search, resume)
     run.create()
@@ -131,33 +109,39 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=progress, logging_level="ERROR")
-    storage_path = (run.root / "ray").resolve()
-    gpu = trial_gpus(search.device, search.gpus_per_trial, ray.cluster_resources().get("GPU", 0.0))
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, search_dict=search.to_dict(), root=str(run.root.resolve())),
-        {"cpu": 1, "gpu": gpu})
+    storage = tune_storage(search, run)
+    resources = trial_resources(search, ray.cluster_resources().get("GPU", 0.0))
+    missing = sorted(k for k, v in resources.items() if k not in ("cpu", "gpu") and v > 0
+                     and ray.cluster_resources().get(k, 0.0) < v)
+    if missing and progress:
+        print(f"waiting for nodes with resource {', '.join(missing)} (none in the cluster yet)", flush=True)
+    bound = tune.with_resources(tune.with_parameters(trainable, search_dict=search.to_dict()), resources)
+    failure = tune.FailureConfig(max_failures=int(search.ray.get("max_failures", DEFAULT_MAX_FAILURES)))
     rows = _saved_rows(run) if resume else {}
-    experiments = _experiments(storage_path, search.study)
-    if resume and experiments and tune.Tuner.can_restore(str(experiments[-1])):
-        tuner = tune.Tuner.restore(str(experiments[-1]), trainable=trainable, resume_errored=True)
-        rows.update(_result_rows(run, tuner.fit(), knobs))
+    experiments = experiment_paths(storage, search.study)
+    if resume and experiments and tune.Tuner.can_restore(experiments[-1]):
+        tuner = tune.Tuner.restore(experiments[-1], trainable=bound, resume_errored=True)
+        rows.update(result_rows(run, _fit(tuner), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
     for _ in range(_MAX_TOP_UPS):  # duplicates do not count: top up until --trials distinct models
         remaining = search.trials - _distinct(rows)
         if remaining <= 0:
             break
-        experiments = _experiments(storage_path, search.study)
+        experiments = experiment_paths(storage, search.study)
         name = search.study if not experiments else f"{search.study}-{len(experiments) + 1}"
         trials_so_far = len(study.get_trials(deepcopy=False))  # as the Optuna backend counts them
+        searcher = _searcher(search, trials_so_far, number_trials(run, []))
         tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=_searcher(search, trials_so_far), num_samples=remaining,
+            bound,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
                                         max_concurrent_trials=search.workers or None,
                                         trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage_path), verbose=1 if progress else 0),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress else 0,
+                                      failure_config=failure,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
         before = _distinct(rows)
-        rows.update(_result_rows(run, tuner.fit(), knobs))
+        rows.update(result_rows(run, _fit(tuner), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
         if _distinct(rows) == before:  # only known models proposed: the space looks exhausted
             if progress:
@@ -177,17 +161,25 @@ def _distinct(rows: dict[int, dict[str, Any]]) -> int:
     return sum(1 for r in rows.values() if r.get("duplicate_of") is None or pd.isna(r["duplicate_of"]))
 
 
-def _experiments(storage_path: Path, study: str) -> list[Path]:
-    """The Tune experiments of this run in the order they ran: ``<study>``, ``<study>-2``, ..."""
-    found = {1: storage_path / study} if (storage_path / study).is_dir() else {}
-    for path in storage_path.glob(f"{study}-*"):
-        suffix = path.name[len(study) + 1:]
-        if path.is_dir() and suffix.isdigit():
-            found[int(suffix)] = path
-    return [found[k] for k in sorted(found)]
+def _fit(tuner):
+    """``tuner.fit()`` with Tune's strict metric check off: a trial's per-epoch reports carry that
+    epoch's metrics, and only its last one the objectives ``OptunaSearch`` reads (params and FLOPs
+    are known once the trial ends), which Tune's check would refuse (``TUNE_DISABLE_STRICT_METRIC_
+    CHECKING`` is Tune's documented switch for that; it is read by the driver, so set here only)."""
+    import os
+
+    saved = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    try:
+        return tuner.fit()
+    finally:
+        if saved is None:
+            os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
+        else:
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = saved
 
 
-def _searcher(search: SearchConfig, trials_so_far: int):
+def _searcher(search: SearchConfig, trials_so_far: int, numbers: dict[str, int] | None = None):
     """Ray's ``OptunaSearch`` with the Optuna backend's seeded sampler, the space's fixed
     distributions and the run's study (loaded if it exists), so both backends propose alike. A
     further experiment's sampler gets a fresh seed, so it does not replay the first one's points."""
@@ -196,13 +188,14 @@ def _searcher(search: SearchConfig, trials_so_far: int):
 
     return _annotating(ConstrainedOptunaSearch)(
         directions=search.directions,
+        numbers=numbers,  # the trial numbers given so far (ray_trials.json): the next ones follow
         space=search.distributions(),
         metric=search.objective_names,
         mode=["max" if d == "maximize" else "min" for d in search.directions],
         sampler=make_sampler(search.sampler, continuation_seed(search.seed, 0, trials_so_far),
                              search_population(search)),
         study_name=search.study,
-        storage=open_storage(search.storage),
+        storage=open_storage(search.storage, heartbeat=False),  # Tune's trials send no heartbeats
     )
 
 
@@ -244,21 +237,3 @@ def _saved_rows(run: RunDir) -> dict[int, dict[str, Any]]:
     import pandas as pd
 
     return {int(r["trial"]): r for r in pd.read_parquet(run.trials_parquet).to_dict("records")}
-
-
-def _result_rows(run: RunDir, results, knobs: list[str]) -> dict[int, dict[str, Any]]:
-    """``trials.parquet`` rows of a Tune ``ResultGrid``, by trial number; a trial that died before
-    its report is a failed row with the last line of its error."""
-    rows = {}
-    for result in results:
-        metrics = dict(result.metrics or {})
-        if "trial" not in metrics:
-            lines = [ln for ln in str(result.error or "no result").splitlines() if ln.strip()]
-            trial_id = Path(result.path).name.removeprefix("trial_")
-            metrics = {"status": "failed", "error": lines[-1][:300] if lines else "no result",
-                       "trial": trial_number(run, trial_id)}
-        row = {k: metrics[k] for k in TRIAL_COLUMNS if k in metrics}
-        row["config"] = metrics.get("config_json", "")  # Tune's own "config" is the point
-        row.update({f"knob.{k}": v for k, v in dict(result.config or {}).items() if k in knobs})
-        rows[int(row["trial"])] = row
-    return rows

@@ -5,7 +5,10 @@ pruned/failed state when one is missing. The Optuna driver tells more
 (:func:`~repnas.search._tell.optuna_answer`): the ``over_budget`` and ``duplicate`` constraints, an
 infeasible point as a complete trial over budget, a duplicate as infeasible-by-duplication. This
 subclass does the same from the reported row, so NSGA-II, TPE and GP learn the same things under
-either backend, and ``study.best_trials`` lists each model once. Imported only with Ray.
+either backend, and ``study.best_trials`` lists each model once. A Ray trial knows neither its
+number nor that of the trial it duplicates (it names that one by its Tune trial id): the searcher,
+in the driver, numbers trials as the driver does and records those numbers (``trial``,
+``duplicate_of``). Imported only with Ray.
 """
 
 from __future__ import annotations
@@ -21,9 +24,20 @@ from repnas.search._tell import optuna_answer
 class ConstrainedOptunaSearch(OptunaSearch):
     """``OptunaSearch`` whose completed trials are told through :func:`optuna_answer`."""
 
-    def __init__(self, *args, directions: list[str], **kwargs):
+    def __init__(self, *args, directions: list[str], numbers: dict[str, int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._directions = list(directions)
+        self._numbers = dict(numbers or {})  # Tune trial id -> the driver's trial number
+        self._next = max(self._numbers.values(), default=-1) + 1
+
+    def suggest(self, trial_id: str):
+        """Also number the trial as the driver will (:func:`~repnas.search._ray_results.number_trials`:
+        after the numbers given so far, in Tune's creation order, which is the order of suggests)."""
+        config = super().suggest(trial_id)
+        if isinstance(config, dict) and trial_id not in self._numbers:
+            self._numbers[trial_id] = self._next
+            self._next += 1
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False):
         ot_trial = self._ot_trials.get(trial_id)
@@ -31,6 +45,10 @@ class ConstrainedOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)  # no row (the trial died): Ray's default
             return
         names = list(self.metric) if isinstance(self.metric, list) else [self.metric]
+        if "trial" not in result and trial_id in self._numbers:  # a Ray trial does not know its number
+            result = {**result, "trial": self._numbers[trial_id]}
+        if isinstance(result.get("duplicate_of"), str):  # the Tune trial id of the trial it reused
+            result = {**result, "duplicate_of": self._numbers.get(result["duplicate_of"], -1)}
         state, values, constraints = optuna_answer(result, names, self._directions)
         for key, value in constraints.items():
             ot_trial.set_constraint(key, value)

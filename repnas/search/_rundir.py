@@ -91,6 +91,8 @@ class SearchConfig:
     data_dir: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     space_name: str = ""
+    # --backend ray: storage (Tune's storage_path or URI), resources (per trial), max_failures
+    ray: dict[str, Any] = field(default_factory=dict)
 
     @property
     def objective_names(self) -> list[str]:

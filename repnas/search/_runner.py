@@ -55,7 +55,7 @@ def _on_cpu(device: str) -> bool:
 def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path,
               report: Report | None = None, *, device: str | None = None, data=None,
               progress: bool = False, models=None,
-              on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              on_epoch: Callable[[int, dict[str, Any]], None] | None = None, resume: bool = False) -> dict[str, Any]:
     """Train the candidate ``point`` of ``search`` in ``trial_dir``; return its result row.
 
     ``report(epoch, metrics)`` is called after every epoch; returning True stops the trial, which
@@ -63,10 +63,12 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
     ``models`` (a :class:`~repnas.search._canonical.TrialModels`) makes the trial claim the model
     it builds (:func:`~repnas.search._canonical.model_key`): if another trial already trained it
     (different knob values often build the same model), that trial's result is reused without
-    training and the row says ``duplicate_of``; training is deterministic for a seed.
+    training and the row says ``duplicate_of`` (that trial's number, or its Ray Tune trial id under
+    the Ray backend); training is deterministic for a seed.
     ``point`` holds a ``budget`` entry where the budget is searched (a range or levels).
     ``on_epoch(epoch, metrics)`` is told every epoch (the search's progress display); the epoch's
     numbers also go to TensorBoard in ``trial_dir`` (:mod:`repnas.search._tensorboard`).
+    ``resume`` continues from ``trial_dir/checkpoint.pt`` (a Ray trial restarted after a lost node).
     """
     from repnas.search._canonical import REUSED_FIELDS, model_key
     from repnas.search._tensorboard import EpochScalars
@@ -108,7 +110,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
             earlier = models.acquire(key)
             if earlier is not None:
                 row.update({k: earlier["row"][k] for k in REUSED_FIELDS if k in earlier["row"]})
-                row["duplicate_of"] = int(earlier["trial"])
+                row["duplicate_of"] = earlier["trial"]
                 key = None  # nothing to record: the model is the other trial's
                 print(f"same model as trial {row['duplicate_of']}: result reused", file=log, flush=True)
                 return row
@@ -129,7 +131,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
 
         from repnas.train._trainer import train
 
-        result = train(config, out_dir=trial_dir, callback=callback, progress=progress, data=data)
+        result = train(config, out_dir=trial_dir, callback=callback, progress=progress, data=data, resume=resume)
         metrics = dict(result)
         row.update({k: metrics[k] for k in _METRICS})
         row["params"] = int(row["params"])

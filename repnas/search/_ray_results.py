@@ -1,0 +1,117 @@
+"""The driver's side of a Ray search: trial numbers, ``trials/<n>/`` and rows, from Tune's results.
+
+Only the driver writes the run directory. It numbers the trials of each Tune experiment in the
+order Tune created them (Tune's trial ids end in a creation counter, ``<exp>_00003``), which is the
+order ``OptunaSearch`` asked its study, and keeps the mapping in ``ray_trials.json`` so a restored
+experiment keeps its numbers. Each trial's last checkpoint (``result.checkpoint``, wherever Tune's
+storage is: a local path, NFS, ``s3://``) becomes ``trials/<n>/`` on the driver, and its last
+report becomes its row of ``trials.parquet``; a duplicate's ``duplicate_of`` (the Tune trial id of
+the trial whose model it reused) becomes that trial's number.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from repnas._io import atomic_write_text
+from repnas.search._rundir import TRIAL_COLUMNS, RunDir
+
+
+def trial_dirname(trial) -> str:
+    """Tune's folder name for a trial: its id, so a result without metrics still names its trial."""
+    return f"trial_{trial.trial_id}"
+
+
+def result_trial_id(result) -> str:
+    """The Tune trial id of a ``ray.tune.Result`` (from its metrics, else from its folder's name)."""
+    metrics = result.metrics or {}
+    if metrics.get("trial_id"):
+        return str(metrics["trial_id"])
+    return str(result.path).rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
+
+
+def _creation_key(trial_id: str) -> tuple[int, str]:
+    head, _, counter = trial_id.rpartition("_")
+    return (int(counter), head) if counter.isdigit() else (1 << 62, trial_id)
+
+
+def number_trials(run: RunDir, trial_ids: list[str]) -> dict[str, int]:
+    """``{Tune trial id: trial number}``: numbers already given are kept, new ids get the next
+    numbers in Tune's creation order (no ids: every number given so far). Written to
+    ``ray_trials.json`` by the driver alone."""
+    path = run.root / "ray_trials.json"
+    numbers: dict[str, int] = json.loads(path.read_text()) if path.is_file() else {}
+    new = sorted((t for t in set(trial_ids) if t not in numbers), key=_creation_key)
+    for trial_id in new:
+        numbers[trial_id] = len(numbers)
+    if new:
+        atomic_write_text(path, json.dumps(numbers, indent=1))
+    return {t: int(numbers[t]) for t in (trial_ids or numbers)}
+
+
+def fill_trial_dir(run: RunDir, number: int, checkpoint) -> bool:
+    """Copy a trial's last Tune checkpoint into ``trials/<number>/`` (complete or not at all: into a
+    temporary sibling first, then renamed over any older copy). False when it has none."""
+    if checkpoint is None:
+        return False
+    target = run.trial_dir(number)
+    tmp = target.with_name(f".{target.name}.incoming")
+    shutil.rmtree(tmp, ignore_errors=True)
+    checkpoint.to_directory(str(tmp))
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def result_rows(run: RunDir, results, knobs: list[str]) -> dict[int, dict[str, Any]]:
+    """``trials.parquet`` rows of a Tune ``ResultGrid``, by trial number, with ``trials/<n>/``
+    filled from each trial's last checkpoint; a trial that ended without its final report (it
+    failed more often than ``--max-failures`` allows) is a failed row with its error's last line."""
+    results = list(results)
+    numbers = number_trials(run, [result_trial_id(r) for r in results])
+    known = number_trials(run, [])  # every number given so far: a duplicate may reuse an earlier experiment's trial
+    rows = {}
+    for result in results:
+        number = numbers[result_trial_id(result)]
+        fill_trial_dir(run, number, result.checkpoint)
+        metrics = dict(result.metrics or {})
+        if "status" not in metrics:
+            lines = [ln for ln in str(result.error or "no final report").splitlines() if ln.strip()]
+            metrics.update(status="failed", error=lines[-1][:300] if lines else "no final report")
+        row = {k: metrics[k] for k in TRIAL_COLUMNS if k in metrics}
+        if isinstance(row.get("duplicate_of"), str):  # the Tune trial id of the trial it reused
+            row["duplicate_of"] = known.get(row["duplicate_of"], -1)
+        row["trial"] = number
+        row["config"] = metrics.get("config_json", "")  # Tune's own "config" is the point
+        row.update({f"knob.{k}": v for k, v in dict(result.config or {}).items() if k in knobs})
+        rows[number] = row
+    return rows
+
+
+def experiment_paths(storage: str, study: str) -> list[str]:
+    """The Tune experiments of a run in the order they ran (``<study>``, ``<study>-2``, ...), as
+    paths or URIs under ``storage`` (a local folder or any pyarrow filesystem URI)."""
+    import pyarrow.fs as pafs
+
+    if "://" in storage:
+        fs, root = pafs.FileSystem.from_uri(storage)
+        base = storage.rstrip("/")
+    else:
+        fs, root, base = pafs.LocalFileSystem(), str(Path(storage).resolve()), str(Path(storage).resolve())
+    found = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        name = info.base_name
+        if info.type != pafs.FileType.Directory:
+            continue
+        if name == study:
+            found[1] = f"{base}/{name}"
+        elif name.startswith(f"{study}-") and name[len(study) + 1:].isdigit():
+            found[int(name[len(study) + 1:])] = f"{base}/{name}"
+    return [found[k] for k in sorted(found)]

@@ -1,0 +1,130 @@
+"""The small pieces of the multi-machine drivers that need no cluster (docs/scaling.md)."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from repnas.cli import main
+from repnas.search._distributed import is_server_storage, retried_trials
+from repnas.search._ray_driver import parse_resources, trial_resources
+from repnas.search._ray_results import number_trials, result_trial_id
+from repnas.search._ray_trial import final_metrics
+from repnas.search._rundir import RunDir, SearchConfig
+
+
+def test_server_storages_are_told_from_files():
+    assert is_server_storage("postgresql://me@db/repnas") and is_server_storage("postgresql+psycopg://h/d")
+    assert is_server_storage("mysql+pymysql://u@h/d")
+    assert not is_server_storage("sqlite:///runs/x/study.db") and not is_server_storage("/runs/x/journal.log")
+
+
+def test_resources_per_trial_parse_and_override_the_defaults():
+    assert parse_resources("cpu=2, GPU=0.5,big_node=1") == {"cpu": 2.0, "gpu": 0.5, "big_node": 1.0}
+    search = SearchConfig(space={}, device="cpu", ray={"resources": {"cpu": 2.0, "worker_node": 1.0}})
+    assert trial_resources(search, cluster_gpus=4.0) == {"cpu": 2.0, "gpu": 0.0, "worker_node": 1.0}
+    for bad in ("cpu", "cpu=-1", "=1", "gpu=half"):
+        with pytest.raises(ValueError, match="--resources-per-trial"):
+            parse_resources(bad)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--resources-per-trial", "cpu=two"], "--resources-per-trial: 'cpu=two' is not NAME=AMOUNT"),
+    (["--max-failures", "-1"], "--max-failures must be >= 0"),
+    (["--early-stop", "sha"], "--early-stop sha is not available with --backend ray"),
+])
+def test_bad_ray_options_are_one_line_errors(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    code = main(["search", "--space", "quick", "--backend", "ray", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"repnas: error: {message}") and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--join", "--study", "s"], "--join needs --storage"),
+    (["--join", "--storage", "sqlite:///x.db", "--study", "s"], "--join needs a database server --storage"),
+    (["--join", "--storage", "postgresql://u@h/d", "--study", "s", "--trials", "4"], "--join takes the search's"),
+])
+def test_bad_joins_are_one_line_errors(tmp_path, capsys, args, message):
+    code = main(["search", *args, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"repnas: error: {message}") and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_retried_trials_do_not_count_towards_the_cap():
+    from repnas.search._optuna_driver import counted_trials, progress_counts
+
+    study = optuna.create_study(directions=["maximize"])
+    lost = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial(dict(lost.params), user_attrs={"retry_of": lost.number})
+    retry = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    study.tell(retry, [1.0])
+    assert retry.params == lost.params and retried_trials(study.trials) == {lost.number: retry.number}
+    assert counted_trials(study) == 1 and progress_counts(study)["failed"] == 0
+
+
+def test_the_driver_numbers_ray_trials_in_creation_order(tmp_path):
+    run = RunDir(tmp_path)
+    assert number_trials(run, ["ab_00002", "ab_00000", "ab_00001"]) == {"ab_00002": 2, "ab_00000": 0, "ab_00001": 1}
+    # a further experiment (or a restored one) keeps the numbers given and goes on after them
+    assert number_trials(run, ["cd_00001", "ab_00001", "cd_00000"]) == {"cd_00001": 4, "ab_00001": 1, "cd_00000": 3}
+    assert json.loads((tmp_path / "ray_trials.json").read_text())["cd_00000"] == 3
+
+
+def test_a_result_names_its_trial_without_metrics():
+    class Result:
+        metrics = None
+        path = "s3://bucket/tune/run/trial_ab_00003"
+
+    assert result_trial_id(Result()) == "ab_00003"
+
+
+def test_the_last_report_carries_the_row_without_non_finite_objectives():
+    row = {"status": "failed", "val_accuracy": float("nan"), "params": 100, "config": {"seed": 1}, "error": "x"}
+    metrics = final_metrics(row, {"epoch": 2, "val_accuracy": 0.5, "train_loss": 0.1})
+    assert metrics["epoch"] == 2 and metrics["train_loss"] == 0.1 and metrics["params"] == 100
+    assert "val_accuracy" not in metrics  # not the last epoch's 0.5: OptunaSearch must not see it complete
+    assert json.loads(metrics["config_json"]) == {"seed": 1} and "config" not in metrics
+
+
+def test_tune_experiments_are_listed_in_the_order_they_ran(tmp_path):
+    from repnas.search._ray_results import experiment_paths
+
+    for name in ("quick-10", "quick", "quick-2", "other", "quick-x"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "quick-3").write_text("a file, not an experiment")
+    assert experiment_paths(str(tmp_path), "quick") == [f"{tmp_path.resolve()}/{n}" for n in ("quick", "quick-2",
+                                                                                              "quick-10")]
+    assert experiment_paths(str(tmp_path / "missing"), "quick") == []
+
+
+def test_ray_trials_claim_models_by_tune_id_and_the_driver_numbers_duplicates(tmp_path):
+    from repnas.search._canonical import ModelClaims, TrialModels
+    from repnas.search._distributed import storage_lock, storage_reachable
+    from repnas.search._ray_results import result_rows
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    search = SearchConfig(space="quick", storage=url, study="s")
+    assert not storage_reachable(search)  # a node that cannot see the file gets no claims
+    study = optuna.create_study(storage=url, study_name="s")
+    assert storage_reachable(search)
+    claims = ModelClaims(study, lambda: storage_lock(search))
+    assert TrialModels(claims, "ab_00000").acquire("k") is None  # the first trial trains it
+    TrialModels(claims, "ab_00000").finish("k", {"status": "complete", "val_accuracy": 0.5})
+    earlier = TrialModels(claims, "ab_00001").acquire("k")
+    assert earlier["trial"] == "ab_00000" and earlier["row"]["val_accuracy"] == 0.5
+
+    class Result:
+        def __init__(self, trial_id, metrics):
+            self.metrics, self.path, self.config = {"trial_id": trial_id, **metrics}, "x", {}
+            self.checkpoint, self.error = None, None
+
+    run = RunDir(tmp_path)
+    rows = result_rows(run, [Result("ab_00001", {"status": "complete", "duplicate_of": "ab_00000"}),
+                             Result("ab_00000", {"status": "complete"})], [])
+    assert rows[1]["duplicate_of"] == 0 and "duplicate_of" not in rows[0]
