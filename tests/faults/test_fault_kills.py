@@ -39,7 +39,9 @@ def _check_finished(out: Path, trials: int) -> None:
     study = _study(out)
     states = [t.state.name for t in study.trials]
     assert "RUNNING" not in states and "WAITING" not in states, states
-    counted = [t for t in study.trials if not t.user_attrs.get("interrupted")]
+    # --trials counts distinct models: a proposal answered from an earlier trial (duplicate_of) is not one
+    counted = [t for t in study.trials
+               if not t.user_attrs.get("interrupted") and t.user_attrs.get("duplicate_of") is None]
     assert len(counted) == trials, [(t.number, t.state.name, t.user_attrs.get("error")) for t in study.trials]
     failed = [t.user_attrs.get("error") for t in counted if t.user_attrs.get("status") == "failed"]
     assert not failed, failed  # the machine's failures never become failed candidates
