@@ -87,7 +87,7 @@ def build_search_config(args: argparse.Namespace):
     if args.out is not None:
         options["out"] = args.out
     search, out = search_config(**options)
-    search.ray = ray_options(args, {})
+    search.ray = ray_options(args, search.ray or {})
     return search, out
 
 

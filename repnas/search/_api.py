@@ -106,7 +106,7 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
                   population_size: int | None = None, backend: str | None = None, storage: str | None = None,
                   study: str | None = None, workers: int | None = None, gpus_per_trial: float | None = None,
                   early_stop: str | None = None, device: str | None = None, data_dir: str | None = None,
-                  recipe: dict | None = None) -> tuple[SearchConfig, Path]:
+                  recipe: dict | None = None, ray: dict | None = None) -> tuple[SearchConfig, Path]:
     """A validated ``(SearchConfig, run directory)`` of a new search; ``None`` = the default.
 
     Checks everything a new search needs (space, dataset, budget against the space's smallest
@@ -151,6 +151,8 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
     )
     if recipe:
         config.recipe = dict(recipe)
+    if ray:  # Ray options (--ray-storage, --resources-per-trial, --max-failures), e.g. from a run's search.yaml
+        config.ray = dict(ray)
     return config, out
 
 
