@@ -317,16 +317,7 @@ def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset:
     info = dataset_info(dataset)
     arch = space.architecture(point)
     refs = space.widths
-    cache: dict[tuple[int, ...], tuple[int, dict]] = {}
-
-    def count(widths: tuple[int, ...]) -> int:
-        if widths not in cache:
-            config = space.model_config(arch, widths, info.in_channels)
-            if exact:
-                cache[widths] = (count_config_params(config, info.num_classes, info.in_channels), config)
-            else:
-                cache[widths] = (_estimate_params(config, space.family, arch.depths, info), config)
-        return cache[widths][0]
+    count, cache = _param_counter(space, arch, info, exact)
 
     def at_scale(scale: float) -> tuple[int, ...]:
         return tuple(max(space.min_width, round(scale * r)) for r in refs)
@@ -395,16 +386,7 @@ def solve_fixed_shape(space: SearchSpace, point: dict[str, Any], budget: int, da
     info = dataset_info(dataset)
     arch = space.architecture(point)
     physical = space.physical_widths(arch, space.widths)
-    cache: dict[tuple[int, ...], tuple[int, dict]] = {}
-
-    def count(widths: tuple[int, ...]) -> int:
-        if widths not in cache:
-            config = space.model_config(arch, widths, info.in_channels)
-            if exact:
-                cache[widths] = (count_config_params(config, info.num_classes, info.in_channels), config)
-            else:
-                cache[widths] = (_estimate_params(config, space.family, arch.depths, info), config)
-        return cache[widths][0]
+    count, cache = _param_counter(space, arch, info, exact)
 
     def at_scale(scale: float) -> tuple[int, ...]:
         return _fixed_widths(space, physical, scale)
@@ -488,3 +470,20 @@ def _fixed_shape_minimum(space: SearchSpace, arch: Architecture, info) -> int:
         config = space.model_config(arch, _fixed_widths(space, physical, scale), info.in_channels)
         counts.append(_estimate_params(config, space.family, arch.depths, info))
     return min(counts)
+
+
+def _param_counter(space, arch, info, exact: bool):
+    """``count(widths)``: the params of the space's model at ``widths`` (exact build or closed-form
+    estimate), memoised in the returned ``cache`` {widths: (params, model config)} both solvers share."""
+    cache: dict[tuple[int, ...], tuple[int, dict]] = {}
+
+    def count(widths: tuple[int, ...]) -> int:
+        if widths not in cache:
+            config = space.model_config(arch, widths, info.in_channels)
+            if exact:
+                cache[widths] = (count_config_params(config, info.num_classes, info.in_channels), config)
+            else:
+                cache[widths] = (_estimate_params(config, space.family, arch.depths, info), config)
+        return cache[widths][0]
+
+    return count, cache
