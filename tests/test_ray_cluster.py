@@ -93,14 +93,16 @@ def cluster_base():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def _start_worker_node(base: Path, address: str, hidden: Path, name: str) -> subprocess.Popen:
+def _start_worker_node(base: Path, address: str, hidden: Path, name: str, fault: str | None = None) -> subprocess.Popen:
     """``ray start`` in its own mount namespace where ``hidden`` is an empty tmpfs; refuses to start
-    (exit 3) if the driver's files are still visible."""
+    (exit 3) if the driver's files are still visible. ``fault`` is the node's ``REPNAS_FAULT`` (its
+    trial processes inherit the raylet's environment)."""
     command = (f"mount -t tmpfs tmpfs {hidden} && test ! -e {hidden}/marker && exec {_ray_cli()} start "
                f"--address={address} --num-cpus=2 --resources='{{\"worker_node\": 1}}' --temp-dir={base / name} "
                "--dashboard-agent-listen-port=0 --disable-usage-stats --block")
     return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
-                            stdout=(base / f"{name}.log").open("w"), stderr=subprocess.STDOUT, env=_env())
+                            stdout=(base / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+                            env={**_env(), **({"REPNAS_FAULT": fault} if fault else {})})
 
 
 def _wait(predicate, timeout: float, what: str, *procs: tuple[subprocess.Popen, Path]) -> None:
@@ -131,7 +133,9 @@ def test_two_nodes_lose_the_worker_node_mid_trial(cluster_base):
         pytest.skip(f"ray start --head failed: {(head.stderr or head.stdout).strip()[-200:]}")
     address = found.group(1)
     phases = {"head up": time.time() - started}
-    first = _start_worker_node(base, address, hidden, "node1")
+    # node 1's trials stop after their first epoch's report (checkpoint): the kill lands mid-trial
+    # however fast an epoch is; node 2's trials run through
+    first = _start_worker_node(base, address, hidden, "node1", fault="ray:reported@1=hold")
     driver = subprocess.Popen(
         [sys.executable, "-m", "repnas", "search", "--space", "quick", "--trials", str(TRIALS), "--epochs",
          str(EPOCHS), "--backend", "ray", "--ray-address", address, "--ray-storage", str(storage),

@@ -170,8 +170,6 @@ def test_four_workers_share_a_journal_storage_and_never_train_one_model_twice(tm
     assert len(study.trials) == len(table)
 
 
-@pytest.mark.xfail(reason="known merge gap: under the cluster-grade Ray backend the study's trials no longer carry "
-                          "the library's user attributes (trial_dir); open in issue 13", strict=False)
 def test_ray_backend_writes_the_same_run_directory(tmp_path, capsys):
     pytest.importorskip("ray.tune")
     import ray

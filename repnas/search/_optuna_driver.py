@@ -206,10 +206,14 @@ def recover_interrupted(study) -> list[int]:
 
     storage = study._storage
     numbers = []
-    claims = {k: v for k, v in study.user_attrs.items() if k.startswith(CLAIM_PREFIX) and v and "row" not in v}
+    claims = {k: v for k, v in study.user_attrs.items() if k.startswith(CLAIM_PREFIX) and v}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        for key, held in claims.items():  # its model was not trained: the next trial to build it trains it
-            if int(held["trial"]) == t.number:
+        # Its claims go, trained or not: the re-enqueued point trains the model again (deterministic,
+        # so the same result) and counts as the distinct model the interrupted trial no longer is.
+        # Left in place, a finished claim would make the retry a reused duplicate, and the search
+        # would propose one point more than the run that was never killed.
+        for key, held in claims.items():
+            if str(held["trial"]) == str(t.number):
                 study.set_user_attr(key, None)
         trial_id = trial_id_of(study, t.number)
         for key, value in {"interrupted": True, "status": "failed",

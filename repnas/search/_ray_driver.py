@@ -25,14 +25,13 @@ backend-independent rule).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
 from repnas.search._ray_results import experiment_paths, number_trials, result_rows, trial_dirname
 from repnas.search._ray_trial import trainable, trial_device
-from repnas.search._rundir import TRIAL_COLUMNS, RunDir, SearchConfig, rows_frame
+from repnas.search._rundir import RunDir, SearchConfig, rows_frame
 
 __all__ = ["parse_resources", "run_ray_search", "trial_device", "trial_gpus", "trial_resources"]
 
@@ -186,7 +185,7 @@ def _searcher(search: SearchConfig, trials_so_far: int, numbers: dict[str, int] 
     from repnas.search._optuna_driver import continuation_seed, make_sampler, open_storage, search_population
     from repnas.search._ray_searcher import ConstrainedOptunaSearch
 
-    return _annotating(ConstrainedOptunaSearch)(
+    return ConstrainedOptunaSearch(
         directions=search.directions,
         numbers=numbers,  # the trial numbers given so far (ray_trials.json): the next ones follow
         space=search.distributions(),
@@ -197,37 +196,6 @@ def _searcher(search: SearchConfig, trials_so_far: int, numbers: dict[str, int] 
         study_name=search.study,
         storage=open_storage(search.storage, heartbeat=False),  # Tune's trials send no heartbeats
     )
-
-
-def _annotating(optuna_search: type) -> type:
-    """Ray's ``OptunaSearch`` that, before it tells the study a trial's result, stores the trial's
-    row on it as user attributes, as the Optuna backend does (``_tell``): the study then carries test
-    accuracy, config, status and times for optuna-dashboard and ``repnas report STUDY``, whichever
-    backend ran it. ``trial_dir`` names the trial's ``trials/<n>`` folder (Tune numbers trials in
-    its own start order)."""
-
-    class AnnotatingOptunaSearch(optuna_search):
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            trial = self._ot_trials.get(trial_id)
-            if trial is not None and result:
-                for key, value in _user_attrs(result).items():
-                    trial.set_user_attr(key, value)
-            super().on_trial_complete(trial_id, result=result, error=error)
-
-    return AnnotatingOptunaSearch
-
-
-def _user_attrs(result: dict[str, Any]) -> dict[str, Any]:
-    """The row keys of a Tune result that go onto the study's trial (``config`` as a dict)."""
-    import json
-
-    attrs = {k: v for k, v in result.items() if k in TRIAL_COLUMNS and k != "trial"
-             and not (isinstance(v, float) and not math.isfinite(v))}
-    if result.get("config_json"):
-        attrs["config"] = json.loads(result["config_json"])
-    if "trial" in result:
-        attrs["trial_dir"] = f"trials/{int(result['trial'])}"
-    return attrs
 
 
 def _saved_rows(run: RunDir) -> dict[int, dict[str, Any]]:

@@ -8,17 +8,34 @@ subclass does the same from the reported row, so NSGA-II, TPE and GP learn the s
 either backend, and ``study.best_trials`` lists each model once. A Ray trial knows neither its
 number nor that of the trial it duplicates (it names that one by its Tune trial id): the searcher,
 in the driver, numbers trials as the driver does and records those numbers (``trial``,
-``duplicate_of``). Imported only with Ray.
+``duplicate_of``) and the rest of the trial's row as user attributes. Imported only with Ray.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from repnas.search._rundir import TRIAL_COLUMNS
 from repnas.search._tell import optuna_answer
+
+
+def row_user_attrs(result: dict[str, Any]) -> dict[str, Any]:
+    """A trial's final Tune report as the study trial's user attributes, as the Optuna backend
+    stores its row: test accuracy, config (a dict), status, times, worker, and ``trial_dir`` (its
+    ``trials/<n>`` folder), for optuna-dashboard and ``repnas report STUDY``. Non-finite numbers
+    are left out (storages refuse NaN in JSON)."""
+    attrs = {k: v for k, v in result.items() if k in TRIAL_COLUMNS and k != "config"
+             and not (isinstance(v, float) and not math.isfinite(v))}
+    if result.get("config_json"):
+        attrs["config"] = json.loads(result["config_json"])
+    if result.get("trial") is not None:
+        attrs["trial_dir"] = f"trials/{int(result['trial'])}"
+    return attrs
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
@@ -52,8 +69,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
         state, values, constraints = optuna_answer(result, names, self._directions)
         for key, value in constraints.items():
             ot_trial.set_constraint(key, value)
-        for key in ("trial", "duplicate_of", "status"):  # so readers of the study can tell them apart
-            if result.get(key) is not None:
-                ot_trial.set_user_attr(key, result[key])
+        for key, value in row_user_attrs(result).items():  # as the Optuna driver's _tell stores them
+            ot_trial.set_user_attr(key, value)
         self._ot_study.tell(ot_trial, values, state=TrialState[state])
         self._completed_trials.add(trial_id)

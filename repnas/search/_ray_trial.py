@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from repnas import _faults
 from repnas.search._rundir import SearchConfig
 
 #: keys of the trainer's per-epoch metrics that Tune gets (the rest stay in the trial's log).
@@ -99,6 +100,7 @@ def trainable(point: dict[str, Any], search_dict: dict) -> None:
             last["epoch"] = epoch
             if epoch < search.epochs:  # the last epoch is reported with the whole row below
                 tune.report(dict(last), checkpoint=tune.Checkpoint.from_directory(str(work)))
+                _faults.point("ray:reported")
             return False
 
         trial_id = str(tune.get_context().get_trial_id())
