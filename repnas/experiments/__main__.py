@@ -72,7 +72,7 @@ def _add_gpu_parser(sub) -> None:
             "--time-limit; skips what results/ holds; writes one results.tgz")
     p = sub.add_parser("gpu", help=text, description=text)
     p.add_argument("--time-limit", type=float, help="seconds for the whole command (default 480: one 10-minute "
-                   "device command with the install and the copy back; 100 with --smoke)")
+                   "device command with the install and the copy back; 120 with --smoke, which then runs every queue item once on 2 idle cores)")
     p.add_argument("--smoke", action="store_true", help="every step with tiny settings on digits (CPU, ~1-2 min); "
                    "output in the git-ignored runs/gpu-smoke/")
     p.add_argument("--device", default="auto", help="auto (default: CUDA), cuda, cuda:1; cpu only with --smoke")
@@ -159,7 +159,7 @@ def _gpu(args: argparse.Namespace) -> int:
         raise UserError(f"the gpu command needs CUDA (device {session.device}); --smoke runs its CPU variant")
     default_archive = Path("runs/gpu-smoke/results.tgz") if args.smoke else \
         Path(os.environ["OUT"]) / "results.tgz" if os.environ.get("OUT") else Path("results.tgz")
-    limit = args.time_limit if args.time_limit is not None else (100.0 if args.smoke else 480.0)
+    limit = args.time_limit if args.time_limit is not None else (120.0 if args.smoke else 480.0)
     if limit <= 0:
         raise UserError(f"--time-limit must be > 0, got {limit:g}")
     prefixes = _csv(args.only) if args.only else None
