@@ -15,7 +15,8 @@ from repnas.errors import UserError
 
 #: what a run directory holds (docs/design.md, "The run directory")
 RUN_FILES = frozenset({"search.yaml", "study.db", "journal.log", "trials.parquet", "trials", "samplers", "logs",
-                       "ray", "ray_trials.json", ".owner", ".lock"})
+                       "ray", "ray_trials.json", ".owner", ".lock", "study.db.claims-lock",
+                       "journal.log.claims-lock"})
 
 
 def enclosing_run(path: str | Path) -> Path | None:

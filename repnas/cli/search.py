@@ -48,9 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--objectives", help="comma list from val_accuracy, params, physical_params, flops, "
                    "train_seconds (default val_accuracy,params,flops)")
     p.add_argument("--early-stop", choices=("none", "sha", "moasha"),
-                   help="multi-objective early stopping (default moasha with the Optuna backend: it reached "
-                   "95%% of the hypervolume of no stopping with 40%% of the compute, benchmarks/early_stop.py; "
-                   "none with Ray)")
+                   help="multi-objective early stopping (default moasha: it reached 95%% of the hypervolume "
+                   "of no stopping with 40%% of the compute, benchmarks/early_stop.py; sha: Optuna backend only)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--data-dir", help="where datasets are read or cached")
     p.add_argument("--ray-address", help="address of an existing Ray cluster (--backend ray)")

@@ -72,7 +72,7 @@ def _add_gpu_parser(sub) -> None:
             "--time-limit; skips what results/ holds; writes one results.tgz")
     p = sub.add_parser("gpu", help=text, description=text)
     p.add_argument("--time-limit", type=float, help="seconds for the whole command (default 480: one 10-minute "
-                   "device command with the install and the copy back; 120 with --smoke, which then runs every queue item once on 2 idle cores)")
+                   "device command with the install and the copy back; 120 with --smoke)")
     p.add_argument("--smoke", action="store_true", help="every step with tiny settings on digits (CPU, ~1-2 min); "
                    "output in the git-ignored runs/gpu-smoke/")
     p.add_argument("--device", default="auto", help="auto (default: CUDA), cuda, cuda:1; cpu only with --smoke")

@@ -148,7 +148,10 @@ def storage_lock(search):
         return
     import fcntl
 
-    with open(f"{storage_file(search.storage)}.lock", "a+") as handle:
+    # not ``<file>.lock``: that is the name of Optuna's own journal lock (JournalFileOpenLock), which
+    # a writer waits on and, after 30 s, breaks by deleting the file; holding it here stalled every
+    # study write made under this lock by 30 s and broke both locks
+    with open(f"{storage_file(search.storage)}.claims-lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

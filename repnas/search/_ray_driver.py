@@ -19,8 +19,8 @@ points and objective values only (Optuna forbids annotating finished trials); wh
 Concurrency: Ray runs as many trials at once as the resources allow (1 CPU and ``--gpus-per-trial``
 each, or ``--resources-per-trial``) unless ``--workers N`` caps it (``SearchConfig.workers`` 0 = no cap).
 
-Not here yet: ``--early-stop`` under Ray (a multi-objective Tune ``TrialScheduler`` around the
-backend-independent rule).
+Early stopping (``--early-stop moasha``, the default as with the Optuna backend): the same
+multi-objective rule as a Tune ``TrialScheduler`` (:mod:`repnas.search._ray_scheduler`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
+from repnas.search._early_stop import MultiObjectiveASHA
 from repnas.search._ray_results import experiment_paths, number_trials, result_rows, trial_dirname
 from repnas.search._ray_trial import trainable, trial_device
 from repnas.search._rundir import RunDir, SearchConfig, rows_frame
@@ -94,9 +95,9 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
 
     from repnas.search._optuna_driver import check_storage, open_study, spread_budgets
 
-    if search.early_stop not in ("none", "", None):  # before anything is written
-        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray yet "
-                        "(Tune's schedulers take one metric); use the optuna backend")
+    if search.early_stop not in RAY_EARLY_STOP:  # before anything is written
+        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray "
+                        f"(choose {' or '.join(RAY_EARLY_STOP)}, or the optuna backend)")
     run = RunDir(root)
     check_storage(search, resume)
     run.create()
@@ -122,6 +123,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         tuner = tune.Tuner.restore(experiments[-1], trainable=bound, resume_errored=True)
         rows.update(result_rows(run, _fit(tuner), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
+    rule = None
     for _ in range(_MAX_TOP_UPS):  # duplicates do not count: top up until --trials distinct models
         remaining = search.trials - _distinct(rows)
         if remaining <= 0:
@@ -130,9 +132,15 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         name = search.study if not experiments else f"{search.study}-{len(experiments) + 1}"
         trials_so_far = len(study.get_trials(deepcopy=False))  # as the Optuna backend counts them
         searcher = _searcher(search, trials_so_far, number_trials(run, []))
+        scheduler = None
+        if search.early_stop == "moasha":  # one rule for every experiment of the search (see _ray_scheduler)
+            from repnas.search._ray_scheduler import MultiObjectiveScheduler
+
+            rule = rule or MultiObjectiveASHA(search.epochs)
+            scheduler = MultiObjectiveScheduler(rule, on_stop=ClaimPruned(search.to_dict()))
         tuner = tune.Tuner(
             bound,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
                                         max_concurrent_trials=search.workers or None,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress else 0,
@@ -147,6 +155,44 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
                 print(f"note: the space looks exhausted: an experiment proposed only models already trained; "
                       f"stopped at {before} distinct trial(s) of the {search.trials} asked", flush=True)
             break
+
+
+#: the ``--early-stop`` rules the Ray backend applies (``sha`` ranks through the study's user
+#: attributes that only the Optuna driver's trials write)
+RAY_EARLY_STOP = ("none", "moasha")
+
+
+class ClaimPruned:
+    """The scheduler's ``on_stop``: record a stopped trial's result on its model's claim, as
+    :func:`~repnas.search._runner.run_trial` does for a trial it stops itself, so a later proposal
+    of the same model reuses the pruned result instead of waiting hours for a trial that is gone.
+    Picklable (Tune pickles the scheduler with the experiment): it keeps the search's dict and
+    opens the study on first use."""
+
+    def __init__(self, search_dict: dict[str, Any]):
+        self.search_dict = search_dict
+        self._claims = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"search_dict": self.search_dict, "_claims": None}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> None:
+        key = result.get("model_key")
+        if not key:
+            return  # this node reached no claims (no shared storage): nothing to record
+        if self._claims is None:
+            import optuna
+
+            from repnas.search._canonical import ModelClaims
+            from repnas.search._distributed import storage_lock
+            from repnas.search._optuna_driver import open_storage
+
+            search = SearchConfig.from_dict(self.search_dict)
+            study = optuna.load_study(study_name=search.study, storage=open_storage(search.storage, heartbeat=False))
+            self._claims = ModelClaims(study, lambda: storage_lock(search))
+        row = {"status": "pruned", "epochs": int(result["epoch"]),
+               **{k: result[k] for k in ("val_accuracy", "params", "flops", "train_seconds") if k in result}}
+        self._claims.finish(key, trial_id, row)
 
 
 #: further Tune experiments a search runs when duplicates left it short of --trials distinct models

@@ -82,7 +82,12 @@ def result_rows(run: RunDir, results, knobs: list[str]) -> dict[int, dict[str, A
         number = numbers[result_trial_id(result)]
         fill_trial_dir(run, number, result.checkpoint)
         metrics = dict(result.metrics or {})
-        if "status" not in metrics:
+        if "status" not in metrics and result.error is None and metrics.get("epoch"):
+            # stopped by the early-stopping scheduler after this epoch (a trial that ends by itself
+            # always sends its final report, one that crashed has an error)
+            metrics.update(status="pruned", epochs=int(metrics["epoch"]),
+                           config_json=metrics.get("config_json") or _config_json(run.trial_dir(number)))
+        elif "status" not in metrics:
             lines = [ln for ln in str(result.error or "no final report").splitlines() if ln.strip()]
             metrics.update(status="failed", error=lines[-1][:300] if lines else "no final report")
         row = {k: metrics[k] for k in TRIAL_COLUMNS if k in metrics}
@@ -93,6 +98,16 @@ def result_rows(run: RunDir, results, knobs: list[str]) -> dict[int, dict[str, A
         row.update({f"knob.{k}": v for k, v in dict(result.config or {}).items() if k in knobs})
         rows[number] = row
     return rows
+
+
+def _config_json(trial_dir: Path) -> str:
+    """The run config of a trial folder filled from its checkpoint (``config.yaml``), as JSON."""
+    path = trial_dir / "config.yaml"
+    if not path.is_file():
+        return ""
+    import yaml
+
+    return json.dumps(yaml.safe_load(path.read_text()))
 
 
 def experiment_paths(storage: str, study: str) -> list[str]:

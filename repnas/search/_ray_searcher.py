@@ -58,6 +58,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False):
         ot_trial = self._ot_trials.get(trial_id)
+        if not error and result and "status" not in result and result.get("epoch"):
+            result = {**result, "status": "pruned"}  # stopped by the early-stopping scheduler
         if not result or "status" not in result or ot_trial is None or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)  # no row (the trial died): Ray's default
             return

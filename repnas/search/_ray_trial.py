@@ -26,6 +26,24 @@ from repnas.search._rundir import SearchConfig
 
 #: keys of the trainer's per-epoch metrics that Tune gets (the rest stay in the trial's log).
 EPOCH_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "train_seconds")
+#: what an epoch's report adds while ``--early-stop`` is on: the costs the Tune scheduler ranks by
+#: (:mod:`repnas.search._ray_scheduler`), and the model's claim key, with which the driver records
+#: a stopped trial's result for later proposals of the same model.
+EARLY_STOP_KEYS = ("params", "flops", "model_key")
+
+
+class _KeyedModels:
+    """A trial's :class:`~repnas.search._canonical.TrialModels` that remembers the key it claimed."""
+
+    def __init__(self, models):
+        self.models, self.key = models, None
+
+    def acquire(self, key: str):
+        self.key = key
+        return self.models.acquire(key)
+
+    def finish(self, key: str, row: dict[str, Any]) -> None:
+        self.models.finish(key, row)
 
 
 def trial_device(device: str, cuda_available: bool) -> str:
@@ -93,18 +111,26 @@ def trainable(point: dict[str, Any], search_dict: dict) -> None:
                 print(f"restored from Tune's checkpoint on node {ray.get_runtime_context().get_node_id()[:12]}",
                       file=log)
         last: dict[str, Any] = {}
+        early_stop = search.early_stop == "moasha"
+        trial_id = str(tune.get_context().get_trial_id())
+        models = trial_models(search, trial_id)
+        models = _KeyedModels(models) if models is not None else None
 
         def report(epoch: int, metrics: dict[str, Any]) -> bool:
+            """Tune's report of one epoch; Tune's scheduler, not this trial, decides on stopping."""
             last.clear()
             last.update({k: metrics[k] for k in EPOCH_KEYS if k in metrics})
             last["epoch"] = epoch
             if epoch < search.epochs:  # the last epoch is reported with the whole row below
-                tune.report(dict(last), checkpoint=tune.Checkpoint.from_directory(str(work)))
+                extra = {k: metrics[k] for k in EARLY_STOP_KEYS if k in metrics} if early_stop else {}
+                if early_stop and models is not None and models.key:
+                    extra["model_key"] = models.key
+                tune.report({**last, **extra}, checkpoint=tune.Checkpoint.from_directory(str(work)))
                 _faults.point("ray:reported")
             return False
 
-        trial_id = str(tune.get_context().get_trial_id())
-        row = run_trial(search, dict(point), work, report, device=device, models=trial_models(search, trial_id),
+        report.wants_flops = early_stop  # run_trial then adds params and FLOPs to each epoch's metrics
+        row = run_trial(search, dict(point), work, report, device=device, models=models,
                         resume=(work / "checkpoint.pt").is_file())
         row["worker"] = f"ray:{ray.get_runtime_context().get_node_id()[:12]}:{device}"
         tune.report(final_metrics(row, last), checkpoint=tune.Checkpoint.from_directory(str(work)))

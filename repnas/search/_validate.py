@@ -103,9 +103,9 @@ def check_storage(search: SearchConfig, out: str | Path, resume: bool) -> None:
 
 def validate_search(search: SearchConfig, out: str | Path, resume: bool) -> None:
     """Every check above, cheapest first; nothing is written."""
-    if search.backend == "ray" and search.early_stop not in ("none", "", None):
-        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray yet "
-                        "(Tune's schedulers take one metric); use the optuna backend")
+    if search.backend == "ray" and search.early_stop not in ("none", "moasha"):
+        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray "
+                        "(choose none or moasha, or the optuna backend)")
     check_device(search.device)
     check_recipe(search)
     check_storage(search, out, resume)
