@@ -17,9 +17,9 @@ import pytest
 
 pytest.importorskip("ray.tune")
 
-from repnas.cli import main  # noqa: E402
-from repnas.search._early_stop import STOP, MultiObjectiveASHA  # noqa: E402
-from repnas.search._rundir import SearchConfig  # noqa: E402
+from repnas.cli import main
+from repnas.search._early_stop import STOP, MultiObjectiveASHA
+from repnas.search._rundir import SearchConfig
 
 
 class _Trial:
