@@ -76,6 +76,23 @@ def test_the_driver_numbers_ray_trials_in_creation_order(tmp_path):
     assert json.loads((tmp_path / "ray_trials.json").read_text())["cd_00000"] == 3
 
 
+def test_the_driver_takes_the_searchers_numbers_for_random_trial_ids(tmp_path):
+    """Ray's short trial ids (``02fef3ff``) carry no creation counter: the numbers come from the
+    order in which the searcher proposed the points, read from the study."""
+    from repnas.search._ray_results import searcher_numbers
+
+    study = optuna.create_study()
+    for number, trial_id in enumerate(["f53faa32", "02fef3ff", "9c0d1e2f"]):
+        trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+        trial.set_user_attr("trial", number)
+        trial.set_user_attr("ray_trial_id", trial_id)
+    given = searcher_numbers(study)
+    assert given == {"f53faa32": 0, "02fef3ff": 1, "9c0d1e2f": 2}
+    run = RunDir(tmp_path)
+    assert number_trials(run, ["02fef3ff", "f53faa32"], given) == {"02fef3ff": 1, "f53faa32": 0}
+    assert number_trials(run, ["9c0d1e2f"], given) == {"9c0d1e2f": 2}
+
+
 def test_a_result_names_its_trial_without_metrics():
     class Result:
         metrics = None

@@ -30,7 +30,7 @@ from typing import Any
 
 from repnas.errors import UserError
 from repnas.search._early_stop import MultiObjectiveASHA
-from repnas.search._ray_results import experiment_paths, number_trials, result_rows, trial_dirname
+from repnas.search._ray_results import experiment_paths, number_trials, result_rows, searcher_numbers, trial_dirname
 from repnas.search._ray_trial import trainable, trial_device
 from repnas.search._rundir import RunDir, SearchConfig, rows_frame
 
@@ -121,7 +121,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     experiments = experiment_paths(storage, search.study)
     if resume and experiments and tune.Tuner.can_restore(experiments[-1]):
         tuner = tune.Tuner.restore(experiments[-1], trainable=bound, resume_errored=True)
-        rows.update(result_rows(run, _fit(tuner), knobs))
+        rows.update(_rows(run, study, _fit(tuner), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
     rule = None
     for _ in range(_MAX_TOP_UPS):  # duplicates do not count: top up until --trials distinct models
@@ -148,7 +148,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
         before = _distinct(rows)
-        rows.update(result_rows(run, _fit(tuner), knobs))
+        rows.update(_rows(run, study, _fit(tuner), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
         if _distinct(rows) == before:  # only known models proposed: the space looks exhausted
             if progress:
@@ -197,6 +197,11 @@ class ClaimPruned:
 
 #: further Tune experiments a search runs when duplicates left it short of --trials distinct models
 _MAX_TOP_UPS = 4
+
+
+def _rows(run: RunDir, study, results, knobs: list[str]) -> dict[int, dict[str, Any]]:
+    """The rows of a finished (or restored) experiment, numbered as its searcher numbered them."""
+    return result_rows(run, results, knobs, given=searcher_numbers(study))
 
 
 def _distinct(rows: dict[int, dict[str, Any]]) -> int:

@@ -38,18 +38,31 @@ def _creation_key(trial_id: str) -> tuple[int, str]:
     return (int(counter), head) if counter.isdigit() else (1 << 62, trial_id)
 
 
-def number_trials(run: RunDir, trial_ids: list[str]) -> dict[str, int]:
-    """``{Tune trial id: trial number}``: numbers already given are kept, new ids get the next
-    numbers in Tune's creation order (no ids: every number given so far). Written to
-    ``ray_trials.json`` by the driver alone."""
+def number_trials(run: RunDir, trial_ids: list[str], given: dict[str, int] | None = None) -> dict[str, int]:
+    """``{Tune trial id: trial number}``: numbers already given are kept; a new id takes the number
+    the searcher gave it (``given``, read from the study by :func:`searcher_numbers`: the order in
+    which ``OptunaSearch`` asked the study), else the next free number in Tune's creation order
+    (ids ending in a counter, ``<exp>_00003``; Ray's short random ids have none). No ids: every
+    number given so far. Written to ``ray_trials.json`` by the driver alone."""
     path = run.root / "ray_trials.json"
     numbers: dict[str, int] = json.loads(path.read_text()) if path.is_file() else {}
-    new = sorted((t for t in set(trial_ids) if t not in numbers), key=_creation_key)
-    for trial_id in new:
-        numbers[trial_id] = len(numbers)
+    given = given or {}
+    new = [t for t in set(trial_ids) if t not in numbers]
+    for trial_id in sorted((t for t in new if t in given), key=given.__getitem__):
+        numbers[trial_id] = int(given[trial_id])
+    for trial_id in sorted((t for t in new if t not in given), key=_creation_key):
+        numbers[trial_id] = max(numbers.values(), default=-1) + 1
     if new:
         atomic_write_text(path, json.dumps(numbers, indent=1))
     return {t: int(numbers[t]) for t in (trial_ids or numbers)}
+
+
+def searcher_numbers(study) -> dict[str, int]:
+    """``{Tune trial id: trial number}`` as the searcher gave them when it proposed each point
+    (user attributes ``ray_trial_id`` and ``trial`` of the study's trials,
+    :class:`~repnas.search._ray_searcher.ConstrainedOptunaSearch`)."""
+    return {str(t.user_attrs["ray_trial_id"]): int(t.user_attrs["trial"]) for t in study.get_trials(deepcopy=False)
+            if "ray_trial_id" in t.user_attrs and "trial" in t.user_attrs}
 
 
 def fill_trial_dir(run: RunDir, number: int, checkpoint) -> bool:
@@ -70,12 +83,14 @@ def fill_trial_dir(run: RunDir, number: int, checkpoint) -> bool:
     return True
 
 
-def result_rows(run: RunDir, results, knobs: list[str]) -> dict[int, dict[str, Any]]:
-    """``trials.parquet`` rows of a Tune ``ResultGrid``, by trial number, with ``trials/<n>/``
-    filled from each trial's last checkpoint; a trial that ended without its final report (it
-    failed more often than ``--max-failures`` allows) is a failed row with its error's last line."""
+def result_rows(run: RunDir, results, knobs: list[str],
+                given: dict[str, int] | None = None) -> dict[int, dict[str, Any]]:
+    """``trials.parquet`` rows of a Tune ``ResultGrid``, by trial number (``given``: the searcher's,
+    see :func:`number_trials`), with ``trials/<n>/`` filled from each trial's last checkpoint; a
+    trial that ended without its final report (it failed more often than ``--max-failures``
+    allows) is a failed row with its error's last line."""
     results = list(results)
-    numbers = number_trials(run, [result_trial_id(r) for r in results])
+    numbers = number_trials(run, [result_trial_id(r) for r in results], given)
     known = number_trials(run, [])  # every number given so far: a duplicate may reuse an earlier experiment's trial
     rows = {}
     for result in results:

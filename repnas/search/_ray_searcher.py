@@ -48,12 +48,17 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self._next = max(self._numbers.values(), default=-1) + 1
 
     def suggest(self, trial_id: str):
-        """Also number the trial as the driver will (:func:`~repnas.search._ray_results.number_trials`:
-        after the numbers given so far, in Tune's creation order, which is the order of suggests)."""
+        """Also number the trial: after the numbers given so far, in the order of suggests (which is
+        the order of the study's trials). The number and the Tune trial id go on the study's trial,
+        where the driver reads them (:func:`~repnas.search._ray_results.searcher_numbers`)."""
         config = super().suggest(trial_id)
         if isinstance(config, dict) and trial_id not in self._numbers:
             self._numbers[trial_id] = self._next
             self._next += 1
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None:  # the driver reads the numbers from here (searcher_numbers)
+                ot_trial.set_user_attr("trial", self._numbers[trial_id])
+                ot_trial.set_user_attr("ray_trial_id", trial_id)
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False):
