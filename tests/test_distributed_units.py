@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import optuna
 import pytest
@@ -145,3 +146,44 @@ def test_ray_trials_claim_models_by_tune_id_and_the_driver_numbers_duplicates(tm
     rows = result_rows(run, [Result("ab_00001", {"status": "complete", "duplicate_of": "ab_00000"}),
                              Result("ab_00000", {"status": "complete"})], [])
     assert rows[1]["duplicate_of"] == 0 and "duplicate_of" not in rows[0]
+
+
+def test_a_ray_trial_that_failed_for_good_frees_its_model_and_a_stopped_one_leaves_its_result(tmp_path):
+    """The driver records on the claims what a gone trial cannot: a later proposal of the model of a
+    trial that failed past --max-failures trains it (no 6-hour wait), one of a stopped trial reuses
+    its pruned result; the searcher calls ``on_failed`` when Tune gives up on a trial."""
+    pytest.importorskip("ray.tune")
+    import pickle
+
+    from repnas.search._canonical import ModelClaims, TrialModels
+    from repnas.search._distributed import storage_lock
+    from repnas.search._ray_driver import DriverClaims
+    from repnas.search._ray_searcher import ConstrainedOptunaSearch
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    from repnas.spaces import load_space
+
+    search = SearchConfig(space=load_space("quick").to_dict(), storage=url, study="s", budget=12_000)
+    study = optuna.create_study(storage=url, study_name="s")
+    claims = ModelClaims(study, lambda: storage_lock(search))
+    driver = pickle.loads(pickle.dumps(DriverClaims(search.to_dict())))  # as Tune stores it
+
+    assert TrialModels(claims, "ab_00000").acquire("failing") is None
+    assert TrialModels(claims, "ab_00001").acquire("stopped") is None
+    driver.failed("ab_00000")
+    driver.pruned("ab_00001", {"epoch": 1, "val_accuracy": 0.4, "params": 900, "flops": 10, "model_key": "stopped"})
+    started = time.monotonic()  # trains it, at once (without the release: after the 5 s timeout)
+    assert claims.acquire("failing", "ab_00002", timeout=5.0, poll=0.05) is None
+    assert time.monotonic() - started < 2.0
+    reused = TrialModels(claims, "ab_00003").acquire("stopped")
+    assert reused["trial"] == "ab_00001" and reused["row"] == {"status": "pruned", "epochs": 1, "val_accuracy": 0.4,
+                                                               "params": 900, "flops": 10}
+    driver.failed("ab_00001")  # a finished claim stays
+    assert TrialModels(claims, "ab_00004").acquire("stopped")["row"]["status"] == "pruned"
+
+    gave_up = []
+    searcher = ConstrainedOptunaSearch(space={"x": optuna.distributions.IntDistribution(0, 9)}, metric="y",
+                                       mode="max", directions=["maximize"], on_failed=gave_up.append)
+    searcher.suggest("cd_00000")
+    searcher.on_trial_complete("cd_00000", error=True)
+    assert gave_up == ["cd_00000"]

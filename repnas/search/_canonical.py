@@ -192,6 +192,20 @@ class ModelClaims:
                 self._set(key, None)
 
 
+    def release_all(self, trial: int | str) -> list[str]:
+        """Drop every unfinished claim of trial ``trial`` (it ended without a result: a Ray trial
+        that failed more often than ``--max-failures`` allows), so a later proposal of its model
+        trains it instead of waiting for it; returns the keys dropped."""
+        dropped = []
+        with self.lock():
+            for name, held in self.study.user_attrs.items():
+                if (name.startswith(CLAIM_PREFIX) and held and "row" not in held
+                        and _same(held["trial"], trial)):
+                    self._set(name[len(CLAIM_PREFIX):], None)
+                    dropped.append(name[len(CLAIM_PREFIX):])
+        return dropped
+
+
 class TrialModels:
     """:class:`ModelClaims` seen from one trial: what :func:`~repnas.search._runner.run_trial` asks."""
 

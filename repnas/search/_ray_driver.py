@@ -137,7 +137,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
             from repnas.search._ray_scheduler import MultiObjectiveScheduler
 
             rule = rule or MultiObjectiveASHA(search.epochs)
-            scheduler = MultiObjectiveScheduler(rule, on_stop=ClaimPruned(search.to_dict()))
+            scheduler = MultiObjectiveScheduler(rule, on_stop=DriverClaims(search.to_dict()).pruned)
         tuner = tune.Tuner(
             bound,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
@@ -162,11 +162,12 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
 RAY_EARLY_STOP = ("none", "moasha")
 
 
-class ClaimPruned:
-    """The scheduler's ``on_stop``: record a stopped trial's result on its model's claim, as
-    :func:`~repnas.search._runner.run_trial` does for a trial it stops itself, so a later proposal
-    of the same model reuses the pruned result instead of waiting hours for a trial that is gone.
-    Picklable (Tune pickles the scheduler with the experiment): it keeps the search's dict and
+class DriverClaims:
+    """What the driver records on the model claims (:mod:`~repnas.search._canonical`) for trials
+    that cannot: one stopped by the scheduler (:meth:`pruned`, its result) and one that failed more
+    often than ``--max-failures`` allows (:meth:`failed`, its claim dropped). Either way a later
+    proposal of the same model does not wait hours for a trial that is gone. Picklable (Tune
+    pickles the scheduler and the searcher with the experiment): it keeps the search's dict and
     opens the study on first use."""
 
     def __init__(self, search_dict: dict[str, Any]):
@@ -176,10 +177,7 @@ class ClaimPruned:
     def __getstate__(self) -> dict[str, Any]:
         return {"search_dict": self.search_dict, "_claims": None}
 
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> None:
-        key = result.get("model_key")
-        if not key:
-            return  # this node reached no claims (no shared storage): nothing to record
+    def claims(self):
         if self._claims is None:
             import optuna
 
@@ -190,9 +188,20 @@ class ClaimPruned:
             search = SearchConfig.from_dict(self.search_dict)
             study = optuna.load_study(study_name=search.study, storage=open_storage(search.storage, heartbeat=False))
             self._claims = ModelClaims(study, lambda: storage_lock(search))
+        return self._claims
+
+    def pruned(self, trial_id: str, result: dict[str, Any]) -> None:
+        """The scheduler's ``on_stop``: the stopped trial's result goes on its model's claim."""
+        key = result.get("model_key")
+        if not key:
+            return  # this node reached no claims (no shared storage): nothing to record
         row = {"status": "pruned", "epochs": int(result["epoch"]),
                **{k: result[k] for k in ("val_accuracy", "params", "flops", "train_seconds") if k in result}}
-        self._claims.finish(key, trial_id, row)
+        self.claims().finish(key, trial_id, row)
+
+    def failed(self, trial_id: str) -> None:
+        """The searcher's ``on_failed``: the trial's unfinished claims are dropped."""
+        self.claims().release_all(trial_id)
 
 
 #: further Tune experiments a search runs when duplicates left it short of --trials distinct models
@@ -246,6 +255,7 @@ def _searcher(search: SearchConfig, trials_so_far: int, numbers: dict[str, int] 
                              search_population(search)),
         study_name=search.study,
         storage=open_storage(search.storage, heartbeat=False),  # Tune's trials send no heartbeats
+        on_failed=DriverClaims(search.to_dict()).failed,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from optuna.trial import TrialState
@@ -41,9 +42,11 @@ def row_user_attrs(result: dict[str, Any]) -> dict[str, Any]:
 class ConstrainedOptunaSearch(OptunaSearch):
     """``OptunaSearch`` whose completed trials are told through :func:`optuna_answer`."""
 
-    def __init__(self, *args, directions: list[str], numbers: dict[str, int] | None = None, **kwargs):
+    def __init__(self, *args, directions: list[str], numbers: dict[str, int] | None = None,
+                 on_failed: Callable[[str], None] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._directions = list(directions)
+        self._on_failed = on_failed  # called with the Tune trial id of a trial that failed for good
         self._numbers = dict(numbers or {})  # Tune trial id -> the driver's trial number
         self._next = max(self._numbers.values(), default=-1) + 1
 
@@ -62,6 +65,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False):
+        if error and self._on_failed is not None:  # Tune gave up on it (past --max-failures)
+            self._on_failed(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if not error and result and "status" not in result and result.get("epoch"):
             result = {**result, "status": "pruned"}  # stopped by the early-stopping scheduler
