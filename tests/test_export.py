@@ -55,6 +55,13 @@ def test_export_pareto_writes_materialized_plain_weights_and_deployables(run, tm
     for entry in index["trials"]:
         config = yaml.safe_load((out / entry["config"]).read_text())
         assert config["device"] == "auto"
+        # how to feed the model: the statistics the trainer normalised its inputs with
+        from repnas.train import RunConfig
+        from repnas.train._trainer import load_splits
+
+        data = load_splits(RunConfig.from_dict(config))
+        assert entry["normalization"] == {"mean": list(data.mean), "std": list(data.std)}
+        assert len(data.mean) == 1 and 0 < data.mean[0] < 1 and data.std[0] > 0
         repeated = build_model(config["model"], info.num_classes, info.in_channels).eval()
         state = torch.load(out / entry["checkpoint"], map_location="cpu", weights_only=False)
         repeated.load_state_dict(state["model"])

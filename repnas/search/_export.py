@@ -155,7 +155,11 @@ def _write_materialized(run_config, checkpoint: Path, out: Path, stem: str) -> d
     plain = materialize(model).eval()
     with atomic_path(out / f"{stem}.pt") as tmp:
         torch.save(plain.state_dict(), tmp)
-    return {"state_dict": f"{stem}.pt", **write_deployables(model, plain, info.input_shape, out, stem)}
+    # how to feed it: pixels in [0, 1], then (x - mean) / std per channel (None: a checkpoint written
+    # before the trainer kept it; the dataset's train-split statistics, repnas.train.load_dataset)
+    inputs = state.get("normalization") if isinstance(state, dict) else None
+    return {"state_dict": f"{stem}.pt", "normalization": inputs,
+            **write_deployables(model, plain, info.input_shape, out, stem)}
 
 
 @contextlib.contextmanager

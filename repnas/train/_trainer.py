@@ -239,7 +239,7 @@ def _train(
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val=f"{val_acc:.3f}")
             if out is not None:
                 _save_checkpoint(out, cfg, model, optimizer, scheduler, generator, history, epoch + 1, step,
-                                 train_seconds, images_seen)
+                                 train_seconds, images_seen, normalization(data))
             if callback is not None and callback(epoch + 1, dict(metrics)):
                 stopped_early = True
                 break
@@ -386,10 +386,17 @@ def _lr_lambda(schedule: str, warmup: float, total: int) -> Callable[[int], floa
     return factor
 
 
+def normalization(data) -> dict[str, list[float]]:
+    """How the model's inputs were scaled: pixels in [0, 1], then ``(x - mean) / std`` per channel
+    (the train split's statistics). Kept in the checkpoint, so an exported model says how to feed it."""
+    return {"mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std]}
+
+
 def _save_checkpoint(out: Path, cfg: RunConfig, model, optimizer, scheduler, generator, history, epoch, step,
-                     train_seconds, images_seen) -> None:
+                     train_seconds, images_seen, inputs: dict[str, list[float]] | None = None) -> None:
     state = {
         "config": cfg.to_dict(),
+        "normalization": inputs,
         "epoch": epoch,
         "step": step,
         "model": model.state_dict(),
