@@ -191,15 +191,16 @@ class ModelClaims:
             if held is not None and _same(held["trial"], trial) and "row" not in held:
                 self._set(key, None)
 
-
-    def release_all(self, trial: int | str) -> list[str]:
+    def release_all(self, trial: int | str, finished: bool = False) -> list[str]:
         """Drop every unfinished claim of trial ``trial`` (it ended without a result: a Ray trial
         that failed more often than ``--max-failures`` allows), so a later proposal of its model
-        trains it instead of waiting for it; returns the keys dropped."""
+        trains it instead of waiting for it; with ``finished`` its finished claims too (an
+        interrupted trial whose point is re-enqueued, see ``recover_interrupted``). Returns the
+        keys dropped."""
         dropped = []
         with self.lock():
             for name, held in self.study.user_attrs.items():
-                if (name.startswith(CLAIM_PREFIX) and held and "row" not in held
+                if (name.startswith(CLAIM_PREFIX) and held and (finished or "row" not in held)
                         and _same(held["trial"], trial)):
                     self._set(name[len(CLAIM_PREFIX):], None)
                     dropped.append(name[len(CLAIM_PREFIX):])

@@ -15,6 +15,7 @@ workers do not propose the same points.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -202,19 +203,17 @@ def recover_interrupted(study) -> list[int]:
     """
     from optuna.trial import TrialState
 
-    from repnas.search._canonical import CLAIM_PREFIX
+    from repnas.search._canonical import ModelClaims
 
     storage = study._storage
     numbers = []
-    claims = {k: v for k, v in study.user_attrs.items() if k.startswith(CLAIM_PREFIX) and v}
+    claims = ModelClaims(study, contextlib.nullcontext)  # no lock: --resume owns the study
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # Its claims go, trained or not: the re-enqueued point trains the model again (deterministic,
         # so the same result) and counts as the distinct model the interrupted trial no longer is.
         # Left in place, a finished claim would make the retry a reused duplicate, and the search
         # would propose one point more than the run that was never killed.
-        for key, held in claims.items():
-            if str(held["trial"]) == str(t.number):
-                study.set_user_attr(key, None)
+        claims.release_all(t.number, finished=True)
         trial_id = trial_id_of(study, t.number)
         for key, value in {"interrupted": True, "status": "failed",
                            "error": "interrupted (the search process was killed); re-enqueued"}.items():

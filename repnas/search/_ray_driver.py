@@ -25,6 +25,7 @@ multi-objective rule as a Tune ``TrialScheduler`` (:mod:`repnas.search._ray_sche
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         tuner = tune.Tuner.restore(experiments[-1], trainable=bound, resume_errored=True)
         rows.update(_rows(run, study, _fit(tuner), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
-    rule = None
+    rule, claims = None, DriverClaims(search.to_dict())  # one of each for every experiment of the search
     for _ in range(_MAX_TOP_UPS):  # duplicates do not count: top up until --trials distinct models
         remaining = search.trials - _distinct(rows)
         if remaining <= 0:
@@ -131,13 +132,13 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         experiments = experiment_paths(storage, search.study)
         name = search.study if not experiments else f"{search.study}-{len(experiments) + 1}"
         trials_so_far = len(study.get_trials(deepcopy=False))  # as the Optuna backend counts them
-        searcher = _searcher(search, trials_so_far, number_trials(run, []))
+        searcher = _searcher(search, trials_so_far, number_trials(run, []), on_failed=claims.failed)
         scheduler = None
-        if search.early_stop == "moasha":  # one rule for every experiment of the search (see _ray_scheduler)
+        if search.early_stop == "moasha":  # ranked together across experiments (see _ray_scheduler)
             from repnas.search._ray_scheduler import MultiObjectiveScheduler
 
             rule = rule or MultiObjectiveASHA(search.epochs)
-            scheduler = MultiObjectiveScheduler(rule, on_stop=DriverClaims(search.to_dict()).pruned)
+            scheduler = MultiObjectiveScheduler(rule, on_stop=claims.pruned)
         tuner = tune.Tuner(
             bound,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
@@ -195,9 +196,8 @@ class DriverClaims:
         key = result.get("model_key")
         if not key:
             return  # this node reached no claims (no shared storage): nothing to record
-        row = {"status": "pruned", "epochs": int(result["epoch"]),
-               **{k: result[k] for k in ("val_accuracy", "params", "flops", "train_seconds") if k in result}}
-        self.claims().finish(key, trial_id, row)
+        # finish() keeps the fields a reused row takes (REUSED_FIELDS) of the last epoch's report
+        self.claims().finish(key, trial_id, {**result, "status": "pruned", "epochs": int(result["epoch"])})
 
     def failed(self, trial_id: str) -> None:
         """The searcher's ``on_failed``: the trial's unfinished claims are dropped."""
@@ -238,7 +238,8 @@ def _fit(tuner):
             os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = saved
 
 
-def _searcher(search: SearchConfig, trials_so_far: int, numbers: dict[str, int] | None = None):
+def _searcher(search: SearchConfig, trials_so_far: int, numbers: dict[str, int] | None = None,
+              on_failed: Callable[[str], None] | None = None):
     """Ray's ``OptunaSearch`` with the Optuna backend's seeded sampler, the space's fixed
     distributions and the run's study (loaded if it exists), so both backends propose alike. A
     further experiment's sampler gets a fresh seed, so it does not replay the first one's points."""
@@ -255,7 +256,7 @@ def _searcher(search: SearchConfig, trials_so_far: int, numbers: dict[str, int] 
                              search_population(search)),
         study_name=search.study,
         storage=open_storage(search.storage, heartbeat=False),  # Tune's trials send no heartbeats
-        on_failed=DriverClaims(search.to_dict()).failed,
+        on_failed=on_failed,  # DriverClaims.failed: a trial Tune gave up on frees its model
     )
 
 

@@ -83,6 +83,13 @@ def fill_trial_dir(run: RunDir, number: int, checkpoint) -> bool:
     return True
 
 
+def stopped_early(metrics: dict[str, Any] | None, failed: bool) -> bool:
+    """Whether a Tune trial ended because the early-stopping scheduler stopped it: its last report
+    is an epoch's, without the final row (``status``), and it did not fail. A trial that ends by
+    itself always sends its final report; one that crashed has an error."""
+    return bool(metrics) and not failed and "status" not in metrics and bool(metrics.get("epoch"))
+
+
 def result_rows(run: RunDir, results, knobs: list[str],
                 given: dict[str, int] | None = None) -> dict[int, dict[str, Any]]:
     """``trials.parquet`` rows of a Tune ``ResultGrid``, by trial number (``given``: the searcher's,
@@ -97,9 +104,7 @@ def result_rows(run: RunDir, results, knobs: list[str],
         number = numbers[result_trial_id(result)]
         fill_trial_dir(run, number, result.checkpoint)
         metrics = dict(result.metrics or {})
-        if "status" not in metrics and result.error is None and metrics.get("epoch"):
-            # stopped by the early-stopping scheduler after this epoch (a trial that ends by itself
-            # always sends its final report, one that crashed has an error)
+        if stopped_early(metrics, failed=result.error is not None):
             metrics.update(status="pruned", epochs=int(metrics["epoch"]),
                            config_json=metrics.get("config_json") or _config_json(run.trial_dir(number)))
         elif "status" not in metrics:

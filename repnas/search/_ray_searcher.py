@@ -21,6 +21,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from repnas.search._ray_results import stopped_early
 from repnas.search._rundir import TRIAL_COLUMNS
 from repnas.search._tell import optuna_answer
 
@@ -68,8 +69,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
         if error and self._on_failed is not None:  # Tune gave up on it (past --max-failures)
             self._on_failed(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
-        if not error and result and "status" not in result and result.get("epoch"):
-            result = {**result, "status": "pruned"}  # stopped by the early-stopping scheduler
+        if stopped_early(result, failed=error):
+            result = {**result, "status": "pruned"}
         if not result or "status" not in result or ot_trial is None or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)  # no row (the trial died): Ray's default
             return

@@ -27,9 +27,9 @@ from repnas.search._rundir import SearchConfig
 #: keys of the trainer's per-epoch metrics that Tune gets (the rest stay in the trial's log).
 EPOCH_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "train_seconds")
 #: what an epoch's report adds while ``--early-stop`` is on: the costs the Tune scheduler ranks by
-#: (:mod:`repnas.search._ray_scheduler`), and the model's claim key, with which the driver records
-#: a stopped trial's result for later proposals of the same model.
-EARLY_STOP_KEYS = ("params", "flops", "model_key")
+#: (:mod:`repnas.search._ray_scheduler`); the report also names the model's claim key
+#: (``model_key``), with which the driver records a stopped trial's result for later proposals.
+EARLY_STOP_KEYS = ("params", "flops")
 
 
 class _KeyedModels:
