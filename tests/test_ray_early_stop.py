@@ -73,7 +73,7 @@ def test_ray_search_stops_what_the_rule_stops(tmp_path):
     # every epoch report Tune stored, in the order the trials sent them
     curves = []
     for path in sorted((out / "ray").glob("*/trial_*/progress.csv")):
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={"trial_id": str})  # an all-digit id ("83339119") stays a string
         curves.append(frame[frame["status"].isna()] if "status" in frame.columns else frame)
     epochs = pd.concat(curves).sort_values("timestamp", kind="stable")
     rule = MultiObjectiveASHA(3)
