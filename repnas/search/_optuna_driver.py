@@ -376,6 +376,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
                 continue
             return True
         _faults.point("trial:asked")
+        _faults.point(f"worker{worker}:asked")  # one worker only (``trial:asked`` is every process's)
         point = {k: trial.params[k] for k in knob_names}
         report = EpochReport(study, trial.number, make_rule(search, study, trial.number))
         display.start_trial()

@@ -169,9 +169,9 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _start_workers(out: Path, trials: int = 6, epochs: int = 3) -> tuple[subprocess.Popen, list[int]]:
+def _start_workers(out: Path, trials: int = 6, epochs: int = 3, **env: str) -> tuple[subprocess.Popen, list[int]]:
     proc = subprocess.Popen(repnas_cmd(*search_argv(out, "--workers", "2", trials=trials, epochs=epochs)),
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 120
     while True:  # the worker is up and has a trial running
@@ -196,7 +196,9 @@ def _gone(pids: list[int], within: float = 5.0) -> bool:
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_workers_die_with_the_main_process(tmp_path, how, capsys):
     out = tmp_path / "run"
-    proc, workers = _start_workers(out)
+    # every process (the main one and its worker) holds when it asks its second trial, so the signal
+    # always lands mid-search: on a loaded machine the search could otherwise end before it is sent
+    proc, workers = _start_workers(out, REPNAS_FAULT="trial:asked@2=hold")
     try:
         if how == "SIGINT":  # Ctrl-C in a terminal: the whole process group
             os.killpg(proc.pid, signal.SIGINT)
@@ -224,7 +226,8 @@ def test_workers_die_with_the_main_process(tmp_path, how, capsys):
 @pytest.mark.slow
 def test_a_dead_worker_fails_the_search_and_resume_recovers_it(tmp_path, capsys):
     out = tmp_path / "run"
-    proc, workers = _start_workers(out, trials=4, epochs=2)
+    # worker 1 holds at its second trial: it is surely alive (not done with the search) when killed
+    proc, workers = _start_workers(out, trials=4, epochs=2, REPNAS_FAULT="worker1:asked@2=hold")
     os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 3, err
