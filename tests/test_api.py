@@ -82,7 +82,7 @@ def test_the_api_and_the_cli_share_their_defaults():
 
 def _search_yaml(run: Path) -> dict:
     config = yaml.safe_load((run / "search.yaml").read_text())
-    assert config.pop("storage") == f"sqlite:///{(run / 'study.db').resolve()}"
+    assert config.pop("storage") == "sqlite:///study.db"  # relative to the run directory: it can move
     return config
 
 

@@ -57,8 +57,40 @@ def test_scheduler_decides_what_the_rule_decides_and_reports_each_stop():
     assert "stopped 1" in scheduler.debug_string()
 
 
+def test_a_restored_scheduler_learns_the_reports_stored_before_the_crash(tmp_path):
+    """Tune unpickles the scheduler an experiment started with (empty rungs) on Tuner.restore: it
+    must learn the stored reports before it ranks, or a poor trial after a crash runs on."""
+    import pickle
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from repnas.search._ray_scheduler import MultiObjectiveScheduler
+
+    def write(experiment: str, trial: str, *lines: str) -> None:
+        folder = tmp_path / experiment / f"trial_{trial}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text("".join(line + "\n" for line in lines))
+
+    def report(trial: str, epoch: int, accuracy: float, **extra) -> str:
+        return json.dumps({"trial_id": trial, "epoch": epoch, "val_accuracy": accuracy, "params": 100,
+                           "flops": 1000, **extra})
+
+    write("s", "a", report("a", 1, 0.8), report("a", 2, 0.85), report("a", 3, 0.9, status="complete"))
+    write("s", "b", report("b", 1, 0.7), '{"trial_id": "b", "epo')  # a line cut by the crash
+    write("s-2", "c", report("c", 1, 0.6))  # a top-up experiment of the same search
+    write("other", "z", report("z", 1, 0.99))  # another study's experiment: not learned
+    scheduler = MultiObjectiveScheduler(MultiObjectiveASHA(3), history=(str(tmp_path), "s"))
+    restored = pickle.loads(pickle.dumps(scheduler))
+    poor = {"epoch": 1, "val_accuracy": 0.5, "params": 100, "flops": 1000}
+    assert restored.on_trial_result(None, _Trial("d"), poor) == TrialScheduler.STOP
+    assert set(restored.rule.rungs[1]) == {"a", "b", "c", "d"}
+    assert restored.rule.rungs[1]["a"] == (-0.8, 100, 1000)
+    blank = MultiObjectiveScheduler(MultiObjectiveASHA(3))  # what the driver had before: runs it on
+    assert blank.on_trial_result(None, _Trial("d"), poor) == TrialScheduler.CONTINUE
+
+
 @pytest.mark.slow
-def test_ray_search_stops_what_the_rule_stops(tmp_path):
+def test_ray_search_stops_what_the_rule_stops(tmp_path, capsys):
     import ray
 
     out = tmp_path / "run"
@@ -81,6 +113,16 @@ def test_ray_search_stops_what_the_rule_stops(tmp_path):
                        if rule.on_epoch(r.trial_id, int(r.epoch), r._asdict()) == STOP}
     pruned = table[table["status"] == "pruned"]
     assert set(pruned["trial"]) == stopped_by_rule and len(stopped_by_rule) >= 1
+    # what a restored driver's scheduler learns from Tune's result.json files is what the rule saw
+    from repnas.search._ray_scheduler import MultiObjectiveScheduler
+
+    learner = MultiObjectiveScheduler(MultiObjectiveASHA(3), history=(str(out / "ray"), out.name))
+    assert learner.learn_history() >= len(rule.rungs[1])  # progress.csv also holds the final reports
+    assert learner.rule.rungs.keys() == rule.rungs.keys()
+    for epoch, recorded in rule.rungs.items():
+        assert learner.rule.rungs[epoch].keys() == recorded.keys()
+        for trial_id, vector in recorded.items():
+            assert learner.rule.rungs[epoch][trial_id] == pytest.approx(vector)
     assert (table[table["duplicate_of"].isna()]["status"].isin(["complete", "pruned"])).sum() == 5
 
     search = SearchConfig.from_yaml(out / "search.yaml")
@@ -97,3 +139,21 @@ def test_ray_search_stops_what_the_rule_stops(tmp_path):
         assert trial.state.name == "PRUNED" and trial.user_attrs["status"] == "pruned"
         claim = next(v for v in claims.values() if v["trial"] == curve["trial_id"].iloc[0])
         assert claim["row"]["status"] == "pruned" and claim["row"]["epochs"] == 1
+
+    # a copy of a Ray run is not resumed: Tune's saved searcher would write into this run's study
+    import hashlib
+    import shutil
+
+    def snapshot(root):
+        return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(root.rglob("*")) if f.is_file()}
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before, original = snapshot(copy), snapshot(out)
+    capsys.readouterr()
+    assert main(["search", "--resume", "--out", str(copy), "--trials", "6", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "moved or copied" in err and str(out.resolve()) in err, err
+    assert snapshot(copy) == before and snapshot(out) == original

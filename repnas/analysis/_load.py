@@ -196,11 +196,10 @@ def _trials_from_run_study(path: Path, config: Mapping[str, Any], objectives: li
                 break
     if not storage:
         return normalize_trials([])  # a search that has not produced anything yet
-    if isinstance(storage, str) and storage.startswith("sqlite:///") and not Path(storage[10:]).is_absolute():
-        # relative sqlite paths in search.yaml are relative to where the search ran; try the run dir.
-        local = path / Path(storage[10:]).name
-        if local.exists():
-            storage = f"sqlite:///{local}"
+    if isinstance(storage, str):  # a relative storage file in search.yaml is relative to the run dir
+        from repnas.search._storage import absolute_storage
+
+        storage = absolute_storage(storage, path)
     return load_trials(storage, study_name=study_name, objectives=objectives)
 
 

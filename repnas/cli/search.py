@@ -115,6 +115,10 @@ def resume_search_config(args: argparse.Namespace):
              "study": (args.study, search.study), "storage": (args.storage, search.storage),
              "seed": (args.seed, search.seed), "epochs": (args.epochs, search.epochs),
              "sampler": (args.sampler, search.sampler)}
+    if args.storage is not None:  # a relative file is relative to the working directory
+        from repnas.search._storage import absolute_storage
+
+        fixed["storage"] = (absolute_storage(args.storage), search.storage)
     for name, (given, saved) in fixed.items():
         if given is not None and str(given) != str(saved):
             raise UserError(f"--{name} {given} differs from the run's {saved}; "

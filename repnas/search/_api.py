@@ -31,6 +31,7 @@ from typing import Any
 
 from repnas.errors import UserError
 from repnas.search._rundir import DEFAULT_OBJECTIVES, SAMPLERS, RunDir, SearchConfig, parse_objectives
+from repnas.search._storage import absolute_storage
 
 #: ``callback(study, frozen_trial)``, as ``optuna.Study.optimize(callbacks=...)`` takes them.
 Callback = Callable[[Any, Any], None]
@@ -144,7 +145,8 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
         epochs=epochs or space.epochs, seed=DEFAULTS["seed"] if seed is None else int(seed),
         objectives=objectives, sampler=_sampler_name(sampler),
         population_size=population_size or default_population(trials), backend=backend,
-        storage=storage or RunDir(out).default_storage(workers), study=study or out.name, workers=workers,
+        storage=absolute_storage(storage) if storage else RunDir(out).default_storage(workers),
+        study=study or out.name, workers=workers,
         gpus_per_trial=gpus_per_trial or DEFAULTS["gpus_per_trial"],
         early_stop=early_stop or default_early_stop(backend), device=device or DEFAULTS["device"], data_dir=data_dir,
     )
@@ -185,6 +187,8 @@ def config_file_arguments(path: str | Path) -> dict[str, Any]:
         data["space"] = {"name": space_name, **data["space"]}
     home = RunDir(path.parent)
     workers = data.get("workers") or 1
+    if isinstance(data.get("storage"), str) and data["storage"]:  # a relative file: beside this YAML
+        data["storage"] = absolute_storage(data["storage"], path.parent)
     if data.get("storage") in (home.default_storage(workers), home.default_storage(1),
                                home.default_storage(2)):
         data.pop("storage")
@@ -299,6 +303,8 @@ def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
             continue
         if name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir"):
             setattr(search, name, value)
+        elif name == "storage" and absolute_storage(str(value)) == search.storage:
+            continue
         elif str(getattr(search, name, None)) != str(value):
             raise UserError(f"--{name.replace('_', '-')} {value} differs from the run's "
                             f"{getattr(search, name, None)}; a resumed search keeps its config")

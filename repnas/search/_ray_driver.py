@@ -138,7 +138,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
             from repnas.search._ray_scheduler import MultiObjectiveScheduler
 
             rule = rule or MultiObjectiveASHA(search.epochs)
-            scheduler = MultiObjectiveScheduler(rule, on_stop=claims.pruned)
+            scheduler = MultiObjectiveScheduler(rule, on_stop=claims.pruned, history=(storage, search.study))
         tuner = tune.Tuner(
             bound,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,

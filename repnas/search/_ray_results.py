@@ -150,3 +150,30 @@ def experiment_paths(storage: str, study: str) -> list[str]:
         elif name.startswith(f"{study}-") and name[len(study) + 1:].isdigit():
             found[int(name[len(study) + 1:])] = f"{base}/{name}"
     return [found[k] for k in sorted(found)]
+
+
+def epoch_reports(experiment: str):
+    """``(trial_id, report)`` for every per-epoch report Tune stored in ``experiment`` (a path or a
+    pyarrow filesystem URI): the ``result.json`` lines of each ``trial_*`` folder, in file order.
+    What the early-stopping rule saw before the driver died can be learned again from them."""
+    import pyarrow.fs as pafs
+
+    if "://" in experiment:
+        fs, root = pafs.FileSystem.from_uri(experiment)
+    else:
+        fs, root = pafs.LocalFileSystem(), str(Path(experiment).resolve())
+    folders = [info for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+               if info.type == pafs.FileType.Directory and info.base_name.startswith("trial_")]
+    for folder in sorted(folders, key=lambda info: info.base_name):
+        try:
+            with fs.open_input_stream(f"{folder.path}/result.json") as stream:
+                text = stream.read().decode("utf-8", errors="replace")
+        except (FileNotFoundError, OSError):
+            continue  # a trial that never reported
+        for line in text.splitlines():
+            try:
+                report = json.loads(line)
+            except ValueError:  # a line cut by the crash
+                continue
+            if isinstance(report, dict) and "epoch" in report:
+                yield str(report.get("trial_id") or folder.base_name.removeprefix("trial_")), report

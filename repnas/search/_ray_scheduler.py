@@ -14,7 +14,13 @@ trial would have done: ``on_stop`` (given by the driver) records the model's pru
 claim in the study, so a later proposal of the same model reuses it instead of waiting for it; the
 searcher tells the study PRUNED and the driver writes a ``pruned`` row
 (:mod:`repnas.search._ray_results`). The driver keeps one rule for all the Tune experiments of a
-search (top-ups after duplicates), so their trials are ranked together. Imported only with Ray.
+search (top-ups after duplicates), so their trials are ranked together.
+
+Tune does not save a scheduler with its experiment state: ``Tuner.restore`` (``--resume`` after the
+driver died) unpickles the one the experiment started with, whose rungs were empty then. So before
+it decides anything, a scheduler learns every per-epoch report stored under the run's Tune storage
+(``result.json`` of each trial, :func:`~repnas.search._ray_results.epoch_reports`): a restored
+search ranks its trials against all the results that came before the crash. Imported only with Ray.
 """
 
 from __future__ import annotations
@@ -31,11 +37,34 @@ class MultiObjectiveScheduler(FIFOScheduler):
     """Stops a Tune trial where :class:`MultiObjectiveASHA` says so at one of its rungs."""
 
     def __init__(self, rule: MultiObjectiveASHA,
-                 on_stop: Callable[[str, dict[str, Any]], None] | None = None):
+                 on_stop: Callable[[str, dict[str, Any]], None] | None = None,
+                 history: tuple[str, str] | None = None):
+        """``history``: ``(tune_storage, study)``, where the search's Tune experiments live; their
+        stored reports are learned (:meth:`learn_history`) before the first decision."""
         super().__init__()
         self.rule = rule
         self.on_stop = on_stop
+        self.history = history
+        self.learned = history is None
         self.stopped: list[str] = []  # Tune trial ids, in the order they were stopped
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # unpickled by Tuner.restore: learn again
+        self.__dict__.update(state)
+        self.learned = self.history is None
+
+    def learn_history(self) -> int:
+        """Record every stored per-epoch report of the search's experiments on the rule (a result
+        the rule holds already is recorded again, unchanged); returns how many were recorded."""
+        from repnas.search._ray_results import epoch_reports, experiment_paths
+
+        count = 0
+        for experiment in experiment_paths(*self.history) if self.history else []:
+            for trial_id, report in epoch_reports(experiment):
+                if "status" not in report and all(name in report for name in self.rule.metric_names):
+                    self.rule.record(trial_id, int(report["epoch"]), report)
+                    count += 1
+        self.learned = True
+        return count
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
         epoch = result.get("epoch")
@@ -43,6 +72,8 @@ class MultiObjectiveScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         if any(name not in result for name in self.rule.metric_names):
             return TrialScheduler.CONTINUE  # no costs in the report: nothing to rank by
+        if not self.learned:
+            self.learn_history()
         if self.rule.on_epoch(trial.trial_id, int(epoch), result) != STOP:
             return TrialScheduler.CONTINUE
         self.stopped.append(trial.trial_id)

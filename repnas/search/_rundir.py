@@ -144,18 +144,30 @@ class SearchConfig:
 
         return check_search_fields(cls(**data))
 
-    def to_yaml(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def to_yaml(self, path: str | Path, home: str | Path | None = None) -> None:
+        """Write ``path``; a storage file inside run directory ``home`` (default: the folder of
+        ``path``) is written relative to it, so the run folder can move (``portable_storage``)."""
+        from repnas.search._storage import portable_storage
+
+        data = self.to_dict()
+        data["storage"] = portable_storage(self.storage, home if home is not None else Path(path).parent)
+        atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchConfig:
+        """Read ``path``; a relative storage file is relative to the folder holding it."""
+        from repnas.search._storage import absolute_storage
+
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except UnicodeDecodeError:
             raise UserError(f"{path}: not a YAML text file (not UTF-8)") from None
         except yaml.YAMLError as exc:
             raise UserError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-        return cls.from_dict(data)
+        config = cls.from_dict(data)
+        if config.storage:
+            config.storage = absolute_storage(config.storage, Path(path).parent)
+        return config
 
 
 def parse_objectives(text: str) -> list[dict[str, str]]:

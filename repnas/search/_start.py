@@ -87,7 +87,7 @@ def new_run(search: SearchConfig, out: str | Path) -> Iterator[OwnerLock]:
         lock.announce()
         _faults.point("start:staging")
         RunDir(staging).create()
-        search.to_yaml(staging / "search.yaml")
+        search.to_yaml(staging / "search.yaml", home=out)  # storage paths relative to where it will be
         _faults.point("start:yaml")
         staged = copy.deepcopy(search)
         staged.storage = _staged_storage(search.storage, out, staging)

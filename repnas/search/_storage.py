@@ -3,6 +3,8 @@
 * SQLAlchemy URL-decodes the path of ``sqlite:///PATH`` and cuts it at ``?``: a run directory named
   ``a?b`` put its study in ``a``, one named ``a%20b`` in ``a b``. :func:`sqlite_url` escapes ``%``
   and ``?`` (and ``#``) so the URL names exactly the file; :func:`storage_file` reads it back.
+* ``search.yaml`` names a storage inside its run directory relative to it (:func:`portable_storage`),
+  so a run folder can be moved or copied and resumed where it lies.
 * Optuna creates its tables in any database it opens, and appends to any journal file: pointed at
   someone else's SQLite file, at a 0-byte or damaged ``study.db``, or at a text file, it writes
   into it. :func:`inspect_storage` looks first, read-only, and refuses with one line.
@@ -20,8 +22,37 @@ from repnas.errors import UserError
 
 def sqlite_url(path: str | Path) -> str:
     """``sqlite:///`` URL of the file ``path`` (absolute), escaped so that SQLAlchemy reads ``path``."""
-    text = str(Path(path).resolve())
-    return "sqlite:///" + text.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+    return "sqlite:///" + _escaped(str(Path(path).resolve()))
+
+
+def _escaped(text: str) -> str:
+    return text.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
+def absolute_storage(url: str, base: str | Path | None = None) -> str:
+    """``url`` with a relative file (``sqlite:///run.db``, ``journal.log``) made absolute against
+    ``base`` (default: the working directory); server URLs, in-memory SQLite and absolute files are
+    returned as they are. A YAML file's relative storage is relative to the folder holding it."""
+    path = storage_file(url)
+    if path is None or path.is_absolute():
+        return url
+    located = Path(base if base is not None else Path.cwd()) / path
+    return sqlite_url(located) if url.startswith("sqlite:") else str(located.resolve())
+
+
+def portable_storage(url: str, home: str | Path) -> str:
+    """``url`` as ``search.yaml`` in run directory ``home`` keeps it: a storage file inside the run
+    directory relative to it (``sqlite:///study.db``, ``journal.log``), so a run folder that is moved
+    or copied resumes on its own study, never on the one it was copied from;
+    :func:`absolute_storage` with ``base=home`` reads it back."""
+    path = storage_file(url)
+    if path is None or not path.is_absolute():
+        return url
+    try:
+        relative = path.resolve().relative_to(Path(home).resolve())
+    except ValueError:  # outside the run directory (--storage elsewhere): where it is
+        return url
+    return "sqlite:///" + _escaped(relative.as_posix()) if url.startswith("sqlite:") else relative.as_posix()
 
 
 def storage_file(url: str) -> Path | None:

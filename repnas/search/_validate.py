@@ -101,6 +101,31 @@ def check_storage(search: SearchConfig, out: str | Path, resume: bool) -> None:
                         f"{text[0] if text else ''})") from None
 
 
+def check_ray_origin(search: SearchConfig, out: str | Path) -> None:
+    """A Ray run resumed where it did not start: refused. ``Tuner.restore`` unpickles the searcher
+    Tune saved, which holds the storage of the run it was saved in; a moved copy would write into
+    the study of the run it was copied from. (An Optuna-backend run resumes anywhere: its storage
+    path in ``search.yaml`` is relative to it.)"""
+    import optuna
+
+    from repnas.search._optuna_driver import open_storage
+    from repnas.search._ray_driver import tune_storage
+    from repnas.search._ray_results import experiment_paths
+    from repnas.search._rundir import RunDir
+    from repnas.search._start import RUN_DIR_ATTR
+
+    if not experiment_paths(tune_storage(search, RunDir(out)), search.study):
+        return  # no Tune experiment to restore
+    summaries = optuna.get_all_study_summaries(open_storage(search.storage, heartbeat=False),
+                                               include_best_trial=False)
+    origin = next((s.user_attrs.get(RUN_DIR_ATTR) for s in summaries if s.study_name == search.study), None)
+    here = str(Path(out).resolve())
+    if origin and origin != here:
+        raise UserError(f"cannot resume: this Ray run was started in {origin} and moved or copied to {here}; "
+                        f"Tune's saved experiment would write to the study there. Resume it in {origin}, "
+                        f"or start a new search with --config {Path(out) / 'search.yaml'}")
+
+
 def validate_search(search: SearchConfig, out: str | Path, resume: bool) -> None:
     """Every check above, cheapest first; nothing is written."""
     if search.backend == "ray" and search.early_stop not in ("none", "moasha"):
@@ -109,4 +134,6 @@ def validate_search(search: SearchConfig, out: str | Path, resume: bool) -> None
     check_device(search.device)
     check_recipe(search)
     check_storage(search, out, resume)
+    if resume and search.backend == "ray":
+        check_ray_origin(search, out)
     check_data(search)
