@@ -145,6 +145,12 @@ def test_a_callback_can_stop_the_search_as_in_optuna(tmp_path):
     result = run_search("quick", trials=10, epochs=1, out=tmp_path / "s", progress=False, sampler=sampler,
                         callbacks=[stop_after_two])
     assert len(result.study.trials) == 2
+    # Optuna's own callback, which checks the study it gets and calls stop(): the same contract
+    seen = []
+    limited = run_search("quick", trials=10, epochs=1, out=tmp_path / "m", progress=False,
+                         callbacks=[optuna.study.MaxTrialsCallback(3),
+                                    lambda study, trial: seen.append(isinstance(study, optuna.Study))])
+    assert len(limited.study.trials) == 3 and seen == [True] * 3
     assert yaml.safe_load((tmp_path / "s" / "search.yaml").read_text())["sampler"] == "custom:RandomSampler"
     # the command line resumes it with the pickled sampler: the points a straight run would propose
     assert main(["search", "--resume", "--out", str(tmp_path / "s"), "--trials", "3", "--quiet"]) == 0

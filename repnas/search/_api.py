@@ -354,8 +354,8 @@ def run_search_config(search: SearchConfig, out: str | Path, *, resume: bool = F
         frame = contextlib.nullcontext(False) if join else supervised_search(search, out, resume=resume)
         with frame as started:
             study = run_optuna_search(search, out, resume=started, progress=progress, sampler=sampler,
-                                      after_trial=_after_trial(callbacks) if callbacks else None, timeout=timeout,
-                                      join=join)
+                                      after_trial=_after_trial(callbacks, search) if callbacks else None,
+                                      timeout=timeout, join=join)
     assert isinstance(study, optuna.Study)
     return SearchResult(study=study, config=search, path=Path(out).resolve())  # valid after a chdir
 
@@ -381,24 +381,41 @@ def worker_sampler(sampler, worker: int):
     return clone
 
 
-def _after_trial(callbacks: list[Callback]) -> Callable[[Any, Any], bool]:
+def _after_trial(callbacks: list[Callback], search: SearchConfig) -> Callable[[Any, Any], bool]:
     """One hook for the driver: run the callbacks on (study, frozen trial); True = stop the search.
 
-    ``Study.stop()`` only works inside ``optimize`` (it checks a thread-local flag), so the flag is
-    raised around the callbacks and the stop flag read back: the same idiom works here.
+    The driver asks and tells instead of calling ``Study.optimize``, whose ``Study.stop()`` raises
+    outside its loop. So the callbacks get a :func:`_callback_study` on the same storage, built with
+    Optuna's public constructor (an ``optuna.Study``, so ``MaxTrialsCallback`` and friends work),
+    whose ``stop()`` asks the driver to stop after this trial.
     """
+    from repnas.search._optuna_driver import open_storage
+
+    views: list[Any] = []
+
     def hook(study, frozen) -> bool:
-        local = getattr(study, "_thread_local", None)
-        previous = getattr(local, "in_optimize_loop", None)
-        if local is not None:
-            local.in_optimize_loop = True
-        study._stop_flag = False
-        try:
-            for callback in callbacks:
-                callback(study, frozen)
-        finally:
-            if local is not None:
-                local.in_optimize_loop = previous
-        return bool(getattr(study, "_stop_flag", False))
+        if not views:
+            views.append(_callback_study(study.study_name, open_storage(search.storage, heartbeat=False),
+                                         study.sampler))
+        view = views[0]
+        view.stop_requested = False
+        for callback in callbacks:
+            callback(view, frozen)
+        return view.stop_requested
 
     return hook
+
+
+def _callback_study(study_name: str, storage, sampler):
+    """The study a callback sees: an ``optuna.Study`` (built by Optuna's public constructor) whose
+    ``stop()`` stops the search after the trial that just ended, as it does in ``optimize``. Made
+    here, not at import, so ``import repnas`` does not import Optuna."""
+    import optuna
+
+    class CallbackStudy(optuna.Study):
+        stop_requested = False
+
+        def stop(self) -> None:
+            self.stop_requested = True
+
+    return CallbackStudy(study_name=study_name, storage=storage, sampler=sampler)
