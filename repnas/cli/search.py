@@ -111,14 +111,13 @@ def resume_search_config(args: argparse.Namespace):
         if load_space(args.space).to_dict() != search.space:
             raise UserError(f"--space {args.space} differs from the run's space {search.space_name!r}; "
                             "a resumed search keeps its config")
+    from repnas.search._storage import absolute_storage
+
+    storage = absolute_storage(args.storage) if args.storage is not None else None  # relative: to the cwd
     fixed = {"dataset": (args.dataset, search.dataset),
-             "study": (args.study, search.study), "storage": (args.storage, search.storage),
+             "study": (args.study, search.study), "storage": (storage, search.storage),
              "seed": (args.seed, search.seed), "epochs": (args.epochs, search.epochs),
              "sampler": (args.sampler, search.sampler)}
-    if args.storage is not None:  # a relative file is relative to the working directory
-        from repnas.search._storage import absolute_storage
-
-        fixed["storage"] = (absolute_storage(args.storage), search.storage)
     for name, (given, saved) in fixed.items():
         if given is not None and str(given) != str(saved):
             raise UserError(f"--{name} {given} differs from the run's {saved}; "

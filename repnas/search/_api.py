@@ -391,13 +391,12 @@ def _after_trial(callbacks: list[Callback], search: SearchConfig) -> Callable[[A
     """
     from repnas.search._optuna_driver import open_storage
 
-    views: list[Any] = []
+    view = None  # made at the first trial's end, once the study exists
 
     def hook(study, frozen) -> bool:
-        if not views:
-            views.append(_callback_study(study.study_name, open_storage(search.storage, heartbeat=False),
-                                         study.sampler))
-        view = views[0]
+        nonlocal view
+        if view is None:
+            view = _callback_study(study.study_name, open_storage(search.storage, heartbeat=False), study.sampler)
         view.stop_requested = False
         for callback in callbacks:
             callback(view, frozen)

@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 
 RULES = ("none", "sha", "moasha")
+#: the rules the Ray backend applies (``sha`` ranks through study user attributes that only the
+#: Optuna driver's trials write)
+RAY_RULES = ("none", "moasha")
 CONTINUE, STOP = "continue", "stop"
 
 #: (metric name, direction) of what ``moasha`` ranks by, in this order.

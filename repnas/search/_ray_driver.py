@@ -34,6 +34,7 @@ from repnas.search._early_stop import MultiObjectiveASHA
 from repnas.search._ray_results import experiment_paths, number_trials, result_rows, searcher_numbers, trial_dirname
 from repnas.search._ray_trial import trainable, trial_device
 from repnas.search._rundir import RunDir, SearchConfig, rows_frame
+from repnas.search._validate import check_ray_early_stop
 
 __all__ = ["parse_resources", "run_ray_search", "trial_device", "trial_gpus", "trial_resources"]
 
@@ -96,9 +97,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
 
     from repnas.search._optuna_driver import check_storage, open_study, spread_budgets
 
-    if search.early_stop not in RAY_EARLY_STOP:  # before anything is written
-        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray "
-                        f"(choose {' or '.join(RAY_EARLY_STOP)}, or the optuna backend)")
+    check_ray_early_stop(search)  # before anything is written (a caller without validate_search)
     run = RunDir(root)
     check_storage(search, resume)
     run.create()
@@ -124,7 +123,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         tuner = tune.Tuner.restore(experiments[-1], trainable=bound, resume_errored=True)
         rows.update(_rows(run, study, _fit(tuner), knobs))
         run.write_trials(rows_frame(list(rows.values()), knobs))
-    rule, claims = None, DriverClaims(search.to_dict())  # one of each for every experiment of the search
+    claims = DriverClaims(search.to_dict())  # one for every experiment of the search
     for _ in range(_MAX_TOP_UPS):  # duplicates do not count: top up until --trials distinct models
         remaining = search.trials - _distinct(rows)
         if remaining <= 0:
@@ -134,11 +133,11 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         trials_so_far = len(study.get_trials(deepcopy=False))  # as the Optuna backend counts them
         searcher = _searcher(search, trials_so_far, number_trials(run, []), on_failed=claims.failed)
         scheduler = None
-        if search.early_stop == "moasha":  # ranked together across experiments (see _ray_scheduler)
+        if search.early_stop == "moasha":  # it learns the earlier experiments' reports (see _ray_scheduler)
             from repnas.search._ray_scheduler import MultiObjectiveScheduler
 
-            rule = rule or MultiObjectiveASHA(search.epochs)
-            scheduler = MultiObjectiveScheduler(rule, on_stop=claims.pruned, history=(storage, search.study))
+            scheduler = MultiObjectiveScheduler(MultiObjectiveASHA(search.epochs), on_stop=claims.pruned,
+                                                history=(storage, search.study))
         tuner = tune.Tuner(
             bound,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
@@ -156,11 +155,6 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
                 print(f"note: the space looks exhausted: an experiment proposed only models already trained; "
                       f"stopped at {before} distinct trial(s) of the {search.trials} asked", flush=True)
             break
-
-
-#: the ``--early-stop`` rules the Ray backend applies (``sha`` ranks through the study's user
-#: attributes that only the Optuna driver's trials write)
-RAY_EARLY_STOP = ("none", "moasha")
 
 
 class DriverClaims:

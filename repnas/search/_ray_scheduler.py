@@ -13,14 +13,14 @@ A stopped trial never sends its final report (Tune stops its actor), so the driv
 trial would have done: ``on_stop`` (given by the driver) records the model's pruned result on its
 claim in the study, so a later proposal of the same model reuses it instead of waiting for it; the
 searcher tells the study PRUNED and the driver writes a ``pruned`` row
-(:mod:`repnas.search._ray_results`). The driver keeps one rule for all the Tune experiments of a
-search (top-ups after duplicates), so their trials are ranked together.
+(:mod:`repnas.search._ray_results`).
 
-Tune does not save a scheduler with its experiment state: ``Tuner.restore`` (``--resume`` after the
-driver died) unpickles the one the experiment started with, whose rungs were empty then. So before
-it decides anything, a scheduler learns every per-epoch report stored under the run's Tune storage
-(``result.json`` of each trial, :func:`~repnas.search._ray_results.epoch_reports`): a restored
-search ranks its trials against all the results that came before the crash. Imported only with Ray.
+Before it decides anything, a scheduler learns every per-epoch report stored under the run's Tune
+storage (``result.json`` of each trial, :func:`~repnas.search._ray_results.epoch_reports`). So the
+trials of all the Tune experiments of a search (top-ups after duplicates) are ranked together, and
+so is a restored experiment: Tune does not save a scheduler with its experiment state, and
+``Tuner.restore`` (``--resume`` after the driver died) unpickles the one the experiment started
+with, whose rungs were empty then. Imported only with Ray.
 """
 
 from __future__ import annotations

@@ -126,11 +126,18 @@ def check_ray_origin(search: SearchConfig, out: str | Path) -> None:
                         f"or start a new search with --config {Path(out) / 'search.yaml'}")
 
 
+def check_ray_early_stop(search: SearchConfig) -> None:
+    """``--early-stop`` under ``--backend ray``: only the rules Tune's scheduler applies."""
+    from repnas.search._early_stop import RAY_RULES
+
+    if search.backend == "ray" and search.early_stop not in RAY_RULES:
+        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray "
+                        f"(choose {' or '.join(RAY_RULES)}, or the optuna backend)")
+
+
 def validate_search(search: SearchConfig, out: str | Path, resume: bool) -> None:
     """Every check above, cheapest first; nothing is written."""
-    if search.backend == "ray" and search.early_stop not in ("none", "moasha"):
-        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray "
-                        "(choose none or moasha, or the optuna backend)")
+    check_ray_early_stop(search)
     check_device(search.device)
     check_recipe(search)
     check_storage(search, out, resume)
