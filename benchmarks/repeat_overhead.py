@@ -28,6 +28,7 @@ from torch import nn
 
 from repnas.rescale import count_params
 from repnas.spaces import create_model
+from repnas.train._trainer import channels_last
 
 PAIRS = [("rep_vgg6", "vgg11"), ("rep_wrn16_4", "wrn16_4")]
 
@@ -37,7 +38,7 @@ def step_seconds(model: nn.Module, batch: int, device: torch.device, steps: int,
     model = model.to(device).train()
     cuda = device.type == "cuda"
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
+        model = channels_last(model)
     x = torch.randn(batch, 3, 32, 32, device=device)
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)

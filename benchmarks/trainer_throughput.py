@@ -67,7 +67,7 @@ def dataloader_images_per_second(args, splits, device: torch.device) -> float:
     import torchvision.transforms as T
 
     from repnas.spaces import create_model
-    from repnas.train._trainer import param_groups
+    from repnas.train._trainer import channels_last, param_groups
 
     cuda = device.type == "cuda"
     transform = T.Compose([
@@ -83,7 +83,7 @@ def dataloader_images_per_second(args, splits, device: torch.device) -> float:
     )
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
-    model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
+    model = channels_last(model.to(device)) if cuda else model.to(device)
     optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=0.05, momentum=0.9, nesterov=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     model.train()

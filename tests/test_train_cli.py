@@ -161,3 +161,16 @@ def test_imagefolder_archive_through_the_cli(tmp_path, capsys):
     code, stdout, _ = _run(capsys, "train", "vgg4", "--dataset", f"imagefolder:{archive}", "--steps", "1",
                            "--batch-size", "8", "--json", "--quiet", "--device", "cpu")
     assert code == 0 and json.loads(stdout.splitlines()[-1])["dataset"].startswith("imagefolder:")
+
+
+def test_train_takes_any_device_runconfig_takes(capsys):
+    """``--device cuda:0`` is RunConfig's business (the GPU session's check ran it and argparse refused
+    it as "invalid choice"); on a machine without CUDA it is RunConfig's one line."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "vgg4", "--dataset", "digits", "--epochs", "1", "--device", "cuda:0", "--quiet"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert main(["train", "vgg4", "--dataset", "digits", "--epochs", "1", "--device", "gpu", "--quiet"]) == 2
+    assert "device must be auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 
 from repnas.errors import UserError
 from repnas.train import RunConfig, TrainResult, train
-from repnas.train._trainer import _lr_lambda, param_groups
+from repnas.train._trainer import _lr_lambda, channels_last, param_groups
 
 SMALL = {"family": "vgg", "kwargs": {"cfg": [16, "M", 32, "M", 64]}}  # 24k params, GAP head
 
@@ -108,3 +108,25 @@ def test_mnist_one_epoch_small_cnn(shared_datasets):
     )
     result = train(config, progress=False)
     assert result["test_accuracy"] >= 0.97, dict(result)
+
+
+def test_channels_last_takes_a_repeated_model_whose_banks_are_5d():
+    """The trainer's CUDA path puts models in channels_last. ``Module.to(memory_format=...)`` raises on
+    a repeated model's 5-D weight banks (seen on an H200: every rep_* run failed); the helper converts
+    the 4-D tensors only, and the model computes the same function. Layouts are checked on CPU."""
+    from repnas.spaces import create_model
+
+    torch.manual_seed(0)
+    model = create_model("rep_vgg6", num_classes=10, in_channels=3).eval()
+    assert {p.dim() for p in model.parameters()} >= {4, 5}
+    with pytest.raises(RuntimeError, match="rank 4"):
+        create_model("rep_vgg6", num_classes=10, in_channels=3).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        assert channels_last(model) is model
+        after = model(x.contiguous(memory_format=torch.channels_last))
+    four = [p for p in model.parameters() if p.dim() == 4]
+    assert four and all(p.is_contiguous(memory_format=torch.channels_last) for p in four)
+    assert all(p.is_contiguous() for p in model.parameters() if p.dim() == 5)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ... (checked by RunConfig)")
     p.add_argument("--threads", type=int, help="torch CPU threads (CPU results reproduce with the same count)")
     p.add_argument("--out", type=Path, help="write config.yaml, metrics.json and checkpoint.pt here")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -62,7 +62,7 @@ def check_train(spec: dict[str, Any]) -> dict[str, Any]:
 
     from repnas.rescale import materialize
     from repnas.train import RunConfig, resolve_device
-    from repnas.train._trainer import _build_model, load_splits
+    from repnas.train._trainer import _build_model, channels_last, load_splits
 
     work = Path(spec["work"])
     shutil.rmtree(work, ignore_errors=True)
@@ -91,8 +91,7 @@ def check_train(spec: dict[str, Any]) -> dict[str, Any]:
         fp32 = _relative_error(plain(x), model(x))
         cuda = device.type == "cuda"
         if cuda:
-            model = model.to(memory_format=torch.channels_last)
-            plain = plain.to(memory_format=torch.channels_last)
+            model, plain = channels_last(model), channels_last(plain)
             xc = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 bf16 = _relative_error(plain(xc), model(xc))

@@ -81,6 +81,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def channels_last(model: nn.Module) -> nn.Module:
+    """``model`` with its 4-D tensors (conv weights) in channels_last, the layout cuDNN's fast NHWC
+    kernels want; returns it. ``Module.to(memory_format=torch.channels_last)`` also converts every
+    5-D tensor and raises on it ("required rank 4 tensor"), and a repeated model keeps its weight
+    banks as 5-D parameters (found on an H200). Those keep their layout: the conv weight built from
+    them each step is a new tensor either way."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def train(
     config: RunConfig | Mapping[str, Any] | str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -146,7 +159,7 @@ def _train(
 
     if cuda:
         torch.backends.cudnn.benchmark = True
-        model = model.to(device, memory_format=torch.channels_last)
+        model = channels_last(model.to(device))
     else:
         model = model.to(device)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
