@@ -169,10 +169,16 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_workers(out: Path, trials: int = 6, epochs: int = 3, **env: str) -> tuple[subprocess.Popen, list[int]]:
+    # SIGINT at its default, as in a terminal: a test run started in the background of a script (CI)
+    # has it ignored, the child would inherit that, and Python keeps an ignored SIGINT ignored
     proc = subprocess.Popen(repnas_cmd(*search_argv(out, "--workers", "2", trials=trials, epochs=epochs)),
                             env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while True:  # the worker is up and has a trial running
         workers = _worker_pids(proc.pid)
