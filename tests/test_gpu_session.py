@@ -239,3 +239,56 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
     bad.write_text("queue:\n  - {name: x, experiment: experiments/c3_rotmnist.yaml, requires: luck}\n")
     assert main(["gpu", "--smoke", "--device", "cpu", "--queue", str(bad)]) == 2
     assert "requires must be one of faithful_rotmnist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- sessions add up (issue 19)
+def _git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def _plan_facts(results: Path, work: Path) -> tuple[list[tuple], list[dict]]:
+    session = session_for("cpu", True, QUEUE, results, None, work=work)
+    plan = plan_queue(session, log=lambda _: None)
+    return [(t.name, round(t.estimate, 6), t.basis, t.share) for t in plan.tasks], plan.notes
+
+
+def test_a_fresh_clone_plans_what_the_session_left(tmp_path, monkeypatch, capsys):
+    """What a session brings back (run JSONs, a search's study and table, timings, the ledger) is not
+    git-ignored, so after ``unpack`` and a commit a fresh clone plans the same done set and estimates as
+    the machine that ran the session (the bug: ``runs/`` in .gitignore hid results/<exp>/runs/*.json)."""
+    from repnas.experiments.__main__ import main
+
+    monkeypatch.chdir(ROOT)
+    session_results, archive = tmp_path / "session" / "results", tmp_path / "results.tgz"
+    argv = ["gpu", "--smoke", "--device", "cpu", "--results", str(session_results), "--archive", str(archive),
+            "--only", "queue/c1c2-core,queue/search-vgg-depth", "--time-limit", "300"]
+    assert main(argv) == 0, capsys.readouterr()
+    capsys.readouterr()
+
+    repo = tmp_path / "repo"
+    (repo / "results").mkdir(parents=True)
+    (repo / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    _git(repo, "init", "-q")
+    with tarfile.open(archive) as tar:  # what experiments/device.sh unpack does
+        members = [m.name for m in tar.getmembers() if m.isfile()]
+        tar.extractall(repo / "results", filter="data")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "GPU session results")
+    tracked = set(_git(repo, "ls-files").split())
+    assert {f"results/{m}" for m in members} <= tracked  # nothing the session brought back is ignored
+    assert "results/c1c2_vgg_depth/runs/vgg6__seed0.json" in tracked
+    search = "results/search/vgg-depth-cifar10"
+    assert {f"{search}/trials.parquet", f"{search}/journal.log", f"{search}/search.yaml"} <= tracked
+    assert not any(p.endswith((".pt", ".lock")) or "tfevents" in p for p in tracked)
+
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "-q", str(repo), str(clone))
+    here = _plan_facts(session_results, tmp_path / "work-a")
+    there = _plan_facts(clone / "results", tmp_path / "work-b")
+    assert here == there
+    tasks, notes = there
+    assert not any(name.startswith("queue/c1c2-core/") for name, *_ in tasks)  # done: not planned again
+    search_note = next(n for n in notes if n["item"] == "search-vgg-depth")
+    assert search_note["status"] == "done" and search_note["done"] == 2

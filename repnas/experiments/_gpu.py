@@ -50,7 +50,8 @@ from repnas.experiments._gpu_queue import (
 from repnas.experiments._runner import read_run, run_path
 from repnas.experiments._schedule import Task, run_tasks
 
-__all__ = ["DECLARED", "GpuSession", "device_slug", "plan_queue", "run_gpu_session", "write_archive"]
+__all__ = ["DECLARED", "GpuSession", "device_slug", "is_result_file", "plan_queue", "run_gpu_session",
+           "write_archive"]
 
 #: seconds, planning figures for a task nothing was measured for on this kind of GPU (not results): the
 #: issue's own budget ("checks about a minute, benchmarks about two"), with room for the first CIFAR-10
@@ -435,11 +436,20 @@ def _trial_estimate(s: GpuSession, rows, epochs: int, workers: int) -> tuple[flo
 
 
 # ------------------------------------------------------------------------------ d. the archive
+def is_result_file(path: Path) -> bool:
+    """Whether a file under ``results/`` is a result that travels (archive) and is committed (git):
+    not a checkpoint, a TensorBoard event file or a lock. ``.gitignore`` lists the same patterns, and
+    tests/test_gpu_session.py checks that no archived file is git-ignored."""
+    name = path.name
+    return not (path.suffix in (".pt", ".lock") or name.startswith((".", "events.out.tfevents.")))
+
+
 def write_archive(results: Path, since_ns: int, archive: Path, max_bytes: int = 4 << 20) -> list[str]:
-    """Pack every file under ``results`` modified since ``since_ns`` (not checkpoints, nothing over
-    ``max_bytes``) into ``archive`` (members relative to ``results``: unpack with ``-C results``)."""
+    """Pack every result file (:func:`is_result_file`) under ``results`` modified since ``since_ns``,
+    nothing over ``max_bytes``, into ``archive`` (members relative to ``results``: unpack with
+    ``-C results``)."""
     members = sorted(p for p in results.rglob("*") if p.is_file() and p.stat().st_mtime_ns >= since_ns
-                     and p.suffix != ".pt" and p.stat().st_size <= max_bytes and not p.name.startswith("."))
+                     and is_result_file(p) and p.stat().st_size <= max_bytes)
     archive.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for path in members:
