@@ -225,3 +225,65 @@ def test_several_configs_share_one_time_limit(tmp_path, monkeypatch, capsys):
         assert len(list((smoke / name / "runs").glob("*.json"))) == len(exp.models) * len(exp.seeds)
     assert main(["run", *configs, "--smoke", "--out", str(tmp_path / "x")]) == 2
     assert "--out takes one experiment config" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- verdicts (issue 19)
+def _accuracies(rows: list[tuple[str, int, float]]) -> pd.DataFrame:
+    params = {"vgg6": 559_178, "rep_vgg6": 568_746, "vgg11": 9_416_010, "wrn16_1": 175_258, "rep_wrn16_4": 183_498}
+    return pd.DataFrame([{"model": m, "seed": s, "test_accuracy": a, "params": params.get(m, 1)} for m, s, a in rows])
+
+
+def test_c1_and_c2_verdicts_exact():
+    from repnas.experiments._verdicts import c1_rows, c2_rows
+
+    depth = _accuracies([("vgg6", 0, 0.86), ("vgg6", 1, 0.87), ("rep_vgg6", 0, 0.88), ("rep_vgg6", 1, 0.875),
+                   ("vgg11", 0, 0.89), ("vgg11", 1, 0.89)])
+    six = next(r for r in c1_rows(depth) if r["N"] == 6)
+    assert six["seeds"] == 2 and six["fractions"] == pytest.approx([2 / 3, 0.25])
+    assert six["verdict"] == "closes part of the gap"  # 0.25 < 0.5 in seed 1
+    assert six["rep_minus_vgg11"] == pytest.approx([-0.01, -0.015])
+    assert all(r["verdict"] == "not measured" for r in c1_rows(depth) if r["N"] != 6)  # never extrapolated
+    better = _accuracies([("vgg6", 0, 0.86), ("rep_vgg6", 0, 0.90), ("vgg11", 0, 0.89)])
+    assert next(r for r in c1_rows(better) if r["N"] == 6)["verdict"] == "comparable to VGG11 or better"
+
+    width = _accuracies([("wrn16_1", 0, 0.85), ("wrn16_1", 1, 0.86), ("rep_wrn16_4", 0, 0.86),
+                         ("rep_wrn16_4", 1, 0.85)])
+    rows = {r["rep"]: r for r in c2_rows(depth, width)}
+    assert rows["rep_vgg6"]["diffs"] == pytest.approx([0.02, 0.005])
+    assert rows["rep_vgg6"]["verdict"] == "repetition better in 2/2 seeds"
+    assert rows["rep_wrn16_4"]["diffs"] == pytest.approx([0.01, -0.01])
+    assert rows["rep_wrn16_4"]["verdict"] == "mixed: better in 1/2 seeds"
+    assert rows["rep_wrn16_4"]["params_rep"] == 183_498 and rows["rep_vgg4"]["verdict"] == "not measured"
+
+
+def test_c3_verdict_exact():
+    from repnas.experiments._verdicts import c3_rows
+
+    runs = pd.DataFrame([{"model": m, "seed": 0, "test_accuracy": a, "params": 1} for m, a in
+                         (("cnn_rotmnist", 0.90), ("rep_cnn_c4", 0.92), ("gcnn_c4", 0.95))])
+    c4 = c3_rows(runs)[0]
+    assert c4["of_means"] == pytest.approx(0.4) and c4["per_seed"] == pytest.approx([0.4])
+    assert c4["verdict"] == "repetition recovers 40% of the G-CNN's gain"
+    assert c3_rows(runs)[1]["verdict"] == "not measured"
+
+
+def test_search_verdict_dominance_and_hypervolume_exact():
+    from repnas.experiments._verdicts import search_verdict
+
+    hand = pd.DataFrame({"model": ["a", "b", "too_big"], "params": [100_000, 500_000, 900_000],
+                         "test_acc_mean": [0.80, 0.85, 0.99]})
+    trials = pd.DataFrame({"trial": [0, 1, 2, 3], "status": ["complete", "complete", "complete", "pruned"],
+                           "val_accuracy": [0.90, 0.85, 0.70, 0.99], "test_accuracy": [0.86, 0.81, 0.70, 0.99],
+                           "params": [400_000, 90_000, 95_000, 10_000]})
+    v = search_verdict(trials, hand, 600_000)
+    assert v["handmade"] == ["a", "b"] and v["trials"] == 3  # over the budget / not complete: left out
+    assert [p["trial"] for p in v["front"]] == [0, 1]  # trial 2 is dominated by trial 1 in (val, params)
+    assert v["verdict"] == "the search dominates"
+    assert v["hv_search"] == pytest.approx((0.81 * 510_000 + 0.05 * 200_000) / 600_000)
+    assert v["hv_handmade"] == pytest.approx((0.80 * 500_000 + 0.05 * 100_000) / 600_000)
+    trials.loc[0, "test_accuracy"] = 0.84  # now b beats trial 0 on test accuracy, a is still beaten
+    assert search_verdict(trials, hand, 600_000)["verdict"] == "the fronts cross"
+    trials["test_accuracy"] = [0.50, 0.60, 0.55, 0.99]
+    trials["params"] = [400_000, 150_000, 200_000, 10_000]  # every front trial now has a better hand-made one
+    assert search_verdict(trials, hand, 600_000)["verdict"] == "the search is dominated"
+    assert search_verdict(trials.iloc[:0], hand, 600_000)["verdict"] == "not measured"

@@ -83,6 +83,12 @@ def _add_gpu_parser(sub) -> None:
     p.add_argument("--archive", help="where results.tgz goes (default $OUT/results.tgz when $OUT is set, else "
                    "results.tgz; with --smoke runs/gpu-smoke/results.tgz)")
     p.add_argument("--only", help="comma list of task-name prefixes to run (e.g. check/,bench/packed_trials)")
+    p.add_argument("--plan", action="store_true", help="run nothing, need no GPU: print what the next sessions "
+                   "would run, in order, with each estimate and its basis, and the GPU minutes left per table")
+    p.add_argument("--gpu", help="with --plan: the kind of GPU to plan for (a folder of results/gpu/ or part of a "
+                   "GPU's name; default: the kind of the latest session)")
+    p.add_argument("--sessions", type=int, default=2, help="with --plan: how many sessions to list task by task "
+                   "(default 2; the forecast itself runs until the queue is done)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +159,10 @@ def _gpu(args: argparse.Namespace) -> int:
     from repnas.errors import UserError
     from repnas.experiments._gpu import run_gpu_session, session_for
 
+    if args.plan:
+        return _gpu_plan(args)
+    if args.gpu:
+        raise UserError("--gpu only goes with --plan (a session runs on the GPU it finds)")
     session = session_for(args.device, args.smoke, Path(args.queue), Path(args.results) if args.results else None,
                           args.data_dir)
     if not session.device.startswith("cuda") and not args.smoke:
@@ -172,6 +182,24 @@ def _gpu(args: argparse.Namespace) -> int:
         f"{name}: {len(p.get('done', []))} done, {len(p.get('left', []))} left" for name, p in record["phases"].items())
         + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _gpu_plan(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from repnas.errors import UserError
+    from repnas.experiments._forecast import forecast, forecast_session, format_forecast
+
+    if args.smoke:
+        raise UserError("--plan forecasts real sessions; --smoke runs its CPU variant instead")
+    limit = args.time_limit if args.time_limit is not None else 480.0
+    if args.sessions < 0:
+        raise UserError(f"--sessions must be >= 0, got {args.sessions}")
+    with tempfile.TemporaryDirectory(prefix="repnas-plan-") as work:
+        session = forecast_session(Path(args.results) if args.results else Path("results"), Path(args.queue),
+                                   args.gpu, work=Path(work))
+        print(format_forecast(forecast(session, time_limit=limit), detail=args.sessions), end="")
+    return 0
 
 
 def _all_tables(args: argparse.Namespace) -> int:

@@ -57,7 +57,10 @@ def front_vs_handmade(trials: pd.DataFrame, front: pd.DataFrame, handmade: pd.Da
 
 
 def write_figure(fig: Any, path: str | Path, plotlyjs: str = "inline") -> Path:
-    """Write ``fig`` as HTML (``inline``: self-contained; ``cdn``: small, needs the network)."""
+    """Write ``fig`` as HTML (``inline``: self-contained; ``cdn``: small, needs the network). The plot's
+    element id is named after the file rather than random, so that rebuilding a committed figure from the
+    same runs changes no byte of it."""
     path = Path(path)
-    fig.write_html(path, include_plotlyjs=True if plotlyjs == "inline" else "cdn", full_html=True)
+    fig.write_html(path, include_plotlyjs=True if plotlyjs == "inline" else "cdn", full_html=True,
+                   div_id=f"repnas-{path.parent.name}-{path.stem}")
     return path

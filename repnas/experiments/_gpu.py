@@ -50,8 +50,8 @@ from repnas.experiments._gpu_queue import (
 from repnas.experiments._runner import read_run, run_path
 from repnas.experiments._schedule import Task, run_tasks
 
-__all__ = ["DECLARED", "GpuSession", "device_slug", "is_result_file", "plan_queue", "run_gpu_session",
-           "write_archive"]
+__all__ = ["DECLARED", "PHASES", "Assumed", "GpuSession", "device_slug", "is_result_file", "phase_tasks", "plan_queue",
+           "run_gpu_session", "write_archive"]
 
 #: seconds, planning figures for a task nothing was measured for on this kind of GPU (not results): the
 #: issue's own budget ("checks about a minute, benchmarks about two"), with room for the first CIFAR-10
@@ -75,6 +75,17 @@ def device_slug(name: str) -> str:
 
 
 @dataclass
+class Assumed:
+    """What a ``--plan`` forecast takes as done beyond what ``results/`` holds: the files the tasks it
+    simulated would have written, the search trials they would have added, the GPU seconds they would
+    have spent. Nothing is written for them; a real session never has one."""
+
+    paths: set[Path] = field(default_factory=set)
+    search_trials: dict[Path, int] = field(default_factory=dict)
+    ledger: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class GpuSession:
     """Where one session reads and writes, and what it runs on."""
 
@@ -87,6 +98,10 @@ class GpuSession:
     work: Path = Path("runs/gpu-work")
     python: str = sys.executable
     root: Path = field(default_factory=Path.cwd)
+    #: a forecast's simulated results (:class:`Assumed`); None in a real session
+    assumed: Assumed | None = None
+    #: FLOPs per image of the queue's models, by model config and dataset (see ``_flops_of``)
+    flops_cache: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def slug(self) -> str:
@@ -99,6 +114,14 @@ class GpuSession:
     @property
     def declared(self) -> dict[str, float]:
         return SMOKE_DECLARED if self.smoke else DECLARED
+
+    def assumes(self, path: Path) -> bool:
+        """Whether a forecast takes the result file ``path`` as written (always False in a session)."""
+        return self.assumed is not None and Path(path) in self.assumed.paths
+
+    def has(self, path: Path) -> bool:
+        """Whether the result file ``path`` exists (or, in a forecast, would exist by now)."""
+        return Path(path).exists() or self.assumes(path)
 
     def rebase(self, path: str | Path) -> Path:
         """A ``results/...`` path of a config file, inside this session's results folder."""
@@ -130,7 +153,10 @@ class GpuSession:
 
     def ledger(self) -> dict[str, float]:
         data = _read_json(self.results / "gpu" / "ledger.json")
-        return data if isinstance(data, dict) else {}
+        ledger = dict(data) if isinstance(data, dict) else {}
+        for item, seconds in (self.assumed.ledger if self.assumed else {}).items():
+            ledger[item] = ledger.get(item, 0.0) + seconds
+        return ledger
 
     def add_to_ledger(self, spent: dict[str, float]) -> None:
         ledger = self.ledger()
@@ -163,8 +189,6 @@ class GpuSession:
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
         log = self.gpu_dir / "logs" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.log"
-        if log.exists():
-            log.unlink()
         return Task(name=name, argv=argv, estimate=estimate, share=share, basis=basis, log=log, env=env)
 
 
@@ -184,17 +208,19 @@ def check_tasks(s: GpuSession) -> list[Task]:
                          "gpus_per_trial": s.queue.search_gpus_per_trial, "epochs": 1, "work": str(search_dir)},
         "check/report": {"kind": "check_report", "run": str(search_dir), "work": str(s.work / "check-report")},
     }
-    passed = {name: bool((_read_json(s.gpu_dir / "checks" / f"{name.split('/')[1]}.json") or {}).get("pass"))
+    results = {name: s.gpu_dir / "checks" / f"{name.split('/')[1]}.json" for name in specs}
+    passed = {name: s.assumes(results[name]) or bool((_read_json(results[name]) or {}).get("pass"))
               for name in specs}
-    if not passed["check/report"] and not (search_dir / "trials.parquet").is_file():
+    if not passed["check/report"] and not s.has(search_dir / "trials.parquet"):
         passed["check/search"] = False  # the report check reads that search: run it again first
     tasks = []
     for name, spec in specs.items():
         if passed[name]:
             continue
-        result = s.gpu_dir / "checks" / f"{name.split('/')[1]}.json"
+        result = results[name]
         estimate, basis = s.estimate(name)
         task = s.job(name, {**spec, "data_dir": s.data_dir, "result": str(result)}, estimate, basis)
+        task.info["produces"] = [result] + ([search_dir / "trials.parquet"] if name == "check/search" else [])
         if name == "check/report":
             task.needs = [t.name for t in tasks if t.name == "check/search"]
         tasks.append(task)
@@ -220,14 +246,15 @@ def bench_tasks(s: GpuSession) -> list[Task]:
     tasks = []
     for name, extra in argv.items():
         result = bench_dir / f"{name.split('/')[1]}.json"
-        if result.exists():
+        if s.has(result):
             continue
         estimate, basis = s.estimate(name)
         command = [s.python, str(scripts / f"{name.split('/')[1]}.py"), "--device", s.device, *extra,
                    "--out", str(result)]
         tasks.append(s.task(name, command, estimate, basis))
+        tasks[-1].info["produces"] = [result]
     result = bench_dir / "vgg11_15ep.json"
-    if not result.exists():
+    if not s.has(result):
         recipe_exp = queue_experiment(s.root / "experiments" / "c1c2_vgg_depth.yaml", s.smoke)
         recipe = {**recipe_exp.recipe, "epochs": 1 if s.smoke else 15}
         # smoke: vgg4 stands in (VGG11 on a CPU costs seconds per evaluation, even of 8x8 digits)
@@ -236,6 +263,7 @@ def bench_tasks(s: GpuSession) -> list[Task]:
         estimate, basis = s.estimate("bench/vgg11_15ep")
         tasks.append(s.job("bench/vgg11_15ep", {"kind": "bench_run", "config": config, "result": str(result)},
                            estimate, basis))
+        tasks[-1].info["produces"] = [result]
     return tasks
 
 
@@ -258,14 +286,31 @@ def model_flops(entry, dataset: dict[str, Any]) -> int:
     return int(count_flops(model, (info.in_channels, size, size)))
 
 
-def pack_of(s: GpuSession, flops: float) -> tuple[int, float]:
-    """(runs at once, measured speed-up at that many) for a model of ``flops`` per image.
+def _flops_of(s: GpuSession, entry, dataset: dict[str, Any]) -> Callable[[], int]:
+    """``model_flops`` of ``entry``, computed when first asked for (most plans never need it) and once
+    per session (a forecast plans the queue many times; building a G-CNN costs seconds)."""
+    key = json.dumps([entry.model, dataset.get("name"), dataset.get("image_size")], sort_keys=True, default=str)
+
+    def flops() -> int:
+        if key not in s.flops_cache:
+            s.flops_cache[key] = model_flops(entry, dataset)
+        return s.flops_cache[key]
+
+    return flops
+
+
+def pack_of(s: GpuSession, flops: float | Callable[[], float]) -> tuple[int, float]:
+    """(runs at once, measured speed-up at that many) for a model of ``flops`` per image (a number, or
+    a function giving it: called only when a packing benchmark exists).
 
     The rule: take the benchmarked model with the fewest FLOPs that still has at least ``flops``; use
     the number of copies that gave it the most trials per hour (capped by ``max_pack``). A model
     heavier than every benchmarked one, or no benchmark on this GPU: (1, 1.0).
     """
     bench = s.bench("packed_trials")
+    if not (bench or {}).get("models"):
+        return 1, 1.0
+    flops = flops() if callable(flops) else flops
     rows = sorted((r for r in (bench or {}).get("models", []) if r.get("flops", 0) >= flops),
                   key=lambda r: r["flops"])
     if not rows:
@@ -278,8 +323,9 @@ def pack_of(s: GpuSession, flops: float) -> tuple[int, float]:
     return (k, speedups[k]) if speedups[k] > 1.0 else (1, 1.0)
 
 
-def run_estimate(s: GpuSession, exp, entry, flops: int) -> tuple[float, str]:
-    """Seconds one run of ``entry`` takes alone on this GPU, and on what the figure rests."""
+def run_estimate(s: GpuSession, exp, entry, flops: int | Callable[[], int]) -> tuple[float, str]:
+    """Seconds one run of ``entry`` takes alone on this GPU, and on what the figure rests (``flops``: a
+    number or a function giving it, called only when the estimate scales the VGG11 benchmark)."""
     epochs = exp.recipe.get("epochs")
     measured = []
     for path in s.results.glob("*/runs/*.json"):
@@ -293,6 +339,7 @@ def run_estimate(s: GpuSession, exp, entry, flops: int) -> tuple[float, str]:
         return SAFETY * max(measured), f"measured: {len(measured)} earlier run(s) of {entry.name}"
     bench = s.bench("vgg11_15ep")
     if bench and bench.get("dataset") == exp.dataset.get("name") and epochs and bench.get("epochs"):
+        flops = flops() if callable(flops) else flops
         scale = epochs / bench["epochs"] * max(1.0, flops / max(1, bench.get("flops", 1)))
         return SAFETY * bench["seconds"] * scale, "from the VGG11 benchmark (epochs, FLOPs)"
     return s.queue.default_run_seconds, "declared (gpu_queue.yaml default_run_seconds)"
@@ -335,19 +382,17 @@ def _plan_runs(s: GpuSession, item: QueueItem, plan: QueuePlan, cap: float | Non
     out = s.rebase(Path("results") / exp.name)
     pairs = item_runs(item, exp, s.queue.runs_per_item)
     done, planned, capped = 0, 0, 0
-    flops_cache: dict[str, int] = {}
     for entry, seed in pairs:
         path = run_path(out, entry, seed)
         if path in claimed:
             continue
         claimed.add(path)
-        if path.exists():
+        if s.has(path):
             done += 1
             continue
-        if entry.name not in flops_cache:
-            flops_cache[entry.name] = model_flops(entry, exp.dataset)
-        alone, basis = run_estimate(s, exp, entry, flops_cache[entry.name])
-        k, speedup = pack_of(s, flops_cache[entry.name])
+        flops = _flops_of(s, entry, exp.dataset)
+        alone, basis = run_estimate(s, exp, entry, flops)
+        k, speedup = pack_of(s, flops)
         estimate = alone * k / speedup
         if cap is not None and spent + estimate / k > cap:
             capped += 1
@@ -359,6 +404,7 @@ def _plan_runs(s: GpuSession, item: QueueItem, plan: QueuePlan, cap: float | Non
                 "extra": {"queue_item": item.name, "gpu_share": 1.0 / k, "pack_speedup": speedup}}
         basis = f"{basis}; {k} at once" if k > 1 else basis
         plan.tasks.append(s.job(name, spec, estimate, basis, share=1.0 / k))
+        plan.tasks[-1].info["produces"] = [path]
         plan.owner[name] = item.name
         planned += 1
     total = done + planned + capped
@@ -382,7 +428,7 @@ def _plan_search(s: GpuSession, item: QueueItem, plan: QueuePlan, cap: float | N
     recipe_exp = queue_experiment(Path(spec["recipe_from"]), s.smoke)
     epochs = int(spec.get("epochs") or recipe_exp.recipe.get("epochs") or 1)
     rows = _search_rows(out)
-    have = 0 if rows is None else len(rows)
+    have = (0 if rows is None else len(rows)) + (s.assumed.search_trials.get(out, 0) if s.assumed else 0)
     total = int(spec["trials"])
     if have >= total:
         return {"item": item.name, "status": "done", "done": have, "total": total}
@@ -401,6 +447,7 @@ def _plan_search(s: GpuSession, item: QueueItem, plan: QueuePlan, cap: float | N
         plan.owner[name] = item.name
         task = s.job(name, job, estimate, f"{basis}; {n} trial(s), {workers} workers")
         task.shrink = shrink
+        task.info["trials"] = (out, n)
         return task
 
     def fits(seconds: float) -> int:
@@ -458,6 +505,22 @@ def write_archive(results: Path, since_ns: int, archive: Path, max_bytes: int = 
 
 
 # ------------------------------------------------------------------------------ the session
+#: a session's phases, in order: each is planned when the one before it has run (the queue's packing
+#: reads the benchmarks just measured)
+PHASES = ("checks", "benchmarks", "queue")
+
+
+def phase_tasks(s: GpuSession, phase: str, log: Callable[[str], None] = print
+                ) -> tuple[list[Task], dict[str, str], list[dict[str, Any]]]:
+    """(tasks, task name -> queue item, the queue's notes) of one phase, as results/ stands now."""
+    if phase == "checks":
+        return check_tasks(s), {}, []
+    if phase == "benchmarks":
+        return bench_tasks(s), {}, []
+    plan = plan_queue(s, log)
+    return plan.tasks, plan.owner, plan.notes
+
+
 def run_gpu_session(s: GpuSession, time_limit: float, archive: Path, *, reserve: float = 20.0,
                     only: Callable[[str], bool] | None = None, log: Callable[[str], None] = print,
                     write_page: Path | None = None, **schedule: Any) -> dict[str, Any]:
@@ -473,15 +536,10 @@ def run_gpu_session(s: GpuSession, time_limit: float, archive: Path, *, reserve:
     record: dict[str, Any] = {"hardware": s.hardware, "device": s.device, "smoke": s.smoke,
                               "time_limit": time_limit, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "phases": {}}
     queue_notes: list[dict[str, Any]] = []
-    for phase in ("checks", "benchmarks", "queue"):
+    for phase in PHASES:
         log(f"[{clock() - t0:5.0f} s] {phase}")
-        if phase == "checks":
-            tasks, owner = check_tasks(s), {}
-        elif phase == "benchmarks":
-            tasks, owner = bench_tasks(s), {}
-        else:
-            plan = plan_queue(s, log)
-            tasks, owner, queue_notes = plan.tasks, plan.owner, plan.notes
+        tasks, owner, notes = phase_tasks(s, phase, log)
+        queue_notes = notes or queue_notes
         if only is not None:
             tasks = [t for t in tasks if only(t.name)]
         if not tasks:

@@ -31,7 +31,8 @@ FAITHFUL_REP_CNN_C4_PARAMS = 352_987
 _ITEM_KEYS = {"name", "experiment", "models", "seeds", "search", "requires", "gpu_minutes"}
 _SEARCH_KEYS = {"space", "budget", "trials", "recipe_from", "out", "dataset", "epochs", "seed"}
 _TOP_KEYS = {"queue", "max_pack", "search_workers", "search_gpus_per_trial", "default_run_seconds", "smoke"}
-_SMOKE_KEYS = {"runs_per_item", "search_trials", "search_workers", "default_run_seconds", "search", "items"}
+_SMOKE_KEYS = {"runs_per_item", "search_trials", "search_workers", "default_run_seconds", "search", "items",
+               "item_models"}
 
 
 @dataclass
@@ -87,6 +88,12 @@ def load_queue(path: str | Path, smoke: bool = False) -> GpuQueue:
         if missing:
             raise UserError(f"{path}: smoke.items names no queue item {missing[0]!r}")
         items = [i for i in items if i.name in over["items"]]
+    if smoke and over.get("item_models"):  # the smoke may train other (lighter) models of an item on a CPU
+        by_name = {i.name: i for i in items}
+        for name, models in over["item_models"].items():
+            if name not in by_name:
+                raise UserError(f"{path}: smoke.item_models names no queue item {name!r}")
+            by_name[name].models = [str(m) for m in models]
     names = [i.name for i in items]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

@@ -181,7 +181,9 @@ def results_page(queue: GpuQueue, results: Path) -> str:
     status = (f"**Status: {len(sessions)} GPU session(s) so far, on {', '.join(kinds)}.**" if sessions else
               "**Status: not measured yet (no GPU lent to any session so far).** Every figure below says "
               "*not measured*; none is an estimate.")
-    parts = [_HEAD.format(status=status), _gpu_section(results)]
+    from repnas.experiments._verdicts import verdicts_markdown
+
+    parts = [_HEAD.format(status=status), verdicts_markdown(results), _gpu_section(results)]
 
     queue_rows = []
     for item in queue.items:

@@ -80,7 +80,8 @@ class _Process:
 
     def __init__(self, task: Task) -> None:
         env = {**os.environ, **(task.env or {})}
-        self._log = open(task.log, "ab") if task.log else None  # noqa: SIM115 - closed when the process ends
+        # a task's log holds its last run only (a rerun next session starts it afresh)
+        self._log = open(task.log, "wb") if task.log else None  # noqa: SIM115 - closed when the process ends
         out = self._log if self._log else subprocess.DEVNULL
         self.proc = subprocess.Popen(task.argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
