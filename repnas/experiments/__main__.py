@@ -145,7 +145,9 @@ def _one(args: argparse.Namespace, config: str, time_limit: float | None, start_
             return 0
         print(f"{exp.name}: trained {len(outcome.trained)}, skipped {len(outcome.skipped)} (already done), "
               f"failed {len(outcome.failed)}, left {len(outcome.left)}; {outcome.wall_seconds:.1f} s")
-    _write_outputs(exp, out, args.plotlyjs)
+    from repnas.experiments._outputs import write_outputs
+
+    write_outputs(exp, out, args.plotlyjs)
     if args.command == "run" and outcome.failed:
         names = ", ".join(f"{name} seed {seed}" for name, seed, _ in outcome.failed)
         print(f"repnas: error: {len(outcome.failed)} run(s) failed: {names}", file=sys.stderr)
@@ -209,19 +211,6 @@ def _all_tables(args: argparse.Namespace) -> int:
     queue = load_queue(Path("experiments/gpu_queue.yaml"))
     rebuild_all(queue, Path(args.out) if args.out else Path("results"), page=Path("docs/results.md"))
     return 0
-
-
-def _write_outputs(exp, out: Path, plotlyjs: str) -> None:
-    from repnas.experiments._figures import accuracy_vs_params, write_figure
-    from repnas.experiments._tables import load_runs, summarize, write_tables
-
-    written = write_tables(exp, out)
-    runs = load_runs(out)
-    summary = summarize(runs[runs["model"].isin([e.name for e in exp.models])], [e.name for e in exp.models])
-    if len(summary):
-        title = f"{exp.name}: {exp.dataset.get('name')}" + (" (smoke)" if exp.smoke else "")
-        written["figure"] = write_figure(accuracy_vs_params(summary, title), out / "figure.html", plotlyjs)
-    print(f"{exp.name}: wrote {', '.join(str(p) for p in written.values())}")
 
 
 if __name__ == "__main__":

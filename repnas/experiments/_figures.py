@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from repnas.experiments._frontier import HANDMADE_COLUMNS
+from repnas.experiments._tables import HANDMADE_COLUMNS
 
 __all__ = ["accuracy_vs_params", "front_vs_handmade", "write_figure"]
 

@@ -22,13 +22,11 @@ import yaml
 
 from repnas.errors import UserError
 from repnas.experiments._config import Experiment
-from repnas.experiments._tables import markdown_table
+from repnas.experiments._tables import HANDMADE_COLUMNS, markdown_table
 
 __all__ = ["dominance_table", "load_handmade", "load_search", "run_compare", "write_synthetic"]
 
 _OBJECTIVES = ({"name": "params", "direction": "minimize"},)
-#: search trial column -> the hand-made table's column holding the same metric (mean, std over seeds)
-HANDMADE_COLUMNS = {"test_accuracy": ("test_acc_mean", "test_acc_std"), "val_accuracy": ("val_acc_mean", "val_acc_std")}
 
 
 def load_handmade(paths: list[str | Path]) -> pd.DataFrame:

@@ -246,7 +246,7 @@ def rebuild_all(queue: GpuQueue, results: Path, page: Path | None = None, smoke:
                 log: Callable[[str], None] = print) -> list[Path]:
     """Rebuild each queued experiment's tables (those with runs), the search comparison when its
     inputs exist, and ``page`` (docs/results.md) when given; returns the experiment folders."""
-    from repnas.experiments.__main__ import _write_outputs
+    from repnas.experiments._outputs import write_outputs
 
     done: list[Path] = []
     seen: set[str] = set()
@@ -257,7 +257,7 @@ def rebuild_all(queue: GpuQueue, results: Path, page: Path | None = None, smoke:
         exp = queue_experiment(item.experiment, smoke)
         out = results / exp.name
         if any((out / "runs").glob("*.json")):
-            _write_outputs(exp, out, "cdn")
+            write_outputs(exp, out, "cdn")
             done.append(out)
     if COMPARE.is_file():
         from repnas.experiments._config import load_experiment

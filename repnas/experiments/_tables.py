@@ -22,6 +22,9 @@ from repnas.experiments._runner import read_run
 __all__ = ["compare_table", "load_runs", "markdown_table", "relative_gain", "relative_gain_table", "summarize",
            "write_tables"]
 
+#: a search trial's accuracy column -> the summary table's columns of the same metric (mean, std over seeds)
+HANDMADE_COLUMNS = {"test_accuracy": ("test_acc_mean", "test_acc_std"), "val_accuracy": ("val_acc_mean", "val_acc_std")}
+
 RUN_COLUMNS = ("model", "group", "seed", "test_accuracy", "val_accuracy", "params", "physical_params", "flops",
                "epochs", "train_seconds", "wall_seconds", "hardware", "smoke", "fingerprint")
 
