@@ -32,6 +32,7 @@ from repnas._procs import die_with_parent, exit_description, sigint_ignored, sto
 from repnas.errors import UserError
 from repnas.search._progress import SearchProgress
 from repnas.search._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
+from repnas.search._samplers import adopt_sampler, make_sampler
 
 _COUNTED_STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING")
 
@@ -59,21 +60,6 @@ def storage_exists(url: str) -> bool:
 
     path = storage_file(url)  # URL-decoded: a run directory may have '?' or '%' in its name
     return True if path is None else path.exists()  # None: a server, ask it
-
-
-def make_sampler(name: str, seed: int, population_size: int):
-    """The explicit, seeded sampler of a search: NSGA-II (default), TPE, GP or random."""
-    import optuna
-
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"unknown sampler {name!r}; choose nsga2, tpe, gp or random")
 
 
 def default_population(trials: int) -> int:
@@ -177,8 +163,9 @@ def resumed_sampler(search: SearchConfig, run: RunDir, worker: int, trials_so_fa
     try:
         with open(path, "rb") as handle:
             sampler = pickle.load(handle)
-        if type(sampler) is type(make_sampler(search.sampler, 0, search_population(search))):
-            return sampler
+        adopted = adopt_sampler(sampler, make_sampler(search.sampler, 0, search_population(search)))
+        if adopted is not None:
+            return adopted
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
         pass
     return make_sampler(search.sampler, continuation_seed(search.seed, worker, trials_so_far),
