@@ -15,8 +15,8 @@ import yaml
 
 from repnas.cli import build_parser, main
 from repnas.cli.search import build_search_config
+from repnas.runs._rundir import TRIAL_SCHEMA
 from repnas.search import run_search, search_config
-from repnas.search._rundir import TRIAL_SCHEMA
 from repnas.spaces import build_model, dataset_info, load_space
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,9 @@ import pytest
 
 from repnas.cli import main
 from repnas.errors import UserError
-from repnas.search._canonical import ModelClaims, TrialModels, model_key
-from repnas.search._rundir import RunDir, SearchConfig
+from repnas.runs._claims import ModelClaims, TrialModels
+from repnas.runs._rundir import RunDir, SearchConfig
+from repnas.search._canonical import model_key
 from repnas.search._runner import run_trial, trial_run_config
 from repnas.search._tell import optuna_answer
 from repnas.spaces import load_space, parse_budget

@@ -9,11 +9,12 @@ import optuna
 import pytest
 
 from repnas.cli import main
-from repnas.search._distributed import is_server_storage, retried_trials
-from repnas.search._ray_driver import parse_resources, trial_resources
-from repnas.search._ray_results import number_trials, result_trial_id
-from repnas.search._ray_trial import final_metrics
-from repnas.search._rundir import RunDir, SearchConfig
+from repnas.runs._rundir import RunDir, SearchConfig
+from repnas.runs._storage import is_server_storage
+from repnas.runs._workers import retried_trials
+from repnas.search.ray._driver import parse_resources, trial_resources
+from repnas.search.ray._results import number_trials, result_trial_id
+from repnas.search.ray._trial import final_metrics
 
 
 def test_server_storages_are_told_from_files():
@@ -80,7 +81,7 @@ def test_the_driver_numbers_ray_trials_in_creation_order(tmp_path):
 def test_the_driver_takes_the_searchers_numbers_for_random_trial_ids(tmp_path):
     """Ray's short trial ids (``02fef3ff``) carry no creation counter: the numbers come from the
     order in which the searcher proposed the points, read from the study."""
-    from repnas.search._ray_results import searcher_numbers
+    from repnas.search.ray._results import searcher_numbers
 
     study = optuna.create_study()
     for number, trial_id in enumerate(["f53faa32", "02fef3ff", "9c0d1e2f"]):
@@ -111,7 +112,7 @@ def test_the_last_report_carries_the_row_without_non_finite_objectives():
 
 
 def test_tune_experiments_are_listed_in_the_order_they_ran(tmp_path):
-    from repnas.search._ray_results import experiment_paths
+    from repnas.search.ray._results import experiment_paths
 
     for name in ("quick-10", "quick", "quick-2", "other", "quick-x"):
         (tmp_path / name).mkdir()
@@ -122,9 +123,9 @@ def test_tune_experiments_are_listed_in_the_order_they_ran(tmp_path):
 
 
 def test_ray_trials_claim_models_by_tune_id_and_the_driver_numbers_duplicates(tmp_path):
-    from repnas.search._canonical import ModelClaims, TrialModels
-    from repnas.search._distributed import storage_lock, storage_reachable
-    from repnas.search._ray_results import result_rows
+    from repnas.runs._claims import ModelClaims, TrialModels
+    from repnas.runs._workers import storage_lock, storage_reachable
+    from repnas.search.ray._results import result_rows
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     search = SearchConfig(space="quick", storage=url, study="s")
@@ -155,10 +156,10 @@ def test_a_ray_trial_that_failed_for_good_frees_its_model_and_a_stopped_one_leav
     pytest.importorskip("ray.tune")
     import pickle
 
-    from repnas.search._canonical import ModelClaims, TrialModels
-    from repnas.search._distributed import storage_lock
-    from repnas.search._ray_driver import DriverClaims
-    from repnas.search._ray_searcher import ConstrainedOptunaSearch
+    from repnas.runs._claims import ModelClaims, TrialModels
+    from repnas.runs._workers import storage_lock
+    from repnas.search.ray._driver import DriverClaims
+    from repnas.search.ray._searcher import ConstrainedOptunaSearch
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     from repnas.spaces import load_space

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from repnas.cli import main
+from repnas.runs._rundir import SearchConfig
 from repnas.search._early_stop import (
     CONTINUE,
     STOP,
@@ -20,7 +21,6 @@ from repnas.search._early_stop import (
     nondominated_ranks,
     priority_order,
 )
-from repnas.search._rundir import SearchConfig
 
 
 def test_nondominated_ranks_peel_fronts():
@@ -115,7 +115,7 @@ def test_moasha_search_with_two_workers_stops_dominated_trials(moasha_run):
     assert len(pruned) >= 1 and pruned["error"].str.startswith("stopped early after epoch 1").all()
     search = SearchConfig.from_yaml(moasha_run / "search.yaml")
     assert search.early_stop == "moasha"
-    from repnas.search._optuna_driver import open_storage
+    from repnas.runs._storage import open_storage
 
     study = optuna.load_study(study_name=search.study, storage=open_storage(search.storage))
     trials = {t.number: t for t in study.trials}
@@ -131,7 +131,7 @@ def test_moasha_search_with_two_workers_stops_dominated_trials(moasha_run):
 
 def test_every_epoch_is_in_the_study_and_matches_the_trial_history(moasha_run):
     search = SearchConfig.from_yaml(moasha_run / "search.yaml")
-    from repnas.search._optuna_driver import open_storage
+    from repnas.runs._storage import open_storage
 
     study = optuna.load_study(study_name=search.study, storage=open_storage(search.storage))
     for t in study.trials:  # a reused result (same model) carries the curve of the trial that trained it

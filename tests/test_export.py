@@ -92,7 +92,7 @@ def test_export_pareto_writes_materialized_plain_weights_and_deployables(run, tm
 
 def test_a_deployable_that_differs_is_refused(tmp_path):
     from repnas.errors import UserError
-    from repnas.search._deploy import _check
+    from repnas.export._deploy import _check
 
     expected = torch.zeros(2, 3)
     assert _check("TorchScript", tmp_path / "m.ts", expected + 5e-5, expected) == pytest.approx(5e-5)

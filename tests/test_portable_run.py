@@ -12,9 +12,8 @@ import pytest
 import yaml
 
 from repnas.cli import main
-from repnas.search._optuna_driver import open_storage
-from repnas.search._rundir import SearchConfig
-from repnas.search._storage import absolute_storage, portable_storage, sqlite_url
+from repnas.runs._rundir import SearchConfig
+from repnas.runs._storage import absolute_storage, open_storage, portable_storage, sqlite_url
 
 
 def _argv(out: Path, *extra: str, trials: int = 2) -> list[str]:

@@ -24,7 +24,7 @@ import pytest
 
 pytest.importorskip("ray.tune")
 
-from repnas.search._rundir import SearchConfig
+from repnas.runs._rundir import SearchConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRIALS, EPOCHS = 2, 2

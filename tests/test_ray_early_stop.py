@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("ray.tune")
 
 from repnas.cli import main
+from repnas.runs._rundir import SearchConfig
 from repnas.search._early_stop import STOP, MultiObjectiveASHA
-from repnas.search._rundir import SearchConfig
 
 
 class _Trial:
@@ -30,7 +30,7 @@ class _Trial:
 def test_scheduler_decides_what_the_rule_decides_and_reports_each_stop():
     from ray.tune.schedulers import TrialScheduler
 
-    from repnas.search._ray_scheduler import MultiObjectiveScheduler
+    from repnas.search.ray._scheduler import MultiObjectiveScheduler
 
     reports = [  # (trial, epoch, val_accuracy, params, flops): 5 trials at rung 1 of a 3-epoch search
         ("a", 1, 0.80, 100, 1000), ("b", 1, 0.70, 100, 1000), ("c", 1, 0.60, 90, 900),
@@ -64,7 +64,7 @@ def test_a_restored_scheduler_learns_the_reports_stored_before_the_crash(tmp_pat
 
     from ray.tune.schedulers import TrialScheduler
 
-    from repnas.search._ray_scheduler import MultiObjectiveScheduler
+    from repnas.search.ray._scheduler import MultiObjectiveScheduler
 
     def write(experiment: str, trial: str, *lines: str) -> None:
         folder = tmp_path / experiment / f"trial_{trial}"
@@ -114,7 +114,7 @@ def test_ray_search_stops_what_the_rule_stops(tmp_path, capsys):
     pruned = table[table["status"] == "pruned"]
     assert set(pruned["trial"]) == stopped_by_rule and len(stopped_by_rule) >= 1
     # what a restored driver's scheduler learns from Tune's result.json files is what the rule saw
-    from repnas.search._ray_scheduler import MultiObjectiveScheduler
+    from repnas.search.ray._scheduler import MultiObjectiveScheduler
 
     learner = MultiObjectiveScheduler(MultiObjectiveASHA(3), history=(str(out / "ray"), out.name))
     assert learner.learn_history() >= len(rule.rungs[1])  # progress.csv also holds the final reports

@@ -10,9 +10,9 @@ import optuna
 import pandas as pd
 import pytest
 
+from repnas.analysis._front import nondominated
 from repnas.cli import main
-from repnas.search._front import nondominated
-from repnas.search._rundir import TRIAL_COLUMNS, SearchConfig
+from repnas.runs._rundir import TRIAL_COLUMNS, SearchConfig
 from repnas.search._runner import run_trial
 from repnas.spaces import load_space
 
@@ -72,7 +72,7 @@ def test_load_study_and_best_trials_match_the_run_directory(quick_run, tmp_path)
     import yaml
 
     from repnas.analysis import front_table, load_run
-    from repnas.search._front import front_rows
+    from repnas.analysis._front import front_rows
 
     search = SearchConfig.from_yaml(quick_run / "search.yaml")
     study = optuna.load_study(study_name=search.study, storage=search.storage)
@@ -164,7 +164,7 @@ def test_four_workers_share_a_journal_storage_and_never_train_one_model_twice(tm
     trained = table[table["duplicate_of"].isna()]
     assert len(trained) == 6 and trained["config"].map(_model_key).nunique() == 6
     search = SearchConfig.from_yaml(out / "search.yaml")
-    from repnas.search._optuna_driver import open_storage
+    from repnas.runs._storage import open_storage
 
     study = optuna.load_study(study_name=search.study, storage=open_storage(search.storage))
     assert len(study.trials) == len(table)
@@ -182,7 +182,7 @@ def test_ray_backend_writes_the_same_run_directory(tmp_path, capsys):
         # one tune.report per epoch: Tune's learning curves have one row per epoch, the last with the row
         from ray import tune
 
-        from repnas.search._ray_trial import trainable
+        from repnas.search.ray._trial import trainable
 
         grid = tune.Tuner.restore(str(out / "ray" / "ray"), trainable=trainable).get_results()
         assert len(grid) == 2 and not grid.errors
@@ -227,7 +227,7 @@ def test_ray_backend_writes_the_same_run_directory(tmp_path, capsys):
     points = [tuple(row) for row in after[knobs].itertuples(index=False)]
     assert points[2] not in points[:2], "the second experiment replayed a point of the first"
     # the sampler was told constraints, and best_trials is the printed front (Tune's numbers on the trials)
-    from repnas.search._front import front_rows
+    from repnas.analysis._front import front_rows
 
     assert all(set(t.constraints) == {"over_budget", "duplicate"} for t in study.trials)
     assert {t.user_attrs["trial"] for t in study.best_trials} == set(front_rows(after, search)["trial"])
@@ -235,7 +235,7 @@ def test_ray_backend_writes_the_same_run_directory(tmp_path, capsys):
 
 def test_ray_searcher_tells_duplicates_and_infeasible_points_as_constraints():
     pytest.importorskip("ray.tune")
-    from repnas.search._ray_searcher import ConstrainedOptunaSearch
+    from repnas.search.ray._searcher import ConstrainedOptunaSearch
 
     names, directions = ["val_accuracy", "params"], ["maximize", "minimize"]
     searcher = ConstrainedOptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric=names,
@@ -316,13 +316,13 @@ def test_early_stopping_search_records_pruned_trials(tmp_path):
 )
 def test_ray_trials_use_the_gpu_ray_assigned(device, cuda, expected):
     """Inside a Tune trial only the assigned GPU is visible, so cuda:N maps to cuda."""
-    from repnas.search._ray_driver import trial_device
+    from repnas.search.ray._driver import trial_device
 
     assert trial_device(device, cuda) == expected
 
 
 def test_ray_gpu_request_follows_the_cluster_not_the_driver():
-    from repnas.search._ray_driver import trial_gpus
+    from repnas.search.ray._driver import trial_gpus
 
     assert trial_gpus("auto", 0.25, cluster_gpus=8.0) == 0.25  # a CPU-only driver, GPU workers
     assert trial_gpus("auto", 0.25, cluster_gpus=0.0) == 0.0

@@ -84,7 +84,7 @@ def test_resume_compares_a_space_file_by_what_it_defines(existing, tmp_path, cap
     (tmp_path / "same.yaml").write_text(yaml.safe_dump(load_space("quick").to_dict()))
     assert main(["search", "--resume", "--out", str(existing), "--space", str(tmp_path / "same.yaml"),
                  "--data-dir", str(tmp_path / "data"), "--quiet"]) == 0
-    from repnas.search._rundir import SearchConfig
+    from repnas.runs._rundir import SearchConfig
 
     assert SearchConfig.from_yaml(existing / "search.yaml").data_dir == str(tmp_path / "data")
 

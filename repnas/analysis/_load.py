@@ -27,6 +27,7 @@ import pandas as pd
 import yaml
 
 from repnas.errors import UserError
+from repnas.runs._rundir import STATUSES
 
 #: The columns of ``trials.parquet`` in contract order (knob columns ``knob.<name>`` follow them).
 TRIAL_COLUMNS: tuple[str, ...] = (
@@ -45,7 +46,6 @@ TRIAL_COLUMNS: tuple[str, ...] = (
     "config",
     "duplicate_of",  # the trial whose model this one reused without training (NaN: trained its own)
 )
-STATUSES: tuple[str, ...] = ("complete", "failed", "infeasible", "pruned")
 KNOB_PREFIX = "knob."
 _FLOAT_COLUMNS = ("val_accuracy", "test_accuracy", "params", "physical_params", "flops", "train_seconds",
                   "budget", "seed", "duplicate_of")
@@ -197,7 +197,7 @@ def _trials_from_run_study(path: Path, config: Mapping[str, Any], objectives: li
     if not storage:
         return normalize_trials([])  # a search that has not produced anything yet
     if isinstance(storage, str):  # a relative storage file in search.yaml is relative to the run dir
-        from repnas.search._storage import absolute_storage
+        from repnas.runs._storage import absolute_storage
 
         storage = absolute_storage(storage, path)
     return load_trials(storage, study_name=study_name, objectives=objectives)
@@ -259,7 +259,7 @@ def _storage_for_file(path: Path) -> Any:
         raise UserError(f"{path}: damaged SQLite database (integrity check: {check[0] if check else '?'})")
     if "studies" not in tables:
         raise UserError(f"{path}: an SQLite database without Optuna studies")
-    from repnas.search._storage import sqlite_url
+    from repnas.runs._storage import sqlite_url
 
     return sqlite_url(path)  # escaped: a '?' or '%' in the path stays in it
 

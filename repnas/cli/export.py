@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repnas.search._export import export_trials
+    from repnas.export._export import export_trials
 
     exported = export_trials(args.run, args.out, pareto=args.pareto, top=args.top)
     for entry in exported:

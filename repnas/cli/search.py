@@ -91,68 +91,35 @@ def build_search_config(args: argparse.Namespace):
 
 
 def resume_search_config(args: argparse.Namespace):
-    """The SearchConfig saved in ``--out``, with the arguments a resume may change applied."""
-    from repnas.search._rundir import RunDir, SearchConfig, parse_objectives
+    """The SearchConfig saved in ``--out``, with the arguments a resume may change applied: the
+    flags go to :func:`repnas.search._api.resume_config`, the one place that decides what a resume
+    may change (the Python API's ``run_search(resume=True)`` goes there too); the Ray options are
+    the command line's own."""
+    from repnas.runs._storage import absolute_storage
+    from repnas.search._api import resume_config
 
     if not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run directory to continue)")
-    run = RunDir(args.out)
-    if not run.search_yaml.is_file():
-        from repnas.search._start import staging_dir
-
-        if staging_dir(args.out).exists() and not run.root.exists():
-            raise UserError(f"cannot resume: the search in {args.out} was stopped before it had started; "
-                            "run the same command without --resume")
-        raise UserError(f"cannot resume: {run.search_yaml} not found")
-    search = SearchConfig.from_yaml(run.search_yaml)
-    if args.space is not None:  # a built-in name or a YAML path: compare what it defines
-        from repnas.spaces import load_space
-
-        if load_space(args.space).to_dict() != search.space:
-            raise UserError(f"--space {args.space} differs from the run's space {search.space_name!r}; "
-                            "a resumed search keeps its config")
-    from repnas.search._storage import absolute_storage
-
-    storage = absolute_storage(args.storage) if args.storage is not None else None  # relative: to the cwd
-    fixed = {"dataset": (args.dataset, search.dataset),
-             "study": (args.study, search.study), "storage": (storage, search.storage),
-             "seed": (args.seed, search.seed), "epochs": (args.epochs, search.epochs),
-             "sampler": (args.sampler, search.sampler)}
-    for name, (given, saved) in fixed.items():
-        if given is not None and str(given) != str(saved):
-            raise UserError(f"--{name} {given} differs from the run's {saved}; "
-                            "a resumed search keeps its config")
-    if args.budget is not None:
-        from repnas.spaces import parse_budget
-
-        if parse_budget(args.budget, "--budget") != search.budget_spec:
-            raise UserError(f"--budget {args.budget} differs from the run's {search.budget_spec.describe()}; "
-                            "a resumed search keeps its config")
-    if args.objectives is not None and parse_objectives(args.objectives) != search.objectives:
-        raise UserError(f"--objectives {args.objectives} differs from the run's "
-                        f"{','.join(search.objective_names)}; a resumed search keeps its config")
-    _check_counts(args.trials if args.trials is not None else search.trials, None, args.workers,
-                  args.gpus_per_trial)
     if getattr(args, "config", None):
         raise UserError("--config starts a new search; --resume continues the run's own search.yaml")
+    changes = {name: getattr(args, name) for name in (
+        "space", "dataset", "study", "seed", "epochs", "sampler", "budget", "objectives",
+        "trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir")}
+    changes["storage"] = absolute_storage(args.storage) if args.storage is not None else None  # relative: to the cwd
+    _check_counts(args.trials if args.trials is not None else 1, None, args.workers, args.gpus_per_trial)
+    search = resume_config(args.out, **changes)
     if args.ray_storage is not None and args.ray_storage != search.ray.get("storage"):
         raise UserError(f"--ray-storage {args.ray_storage} differs from the run's "
                         f"{search.ray.get('storage') or 'default'}; its Tune experiments live there")
     search.ray = ray_options(args, search.ray)
-    for name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(search, name, value)
-    if search.backend == "optuna" and search.workers == 0:  # a Ray search resumed by the Optuna driver
-        search.workers = 1
     return search, Path(args.out)
 
 
-def join_search_config(args: argparse.Namespace):
+def joined_search_config(args: argparse.Namespace):
     """The SearchConfig of the running search ``--study`` on ``--storage`` (``--join``), with this
     machine's ``--workers``/``--device``/``--gpus-per-trial``/``--data-dir``; its run directory."""
-    from repnas.search._distributed import join_search_config as from_study
-    from repnas.search._rundir import RunDir, SearchConfig
+    from repnas.runs._rundir import RunDir, SearchConfig
+    from repnas.runs._workers import join_search_config as from_study
 
     if args.resume:
         raise UserError("--join and --resume exclude each other (--join again to rejoin a search)")
@@ -184,7 +151,7 @@ def ray_options(args: argparse.Namespace, saved: dict) -> dict:
     if args.ray_storage is not None:
         options["storage"] = args.ray_storage
     if args.resources_per_trial is not None:
-        from repnas.search._ray_driver import parse_resources
+        from repnas.search.ray._driver import parse_resources
 
         options["resources"] = parse_resources(args.resources_per_trial)
     if args.max_failures is not None:
@@ -204,11 +171,11 @@ def run(args: argparse.Namespace) -> int:
     from repnas.search._api import run_search_config
 
     if args.join:
-        search, out = join_search_config(args)
+        search, out = joined_search_config(args)
     elif args.resume:
         search, out = resume_search_config(args)
     else:
-        from repnas.search._start import check_new_run_dir
+        from repnas.runs._start import check_new_run_dir
 
         search, out = build_search_config(args)
         if args.dry_run is not None:
@@ -224,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     # run_search_config runs the driver inside supervised_search
     result = run_search_config(search, out, resume=args.resume, progress=not args.quiet, timeout=args.timeout,
                                ray_address=args.ray_address, join=args.join)
-    from repnas.search._front import no_complete_reason
+    from repnas.analysis._front import no_complete_reason
 
     table = result.trials
     print("\n" + result.summary(time.time() - started))

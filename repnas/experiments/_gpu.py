@@ -41,6 +41,8 @@ from typing import Any
 from repnas._io import atomic_path, atomic_write_text
 from repnas.errors import UserError
 from repnas.experiments._gpu_queue import (
+    DECLARED,
+    SMOKE_DECLARED,
     GpuQueue,
     QueueItem,
     blocked_reason,
@@ -53,13 +55,6 @@ from repnas.experiments._schedule import Task, run_tasks
 __all__ = ["DECLARED", "PHASES", "Assumed", "GpuSession", "device_slug", "is_result_file", "phase_tasks", "plan_queue",
            "run_gpu_session", "write_archive"]
 
-#: seconds, planning figures for a task nothing was measured for on this kind of GPU (not results): the
-#: issue's own budget ("checks about a minute, benchmarks about two"), with room for the first CIFAR-10
-#: decode and process starts; after a session, the measured times (timings.json) replace them.
-DECLARED = {"check/train": 45, "check/search": 60, "check/report": 15, "bench/repeat_overhead": 30,
-            "bench/trainer_throughput": 45, "bench/packed_trials": 90, "bench/vgg11_15ep": 60}
-SMOKE_DECLARED = {"check/train": 20, "check/search": 30, "check/report": 12, "bench/repeat_overhead": 12,
-                  "bench/trainer_throughput": 15, "bench/packed_trials": 25, "bench/vgg11_15ep": 12}
 #: measured estimates are multiplied by this before a start is decided (machines vary between leases)
 SAFETY = 1.15
 #: seconds a search chunk spends before its first trial (processes, imports, data)

@@ -34,6 +34,15 @@ _TOP_KEYS = {"queue", "max_pack", "search_workers", "search_gpus_per_trial", "de
 _SMOKE_KEYS = {"runs_per_item", "search_trials", "search_workers", "default_run_seconds", "search", "items",
                "item_models"}
 
+#: seconds, planning figures for a task nothing was measured for on this kind of GPU (not results): the
+#: issue's own budget ("checks about a minute, benchmarks about two"), with room for the first CIFAR-10
+#: decode and process starts; after a session, the measured times (timings.json) replace them.
+DECLARED = {"check/train": 45, "check/search": 60, "check/report": 15, "bench/repeat_overhead": 30,
+            "bench/trainer_throughput": 45, "bench/packed_trials": 90, "bench/vgg11_15ep": 60}
+SMOKE_DECLARED = {"check/train": 20, "check/search": 30, "check/report": 12, "bench/repeat_overhead": 12,
+                  "bench/trainer_throughput": 15, "bench/packed_trials": 25, "bench/vgg11_15ep": 12}
+
+
 
 @dataclass
 class QueueItem:

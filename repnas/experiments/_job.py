@@ -32,14 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from repnas._io import atomic_write_text
+from repnas.experiments._runner import _torch_version
 
 __all__ = ["main"]
-
-
-def _torch_version() -> str:
-    import torch
-
-    return f"torch {torch.__version__}" + (f" cuda {torch.version.cuda}" if torch.version.cuda else "")
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
@@ -183,8 +178,8 @@ def run_one(spec: dict[str, Any]) -> int:
 def search_chunk(spec: dict[str, Any]) -> int:
     from repnas.cli import build_parser
     from repnas.cli.search import build_search_config, resume_search_config
+    from repnas.runs._rundir import RunDir
     from repnas.search import run_optuna_search
-    from repnas.search._rundir import RunDir
 
     out = Path(spec["out"])
     resume = RunDir(out).search_yaml.is_file()

@@ -1,13 +1,15 @@
-"""How candidates are explored: Optuna and Ray Tune drivers, the run directory, the trial runner,
-export and early stopping. Training one candidate lives in :mod:`repnas.train`."""
+"""How candidates are explored: the public API (:func:`run_search`), canonical candidates, the
+trial runner, what the sampler is told, early stopping, progress and the Optuna driver; the Ray Tune
+backend is :mod:`repnas.search.ray` (not imported here). Where a search lives (run directory,
+storages, locks) is :mod:`repnas.runs`; training one candidate, :mod:`repnas.train`; what a search
+delivers (exported configs, weights, TorchScript, ONNX), :mod:`repnas.export`."""
 
+from repnas.analysis._front import front_rows, front_text
+from repnas.runs._rundir import OBJECTIVES, RunDir, SearchConfig, trials_frame
 from repnas.search._api import SearchResult, run_search, search_config
 from repnas.search._canonical import model_key
 from repnas.search._early_stop import MultiObjectiveASHA, SuccessiveHalving
-from repnas.search._export import export_trials
-from repnas.search._front import front_rows, front_text
 from repnas.search._optuna_driver import run_optuna_search
-from repnas.search._rundir import OBJECTIVES, RunDir, SearchConfig, trials_frame
 from repnas.search._runner import run_trial
 
 __all__ = [
@@ -17,7 +19,6 @@ __all__ = [
     "SearchConfig",
     "SearchResult",
     "SuccessiveHalving",
-    "export_trials",
     "front_rows",
     "front_text",
     "model_key",

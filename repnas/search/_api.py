@@ -22,7 +22,6 @@ What Python adds over the flags, in Optuna's own terms:
 
 from __future__ import annotations
 
-import copy
 import pickle
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
-from repnas.search._rundir import DEFAULT_OBJECTIVES, SAMPLERS, RunDir, SearchConfig, parse_objectives
-from repnas.search._storage import absolute_storage
+from repnas.runs._rundir import DEFAULT_OBJECTIVES, SAMPLERS, RunDir, SearchConfig, objectives_from_names
+from repnas.runs._storage import absolute_storage
 
 #: ``callback(study, frozen_trial)``, as ``optuna.Study.optimize(callbacks=...)`` takes them.
 Callback = Callable[[Any, Any], None]
@@ -112,7 +111,7 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
     Checks everything a new search needs (space, dataset, budget against the space's smallest
     candidate, counts) before anything is written.
     """
-    from repnas.search._optuna_driver import default_population
+    from repnas.search._samplers import default_population
     from repnas.spaces import dataset_info, parse_budget, smallest_candidate
 
     if space is None:
@@ -136,9 +135,10 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
         raise UserError(f"unknown backend {backend!r}; choose optuna or ray")
     workers = workers or (0 if backend == "ray" else 1)  # 0: Ray packs trials by resources
     if isinstance(objectives, str) or objectives is None:
-        objectives = parse_objectives(objectives or DEFAULTS["objectives"])
+        objectives = objectives_from_names(objectives or DEFAULTS["objectives"])
     else:
-        objectives = parse_objectives(",".join(o["name"] if isinstance(o, Mapping) else str(o) for o in objectives))
+        names = (o["name"] if isinstance(o, Mapping) else str(o) for o in objectives)
+        objectives = objectives_from_names(",".join(names))
     config = SearchConfig(
         space=space.to_dict(), space_name=space.name, dataset=dataset, budget=budget.to_value(),
         trials=trials,
@@ -167,7 +167,7 @@ def config_file_arguments(path: str | Path) -> dict[str, Any]:
     """
     import yaml
 
-    from repnas.search._optuna_driver import default_population
+    from repnas.search._samplers import default_population
 
     path = Path(path)
     try:
@@ -226,18 +226,18 @@ class SearchResult:
     @property
     def front(self):
         """The Pareto front of the completed trials over the search's objectives (``trials`` rows)."""
-        from repnas.search._front import front_rows
+        from repnas.analysis._front import front_rows
 
         return front_rows(self.trials, self.config)
 
     def export(self, out: str | Path, pareto: bool = True, top: int | None = None) -> list[dict]:
         """``repnas export``: run configs, weights and deployable models of the front (or top K)."""
-        from repnas.search._export import export_trials
+        from repnas.export._export import export_trials
 
         return export_trials(self.path, out, pareto=pareto and top is None, top=top)
 
     def summary(self, seconds: float = 0.0) -> str:
-        from repnas.search._front import summary_text
+        from repnas.analysis._front import summary_text
 
         return summary_text(self.trials, self.config, seconds)
 
@@ -260,7 +260,7 @@ def run_search(space: Any = None, *, out: str | Path | None = None, sampler: Any
         search = resume_config(out, space=space, **options)
         out = Path(out)
     else:
-        from repnas.search._start import check_new_run_dir
+        from repnas.runs._start import check_new_run_dir
 
         search, out = search_config(space, out=out, sampler=sampler, **options)
         check_new_run_dir(out)
@@ -273,11 +273,11 @@ def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
     workers, gpus_per_trial, device, early_stop, backend, data_dir); others must match it."""
     run = RunDir(out)
     if not run.search_yaml.is_file():
-        from repnas.search._start import staging_dir
+        from repnas.runs._start import staging_dir
 
         if staging_dir(out).exists() and not run.root.exists():
             raise UserError(f"cannot resume: the search in {out} was stopped before it had started; "
-                            "start it again without resume")
+                            "run the same command without --resume")
         raise UserError(f"cannot resume: {run.search_yaml} not found")
     search = SearchConfig.from_yaml(run.search_yaml)
     for name, value in changes.items():
@@ -296,7 +296,7 @@ def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
                                 "a resumed search keeps its config")
             continue
         if name == "objectives":
-            value = parse_objectives(value if isinstance(value, str) else ",".join(value))
+            value = objectives_from_names(value if isinstance(value, str) else ",".join(value))
             if value != search.objectives:
                 raise UserError(f"--objectives {','.join(o['name'] for o in value)} differs from the run's "
                                 f"{','.join(search.objective_names)}; a resumed search keeps its config")
@@ -339,8 +339,8 @@ def run_search_config(search: SearchConfig, out: str | Path, *, resume: bool = F
         if sampler is not None or callbacks:
             raise UserError("a sampler object and callbacks need the optuna backend (Ray Tune runs its own "
                             "OptunaSearch); pass a sampler name")
-        from repnas.search._optuna_driver import open_study
-        from repnas.search._ray_driver import run_ray_search
+        from repnas.runs._study import open_study
+        from repnas.search.ray._driver import run_ray_search
 
         if timeout is not None:
             raise UserError("--timeout needs the optuna backend")
@@ -371,15 +371,6 @@ def _pickled_sampler(run: RunDir, search: SearchConfig):
                         f"{path} cannot be read ({type(exc).__name__}); resume from Python with sampler=") from None
 
 
-def worker_sampler(sampler, worker: int):
-    """Worker ``worker``'s copy of a given sampler: the object itself for worker 0, a reseeded deep
-    copy for the others (``BaseSampler.reseed_rng``, as Optuna does for ``n_jobs``)."""
-    if sampler is None or worker == 0:
-        return sampler
-    clone = copy.deepcopy(sampler)
-    clone.reseed_rng()
-    return clone
-
 
 def _after_trial(callbacks: list[Callback], search: SearchConfig) -> Callable[[Any, Any], bool]:
     """One hook for the driver: run the callbacks on (study, frozen trial); True = stop the search.
@@ -389,7 +380,7 @@ def _after_trial(callbacks: list[Callback], search: SearchConfig) -> Callable[[A
     Optuna's public constructor (an ``optuna.Study``, so ``MaxTrialsCallback`` and friends work),
     whose ``stop()`` asks the driver to stop after this trial.
     """
-    from repnas.search._optuna_driver import open_storage
+    from repnas.runs._storage import open_storage
 
     view = None  # made at the first trial's end, once the study exists
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from repnas.search._rundir import SearchConfig
+from repnas.runs._rundir import SearchConfig
 
 
 def dry_run_rows(search: SearchConfig, count: int, sampler=None) -> list[dict[str, Any]]:
@@ -19,8 +19,8 @@ def dry_run_rows(search: SearchConfig, count: int, sampler=None) -> list[dict[st
     import optuna
 
     from repnas.errors import UserError
-    from repnas.search._optuna_driver import make_sampler, search_population
     from repnas.search._runner import _flops
+    from repnas.search._samplers import make_sampler, search_population
     from repnas.spaces import InfeasibleError
 
     if count < 1:

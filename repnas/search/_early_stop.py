@@ -219,7 +219,7 @@ class SuccessiveHalving:
             return False
         accuracy = float(metrics["val_accuracy"])
         bucket = self.bucket(float(metrics["flops"]))
-        from repnas.search._optuna_driver import trial_id_of
+        from repnas.runs._study import trial_id_of
 
         storage = self.study._storage
         trial_id = trial_id_of(self.study, self.number)

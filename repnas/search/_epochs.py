@@ -29,7 +29,7 @@ class EpochReport:
     """The ``report(epoch, metrics) -> bool`` callable of one trial of ``study`` (see module doc)."""
 
     def __init__(self, study, trial_number: int, rule=None):
-        from repnas.search._optuna_driver import trial_id_of
+        from repnas.runs._study import trial_id_of
 
         self.study = study
         self.storage = study._storage
@@ -57,7 +57,7 @@ class EpochReport:
     def copy_from(self, number: int) -> None:
         """Give this trial the curve of trial ``number`` (its result was reused: same model, same
         seed, so the same curve), so every complete trial has one value per epoch."""
-        from repnas.search._optuna_driver import trial_id_of
+        from repnas.runs._study import trial_id_of
 
         source = self.storage.get_trial(trial_id_of(self.study, number))
         for step, value in sorted(source.intermediate_values.items()):

@@ -15,216 +15,44 @@ workers do not propose the same points.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import multiprocessing
 import os
-import pickle
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from repnas import _faults
-from repnas._io import atomic_path
 from repnas._procs import die_with_parent, exit_description, sigint_ignored, stop
-from repnas.errors import UserError
+from repnas.runs._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
+from repnas.runs._start import check_storage
+from repnas.runs._study import open_study, trial_id_of
+from repnas.runs._workers import recover_interrupted
 from repnas.search._progress import SearchProgress
-from repnas.search._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
-from repnas.search._samplers import adopt_sampler, make_sampler
+from repnas.search._samplers import (
+    continuation_seed,
+    make_sampler,
+    resumed_sampler,
+    save_sampler,
+    search_population,
+    search_sampler,
+    spread_budgets,
+)
 
 _COUNTED_STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING")
 
 
-# --------------------------------------------------------------------- storage, sampler, study
-def open_storage(url: str, heartbeat: bool = True):
-    """An Optuna storage from a URL (``sqlite:///...``, any RDB URL) or a journal file path; a
-    database server (``postgresql://``) gets trial heartbeats unless ``heartbeat=False``
-    (:mod:`repnas.search._distributed`)."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    from repnas.search._distributed import is_server_storage, open_server_storage
-
-    if is_server_storage(url):
-        return open_server_storage(url, heartbeat)
-    if "://" in url:
-        return optuna.storages.RDBStorage(url)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(url)))
 
 
-def storage_exists(url: str) -> bool:
-    """Whether the storage already holds data (without creating an SQLite file as a side effect)."""
-    from repnas.search._storage import storage_file
 
-    path = storage_file(url)  # URL-decoded: a run directory may have '?' or '%' in its name
-    return True if path is None else path.exists()  # None: a server, ask it
-
-
-def default_population(trials: int) -> int:
-    """NSGA-II's population: a third of the trials (4..50), so a short search still evolves."""
-    return max(4, min(50, trials // 3))
-
-
-def check_storage(search: SearchConfig, resume: bool) -> None:
-    """Refuse a storage that holds other studies, a new search over an existing study, or a
-    ``--resume`` of a study that does not exist: before anything is written."""
-    import optuna
-
-    from repnas.search._distributed import is_server_storage
-
-    if not storage_exists(search.storage):
-        if resume:
-            raise UserError(f"cannot resume: storage {search.storage} does not exist")
-        return
-    try:
-        names = optuna.get_all_study_names(open_storage(search.storage))
-    except Exception as exc:
-        raise UserError(f"storage {search.storage} is unreadable ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if names and search.study not in names and not is_server_storage(search.storage):  # a server holds many
-        raise UserError(f"storage {search.storage} holds study {', '.join(map(repr, names))}, "
-                        f"not {search.study!r}; pass --study or another --storage")
-    if search.study in names and not resume:
-        raise UserError(f"study {search.study!r} already exists in {search.storage}; "
-                        "use --resume to continue it")
-    if resume and search.study not in names:
-        raise UserError(f"cannot resume: no study {search.study!r} in {search.storage}")
-
-
-def open_study(search: SearchConfig, worker: int = 0, create: bool = False, sampler=None):
-    """Create (``create=True``) or load the study of ``search``, with worker ``worker``'s sampler
-    (``sampler``: a given ``BaseSampler`` object, used as is)."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if sampler is None:
-        sampler = make_sampler(search.sampler, search.seed + worker, search_population(search))
-    storage = open_storage(search.storage)
-    if create:
-        study = optuna.create_study(storage=storage, study_name=search.study, directions=search.directions,
-                                    sampler=sampler, load_if_exists=False)
-        with warnings.catch_warnings():  # experimental in Optuna, but what readers of the study use
-            warnings.simplefilter("ignore")
-            study.set_metric_names(search.objective_names)
-        study.set_user_attr("repnas.search", search.to_dict())
-        return study
-    study = optuna.load_study(study_name=search.study, storage=storage, sampler=sampler)
-    directions = [d.name.lower() for d in study.directions]
-    if directions != search.directions:
-        raise UserError(f"study {search.study!r} optimises {directions}, not {search.directions}")
-    return study
-
-
-def search_population(search: SearchConfig) -> int:
-    return search.population_size or default_population(search.trials)
-
-
-def spread_budgets(study, search: SearchConfig) -> list[int]:
-    """Enqueue the first points of a new study at budgets spread over a searched budget (levels:
-    each level; a range: log-spaced from its low to its high end), the other knobs left to the
-    sampler. A front across budgets needs both ends: left to chance, a first generation of four
-    draws often misses one, and a sampler that also minimises parameters rarely goes back up."""
-    import numpy as np
-
-    from repnas.spaces import BUDGET_PARAM
-
-    spec = search.budget_spec
-    if not spec.searched:
-        return []
-    count = min(search.trials, search_population(search))
-    if spec.levels:
-        budgets = list(spec.levels)[:count] if len(spec.levels) <= count else [
-            spec.levels[round(k)] for k in np.linspace(0, len(spec.levels) - 1, count)]
-    else:
-        budgets = [round(float(b)) for b in np.geomspace(spec.low, spec.high, max(2, count))]
-    for budget in budgets:
-        study.enqueue_trial({BUDGET_PARAM: budget}, skip_if_exists=True)
-    return budgets
-
-
-# --------------------------------------------------------------------- sampler state across resumes
-def save_sampler(run: RunDir, worker: int, sampler) -> None:
-    """Pickle worker ``worker``'s sampler after each ask. Optuna's storage keeps trials, not sampler
-    state (its RNG, NSGA-II's generation bookkeeping); Optuna's recipe for a reproducible resume is
-    to pickle the sampler and pass it back (tutorial "Saving/Resuming Study with RDB Backend")."""
-    (run.root / "samplers").mkdir(exist_ok=True)
-    with atomic_path(run.root / "samplers" / f"worker{worker}.pkl") as tmp, open(tmp, "wb") as handle:
-        pickle.dump(sampler, handle)
-
-
-def resumed_sampler(search: SearchConfig, run: RunDir, worker: int, trials_so_far: int):
-    """Worker ``worker``'s sampler for a study that already has trials: its pickle, so a resumed
-    search proposes what the uninterrupted one would have; without a readable pickle (an older
-    run, a new worker), a fresh sampler on a seed drawn from (seed, worker, trials so far), so it
-    does not replay the points the first ``seed + worker`` sampler proposed."""
-    path = run.root / "samplers" / f"worker{worker}.pkl"
-    try:
-        with open(path, "rb") as handle:
-            sampler = pickle.load(handle)
-        adopted = adopt_sampler(sampler, make_sampler(search.sampler, 0, search_population(search)))
-        if adopted is not None:
-            return adopted
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
-        pass
-    return make_sampler(search.sampler, continuation_seed(search.seed, worker, trials_so_far),
-                        search_population(search))
-
-
-def continuation_seed(seed: int, worker: int, trials_so_far: int) -> int:
-    """The seed of a sampler that joins a study with ``trials_so_far`` trials: ``seed + worker`` for
-    an empty study (a new search), else a fresh deterministic seed."""
-    import numpy as np
-
-    if trials_so_far == 0:
-        return seed + worker
-    return int(np.random.SeedSequence([seed, worker, trials_so_far]).generate_state(1)[0])
-
-
-def recover_interrupted(study) -> list[int]:
-    """Trials left RUNNING by a killed process: mark them FAIL (``interrupted``) and enqueue their
-    points again, so nothing is lost and they do not count towards ``--trials``.
-
-    Only safe when no other process works on the study, which ``--resume`` asserts.
-    """
-    from optuna.trial import TrialState
-
-    from repnas.search._canonical import ModelClaims
-
-    storage = study._storage
-    numbers = []
-    claims = ModelClaims(study, contextlib.nullcontext)  # no lock: --resume owns the study
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # Its claims go, trained or not: the re-enqueued point trains the model again (deterministic,
-        # so the same result) and counts as the distinct model the interrupted trial no longer is.
-        # Left in place, a finished claim would make the retry a reused duplicate, and the search
-        # would propose one point more than the run that was never killed.
-        claims.release_all(t.number, finished=True)
-        trial_id = trial_id_of(study, t.number)
-        for key, value in {"interrupted": True, "status": "failed",
-                           "error": "interrupted (the search process was killed); re-enqueued"}.items():
-            storage.set_trial_user_attr(trial_id, key, value)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
-        numbers.append(t.number)
-    return numbers
-
-
-def trial_id_of(study, number: int) -> int:
-    """The storage id of trial ``number``: what ``study._storage``'s setters take for a trial this
-    process holds no ``optuna.Trial`` of (one left RUNNING by a killed process, a rung record)."""
-    storage = study._storage
-    return storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), number)
 
 
 def counted_trials(study) -> int:
     """Trials that count towards ``--trials``: finished or running, not interrupted, not lost and
-    retried (:func:`~repnas.search._distributed.retried_trials`), and not a duplicate (a proposal
+    retried (:func:`~repnas.runs._workers.retried_trials`), and not a duplicate (a proposal
     answered from an earlier trial that built the same model)."""
-    from repnas.search._distributed import retried_trials
+    from repnas.runs._workers import retried_trials
 
     trials = study.get_trials(deepcopy=False)
     retried = retried_trials(trials)
@@ -254,7 +82,7 @@ def repeats_in_a_row(study) -> int:
 def progress_counts(study) -> dict[str, int]:
     """Trials per status (``STATUSES``), ``running`` and ``reused`` (duplicates, not in the
     statuses); interrupted and lost-and-retried trials are not counted."""
-    from repnas.search._distributed import retried_trials
+    from repnas.runs._workers import retried_trials
 
     counts = dict.fromkeys((*STATUSES, "running", "reused"), 0)
     trials = study.get_trials(deepcopy=False)
@@ -273,7 +101,7 @@ def progress_counts(study) -> dict[str, int]:
 
 def write_table(study, run: RunDir, knob_names: list[str]) -> None:
     """``trials.parquet`` from the storage (all trials of the study, whichever machine ran them)."""
-    from repnas.search._distributed import retried_trials
+    from repnas.runs._workers import retried_trials
 
     trials = study.get_trials(deepcopy=False)
     frame = trials_frame(trials, knob_names)
@@ -312,12 +140,12 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     because the sampler kept proposing models already trained (:func:`repeat_limit`)."""
     import torch
 
-    from repnas.search._canonical import ModelClaims, TrialModels
-    from repnas.search._distributed import (
+    from repnas.runs._claims import ModelClaims, TrialModels
+    from repnas.runs._storage import is_server_storage
+    from repnas.runs._workers import (
         TrialHeartbeat,
         claim_worker,
         fail_lost_trials,
-        is_server_storage,
         study_lock,
         wait_for_running,
         worker_name,
@@ -332,7 +160,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     space = search.search_space()
     distributions = search.distributions(space)
     knob_names = list(distributions)
-    study = open_study(search, worker, sampler=sampler)
+    study = open_study(search, sampler=search_sampler(search, worker, sampler))
     name = f"w{worker}:{device}"
     distributed = is_server_storage(search.storage)
     if distributed:  # many machines: a study-wide worker number for the seed and the name
@@ -479,10 +307,10 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
 
     ``sampler``, ``after_trial`` and ``timeout``: see ``repnas.search.run_search``. ``join``: add this
     machine's workers to a search another machine started on a database server (the study exists;
-    :func:`repnas.search._distributed.join_search_config` checked it).
+    :func:`repnas.runs._workers.join_search_config` checked it).
     """
-    from repnas.search._api import worker_sampler
-    from repnas.search._distributed import is_server_storage
+    from repnas.runs._storage import is_server_storage
+    from repnas.search._samplers import worker_sampler
 
     deadline = time.time() + timeout if timeout is not None else None
     run = RunDir(root)
@@ -491,9 +319,9 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
     run.create()
     search.to_yaml(run.search_yaml)
     if join:
-        study = open_study(search, sampler=sampler)
+        study = open_study(search, sampler=search_sampler(search, 0, sampler))
     elif resume:
-        study = open_study(search, sampler=sampler)
+        study = open_study(search, sampler=search_sampler(search, 0, sampler))
         # on a shared server other machines' trials are running: lost ones are found by heartbeat
         interrupted = [] if is_server_storage(search.storage) else recover_interrupted(study)
         if interrupted and progress:
@@ -501,7 +329,7 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
         if not study.get_trials(deepcopy=False):  # a new run that supervised_search created empty
             spread_budgets(study, search)
     else:
-        study = open_study(search, create=True, sampler=sampler)
+        study = open_study(search, create=True, sampler=search_sampler(search, 0, sampler))
         spread_budgets(study, search)
     devices = worker_devices(search.device, search.workers, search.gpus_per_trial)
     if progress:
@@ -528,7 +356,7 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
     finally:
         for p in processes:
             p.join()
-    study = open_study(search, sampler=sampler)
+    study = open_study(search, sampler=search_sampler(search, 0, sampler))
     write_table(study, run, search.knob_names())
     dead = [(k, p) for k, p in enumerate(processes, start=1) if p.exitcode]
     if dead:

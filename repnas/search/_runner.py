@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from repnas.search._rundir import SearchConfig
+from repnas.runs._rundir import SearchConfig
 
 #: report(epoch, metrics) -> True to stop the trial early (the early-stopping rule's verdict).
 Report = Callable[[int, dict[str, Any]], bool]
@@ -70,7 +70,8 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
     numbers also go to TensorBoard in ``trial_dir`` (:mod:`repnas.search._tensorboard`).
     ``resume`` continues from ``trial_dir/checkpoint.pt`` (a Ray trial restarted after a lost node).
     """
-    from repnas.search._canonical import REUSED_FIELDS, model_key
+    from repnas.runs._claims import REUSED_FIELDS
+    from repnas.search._canonical import model_key
     from repnas.search._tensorboard import EpochScalars
     from repnas.spaces import BUDGET_PARAM, InfeasibleError
 

@@ -1,5 +1,10 @@
-"""The seeded Optuna samplers a search runs, made to survive a pickle.
+"""The seeded Optuna sampler of a search, its state across resumes, and the points asked first.
 
+Each worker has its own seeded sampler (``seed + worker``); a resumed worker gets back the sampler
+it pickled (:func:`resumed_sampler`), a joining one a fresh seed (:func:`continuation_seed`), and a
+new study over a range of budgets starts with budgets spread over the range (:func:`spread_budgets`).
+
+Picklable NSGA-II:
 A search pickles its sampler after every ask (so ``--resume`` proposes what an uninterrupted run
 would, Optuna's own recipe) and Ray's ``Tuner`` pickles it inside ``OptunaSearch``. Optuna 5.1 gave
 its genetic samplers a ``threading.Lock`` (``_thread_lock``, guarding the generation cache) and no
@@ -12,13 +17,19 @@ by plain Optuna and resumed by repnas, or the other way round, reads the same ge
 
 from __future__ import annotations
 
+import copy
+import pickle
 import threading
 
 import optuna
 
+from repnas._io import atomic_path
 from repnas.errors import UserError
+from repnas.runs._rundir import RunDir, SearchConfig
 
-__all__ = ["NSGAIISampler", "adopt_sampler", "make_sampler"]
+__all__ = ["NSGAIISampler", "adopt_sampler", "continuation_seed", "default_population", "make_sampler",
+           "resumed_sampler", "save_sampler", "search_population", "search_sampler", "spread_budgets",
+           "worker_sampler"]
 
 
 class NSGAIISampler(optuna.samplers.NSGAIISampler):
@@ -60,3 +71,90 @@ def adopt_sampler(loaded, fresh):
     for key, value in vars(fresh).items():
         loaded.__dict__.setdefault(key, value)
     return loaded
+
+
+def default_population(trials: int) -> int:
+    """NSGA-II's population: a third of the trials (4..50), so a short search still evolves."""
+    return max(4, min(50, trials // 3))
+
+
+def search_population(search: SearchConfig) -> int:
+    return search.population_size or default_population(search.trials)
+
+
+def continuation_seed(seed: int, worker: int, trials_so_far: int) -> int:
+    """The seed of a sampler that joins a study with ``trials_so_far`` trials: ``seed + worker`` for
+    an empty study (a new search), else a fresh deterministic seed."""
+    import numpy as np
+
+    if trials_so_far == 0:
+        return seed + worker
+    return int(np.random.SeedSequence([seed, worker, trials_so_far]).generate_state(1)[0])
+
+
+def worker_sampler(sampler, worker: int):
+    """Worker ``worker``'s copy of a given sampler: the object itself for worker 0, a reseeded deep
+    copy for the others (``BaseSampler.reseed_rng``, as Optuna does for ``n_jobs``)."""
+    if sampler is None or worker == 0:
+        return sampler
+    clone = copy.deepcopy(sampler)
+    clone.reseed_rng()
+    return clone
+
+
+def spread_budgets(study, search: SearchConfig) -> list[int]:
+    """Enqueue the first points of a new study at budgets spread over a searched budget (levels:
+    each level; a range: log-spaced from its low to its high end), the other knobs left to the
+    sampler. A front across budgets needs both ends: left to chance, a first generation of four
+    draws often misses one, and a sampler that also minimises parameters rarely goes back up."""
+    import numpy as np
+
+    from repnas.spaces import BUDGET_PARAM
+
+    spec = search.budget_spec
+    if not spec.searched:
+        return []
+    count = min(search.trials, search_population(search))
+    if spec.levels:
+        budgets = list(spec.levels)[:count] if len(spec.levels) <= count else [
+            spec.levels[round(k)] for k in np.linspace(0, len(spec.levels) - 1, count)]
+    else:
+        budgets = [round(float(b)) for b in np.geomspace(spec.low, spec.high, max(2, count))]
+    for budget in budgets:
+        study.enqueue_trial({BUDGET_PARAM: budget}, skip_if_exists=True)
+    return budgets
+
+
+def save_sampler(run: RunDir, worker: int, sampler) -> None:
+    """Pickle worker ``worker``'s sampler after each ask. Optuna's storage keeps trials, not sampler
+    state (its RNG, NSGA-II's generation bookkeeping); Optuna's recipe for a reproducible resume is
+    to pickle the sampler and pass it back (tutorial "Saving/Resuming Study with RDB Backend")."""
+    (run.root / "samplers").mkdir(exist_ok=True)
+    with atomic_path(run.root / "samplers" / f"worker{worker}.pkl") as tmp, open(tmp, "wb") as handle:
+        pickle.dump(sampler, handle)
+
+
+def resumed_sampler(search: SearchConfig, run: RunDir, worker: int, trials_so_far: int):
+    """Worker ``worker``'s sampler for a study that already has trials: its pickle, so a resumed
+    search proposes what the uninterrupted one would have; without a readable pickle (an older
+    run, a new worker), a fresh sampler on a seed drawn from (seed, worker, trials so far), so it
+    does not replay the points the first ``seed + worker`` sampler proposed."""
+    path = run.root / "samplers" / f"worker{worker}.pkl"
+    try:
+        with open(path, "rb") as handle:
+            sampler = pickle.load(handle)
+        adopted = adopt_sampler(sampler, make_sampler(search.sampler, 0, search_population(search)))
+        if adopted is not None:
+            return adopted
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        pass
+    return make_sampler(search.sampler, continuation_seed(search.seed, worker, trials_so_far),
+                        search_population(search))
+
+
+def search_sampler(search: SearchConfig, worker: int = 0, given=None):
+    """Worker ``worker``'s sampler: ``given`` (a sampler object passed from Python) as is, else the
+    search's own, seeded ``seed + worker``."""
+    if given is not None:
+        return given
+    return make_sampler(search.sampler, search.seed + worker, search_population(search))

@@ -2,8 +2,8 @@
 
 ``repnas search`` runs its driver inside :func:`supervised_search`, so the guarantees hold for
 both backends without touching them: nothing is written before every check passed
-(:mod:`~repnas.search._validate`); one process owns the run (:mod:`~repnas.search._lock`); a new
-run appears complete or not at all (:mod:`~repnas.search._start`), after which the search is a
+(:mod:`~repnas.search._validate`); one process owns the run (:mod:`~repnas.runs._lock`); a new
+run appears complete or not at all (:mod:`~repnas.runs._start`), after which the search is a
 resume of the new, empty run; SIGTERM stops it like Ctrl-C; a Ctrl-C or a failure of the machine
 ends in one line that says how to continue.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from repnas._infra import InfrastructureError, describe, is_infrastructure
 from repnas._procs import sigterm_as_exception
-from repnas.search._rundir import SearchConfig
+from repnas.runs._rundir import SearchConfig
 
 
 class Interrupted(KeyboardInterrupt):
@@ -26,7 +26,7 @@ class Interrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def supervised_search(search: SearchConfig, out: str | Path, resume: bool) -> Iterator[bool]:
     """Yields the ``resume`` flag to hand the driver (always True: a new run is created empty first)."""
-    from repnas.search._start import existing_run, new_run
+    from repnas.runs._start import existing_run, new_run
     from repnas.search._validate import forget_data, validate_search
 
     out = Path(out)

@@ -5,7 +5,7 @@ recipe key the trainer does not know, ``--device cuda`` on a machine without CUD
 that "succeeded" with every candidate failed. Here each is one line and exit code 2, before
 anything is written: the device, the trainer's recipe (the very ``RunConfig`` check ``repnas
 train`` applies), the dataset (loaded, and kept for the search's first worker), the space, and the
-storage (read-only, :func:`repnas.search._storage.inspect_storage`).
+storage (read-only, :func:`repnas.runs._storage.inspect_storage`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
-from repnas.search._rundir import SearchConfig
+from repnas.runs._rundir import SearchConfig
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
@@ -81,66 +81,15 @@ def forget_data() -> None:
     _loaded.clear()
 
 
-def check_storage(search: SearchConfig, out: str | Path, resume: bool) -> None:
-    """The storage, read-only first (foreign data, 0 bytes, damage), then the study it must (resume)
-    or must not (new search) hold."""
-    from repnas.search._optuna_driver import check_storage as check_study
-    from repnas.search._start import abandoned_study
-    from repnas.search._storage import inspect_storage
-
-    inspect_storage(search.storage, resume)
-    if not resume and abandoned_study(search, out):
-        return  # an empty study of a start killed before its rename: the new start replaces it
-    try:
-        check_study(search, resume)
-    except UserError:
-        raise
-    except Exception as exc:  # a storage that opens but cannot be read
-        text = str(exc).strip().splitlines()
-        raise UserError(f"storage {search.storage} is unreadable ({type(exc).__name__}: "
-                        f"{text[0] if text else ''})") from None
-
-
-def check_ray_origin(search: SearchConfig, out: str | Path) -> None:
-    """A Ray run resumed where it did not start: refused. ``Tuner.restore`` unpickles the searcher
-    Tune saved, which holds the storage of the run it was saved in; a moved copy would write into
-    the study of the run it was copied from. (An Optuna-backend run resumes anywhere: its storage
-    path in ``search.yaml`` is relative to it.)"""
-    import optuna
-
-    from repnas.search._optuna_driver import open_storage
-    from repnas.search._ray_driver import tune_storage
-    from repnas.search._ray_results import experiment_paths
-    from repnas.search._rundir import RunDir
-    from repnas.search._start import RUN_DIR_ATTR
-
-    if not experiment_paths(tune_storage(search, RunDir(out)), search.study):
-        return  # no Tune experiment to restore
-    summaries = optuna.get_all_study_summaries(open_storage(search.storage, heartbeat=False),
-                                               include_best_trial=False)
-    origin = next((s.user_attrs.get(RUN_DIR_ATTR) for s in summaries if s.study_name == search.study), None)
-    here = str(Path(out).resolve())
-    if origin and origin != here:
-        raise UserError(f"cannot resume: this Ray run was started in {origin} and moved or copied to {here}; "
-                        f"Tune's saved experiment would write to the study there. Resume it in {origin}, "
-                        f"or start a new search with --config {Path(out) / 'search.yaml'}")
-
-
-def check_ray_early_stop(search: SearchConfig) -> None:
-    """``--early-stop`` under ``--backend ray``: only the rules Tune's scheduler applies."""
-    from repnas.search._early_stop import RAY_RULES
-
-    if search.backend == "ray" and search.early_stop not in RAY_RULES:
-        raise UserError(f"--early-stop {search.early_stop} is not available with --backend ray "
-                        f"(choose {' or '.join(RAY_RULES)}, or the optuna backend)")
-
-
 def validate_search(search: SearchConfig, out: str | Path, resume: bool) -> None:
     """Every check above, cheapest first; nothing is written."""
+    from repnas.runs import check_storage
+    from repnas.search.ray._checks import check_ray_early_stop, check_ray_origin
+
     check_ray_early_stop(search)
     check_device(search.device)
     check_recipe(search)
-    check_storage(search, out, resume)
+    check_storage(search, resume, out)
     if resume and search.backend == "ray":
         check_ray_origin(search, out)
     check_data(search)

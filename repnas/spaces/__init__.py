@@ -2,7 +2,7 @@
 
 from repnas.spaces import models as _models  # noqa: F401  (registers the families)
 from repnas.spaces._budget import InfeasibleError, Solution, smallest_candidate
-from repnas.spaces._budget_spec import BUDGET_PARAM, BudgetSpec, parse_budget
+from repnas.spaces._budget_spec import BUDGET_PARAM, BudgetSpec, parse_budget, parse_count
 from repnas.spaces._datasets_info import DATASET_INFO, DatasetInfo, dataset_info
 from repnas.spaces._registry import (
     ModelSpec,
@@ -22,7 +22,6 @@ from repnas.spaces._space import (
     SearchSpace,
     list_spaces,
     load_space,
-    parse_count,
 )
 
 __all__ = [

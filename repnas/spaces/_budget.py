@@ -79,7 +79,7 @@ class _Conv:
 @lru_cache(maxsize=256)
 def _conv_layout(family: str, base: str, kwargs_json: str, in_channels: int, depths: tuple[int, ...]):
     """(convs with role and stage, parameter count) of a base model, built on the meta device."""
-    from repnas.spaces import build_model
+    from repnas.spaces._registry import build_model
 
     with torch.device("meta"):
         model = build_model({"base": base, "kwargs": json.loads(kwargs_json)}, 10, in_channels)
@@ -281,7 +281,7 @@ def plan_params(model_config: dict, family: str, depths: tuple[int, ...], in_cha
 def count_config_params(model_config: dict, num_classes: int, in_channels: int) -> int:
     """Trainable parameters of a ModelConfig, built on the meta device (no memory, no init)."""
     from repnas.rescale import count_params
-    from repnas.spaces import build_model
+    from repnas.spaces._registry import build_model
 
     with torch.device("meta"):
         model = build_model(model_config, num_classes, in_channels)

@@ -14,6 +14,7 @@ budget (as before), the normalised text otherwise.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -80,8 +81,6 @@ class BudgetSpec:
 
 def parse_budget(value: Any, what: str = "budget") -> BudgetSpec:
     """``12k`` | ``50k:2M`` | ``100k,300k,1M`` (or a list of counts) -> :class:`BudgetSpec`."""
-    from repnas.spaces._space import parse_count
-
     if isinstance(value, (list, tuple)):
         parts: list[Any] = list(value)
         kind = "levels"
@@ -108,3 +107,27 @@ def parse_budget(value: Any, what: str = "budget") -> BudgetSpec:
     if len(levels) == 1:
         return BudgetSpec(levels[0], levels[0])
     return BudgetSpec(levels[0], levels[-1], levels)
+
+
+#: counts (budgets) must fit an int64 where they are stored
+MAX_COUNT = 2**63
+
+
+def parse_count(value: Any, what: str = "budget") -> int:
+    """``600k`` -> 600000, ``1.5M`` -> 1500000, ``12000`` -> 12000; ``UserError`` otherwise."""
+    if isinstance(value, bool):
+        raise UserError(f"{what}: expected a count like 600k, got {value!r}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        text = str(value).strip().lower().replace("_", "").replace(",", "")
+        scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(text[-1:], 1.0)
+        try:
+            number = float(text[:-1] if scale != 1.0 else text) * scale
+        except ValueError:
+            raise UserError(f"{what}: expected a count like 600k or 1.5M, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise UserError(f"{what}: must be a positive count, got {value!r}")
+    if number >= MAX_COUNT:  # it is stored as an int64 (SQLite, parquet)
+        raise UserError(f"{what}: {value!r} is too large (at most {MAX_COUNT - 1:.3g})")
+    return round(number)

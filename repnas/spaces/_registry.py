@@ -12,13 +12,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from repnas._sorting import natural_key
 from repnas.errors import UserError
 
 if TYPE_CHECKING:
@@ -95,14 +95,9 @@ def register_family(name: str, base: str, base_kwargs: Mapping[str, Any] | None 
     _add(name, _Entry(base=base, base_kwargs=dict(base_kwargs or {}), plan=plan, dataset=dataset))
 
 
-def _natural_key(name: str) -> list[Any]:
-    """Sort ``vgg4 < vgg10`` (as timm does) instead of ``vgg10 < vgg4``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching the fnmatch ``pattern``, in natural order."""
-    return sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)), key=_natural_key)
+    return sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)), key=natural_key)
 
 
 def _entry(name: str) -> _Entry:

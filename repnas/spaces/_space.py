@@ -68,7 +68,7 @@ from typing import Any
 import yaml
 
 from repnas.errors import UserError
-from repnas.spaces._budget_spec import parse_budget
+from repnas.spaces._budget_spec import parse_budget, parse_count
 
 FAMILIES = ("vgg", "resnet", "wrn")
 SHARE_MODES = ("own", "borrow", "bank")
@@ -89,31 +89,9 @@ KNOB_DEFAULTS: dict[str, tuple[Any, bool]] = {
     "source_init": ("small_xavier", False),
     "bias_init": ("zeros", False),
 }
-#: counts (budgets) must fit an int64 where they are stored
-MAX_COUNT = 2**63
 _SPACE_KEYS = {"name", "description", "family", "widths", "budget", "dataset", "epochs", "recipe", "knobs",
                "min_width", "shape", "plan_options"}
 SHAPE_MODES = ("solved", "fixed")
-
-
-def parse_count(value: Any, what: str = "budget") -> int:
-    """``600k`` -> 600000, ``1.5M`` -> 1500000, ``12000`` -> 12000; ``UserError`` otherwise."""
-    if isinstance(value, bool):
-        raise UserError(f"{what}: expected a count like 600k, got {value!r}")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        text = str(value).strip().lower().replace("_", "").replace(",", "")
-        scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(text[-1:], 1.0)
-        try:
-            number = float(text[:-1] if scale != 1.0 else text) * scale
-        except ValueError:
-            raise UserError(f"{what}: expected a count like 600k or 1.5M, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0:
-        raise UserError(f"{what}: must be a positive count, got {value!r}")
-    if number >= MAX_COUNT:  # it is stored as an int64 (SQLite, parquet)
-        raise UserError(f"{what}: {value!r} is too large (at most {MAX_COUNT - 1:.3g})")
-    return round(number)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ import hashlib
 import io
 import math
 import os
-import re
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from repnas._io import atomic_path
+from repnas._sorting import natural_key
 from repnas.errors import UserError
 
 __all__ = ["DataSplits", "Split", "list_datasets", "load_dataset"]
@@ -365,7 +365,7 @@ def _decode_imagefolder(files: list[tuple[str, bytes]], where: str) -> tuple:
     from PIL import Image, UnidentifiedImageError
 
     layout = _layout(name for name, _ in files)
-    files = sorted((f for f in files if f[0] in layout), key=lambda f: _natural_key(f[0]))
+    files = sorted((f for f in files if f[0] in layout), key=lambda f: natural_key(f[0]))
     if not files:
         raise UserError(f"no images in ImageFolder layout found in {where}")
     classes = sorted({c for s, c in layout.values() if s in ("train", "all")})
@@ -400,11 +400,6 @@ def _decode_imagefolder(files: list[tuple[str, bytes]], where: str) -> tuple:
         return (*_fixed_test_split(x, labels), classes)
     tr, te = split == "train", split == "test"
     return x[tr], labels[tr], x[te], labels[te], classes
-
-
-def _natural_key(name: str) -> list:
-    """'train/3/10.png' after 'train/3/9.png': numbers compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 # ---------------------------------------------------------------------------------------- cache

@@ -22,7 +22,7 @@ def finished_run(tmp_path_factory) -> Path:
 @pytest.fixture
 def run_copy(finished_run, tmp_path) -> Path:
     """A private copy of the finished run, its storage URL pointing at the copy."""
-    from repnas.search._rundir import RunDir, SearchConfig
+    from repnas.runs._rundir import RunDir, SearchConfig
 
     out = tmp_path / "copy"
     shutil.copytree(finished_run, out)

@@ -250,7 +250,7 @@ CASES = [
 
 def _repoint(copy: Path) -> None:
     """Point the copy's search.yaml at the copy's own study.db."""
-    from repnas.search._rundir import RunDir
+    from repnas.runs._rundir import RunDir
 
     _edit_search_yaml(copy, storage=RunDir(copy).default_storage(1))
 
@@ -321,8 +321,8 @@ def test_deep_range_loads_fast(tmp_path):
 @pytest.mark.parametrize("name", ["a?b", "50%20off", "with space", "données-ü"])
 def test_odd_run_directory_names_keep_their_study_inside(tmp_path, name, capsys):
     """A ``?`` cut the SQLite URL (the study landed outside the run), ``%20`` was decoded or crashed."""
-    from repnas.search._rundir import SearchConfig
-    from repnas.search._storage import storage_file
+    from repnas.runs._rundir import SearchConfig
+    from repnas.runs._storage import storage_file
 
     out = tmp_path / name
     argv = ["search", "--space", "quick", "--trials", "1", "--epochs", "1", "--out", str(out), "--device", "cpu",

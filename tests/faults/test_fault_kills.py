@@ -21,7 +21,7 @@ import pytest
 from fault_helpers import one_line, repnas_cmd, search_argv, snapshot, subprocess_env
 
 from repnas.cli import main
-from repnas.search._rundir import SearchConfig
+from repnas.runs._rundir import SearchConfig
 
 
 def _study(out: Path):
@@ -263,7 +263,7 @@ def _gpu_lost(*args, **kwargs):
 @pytest.mark.parametrize("target, fault, needle", [
     ("torch.save", _enospc, "no space left on device"),
     ("torch.save", _torch_writer_full, "no space left on device"),
-    ("repnas.search._rundir.RunDir.write_trials", _enospc, "no space left on device"),
+    ("repnas.runs._rundir.RunDir.write_trials", _enospc, "no space left on device"),
     ("optuna.storages._rdb.storage.RDBStorage.set_trial_state_values", _storage_error, "storage error"),
     ("repnas.train._trainer.train", _gpu_lost, "GPU error"),
 ], ids=["disk-full-checkpoint", "torch-writer-full", "disk-full-table", "storage-error", "gpu-lost"])

@@ -16,7 +16,7 @@ import pytest
 from fault_helpers import repnas_cmd, subprocess_env
 
 from repnas.cli import main
-from repnas.search._rundir import SearchConfig
+from repnas.runs._rundir import SearchConfig
 
 TRIALS = 5
 

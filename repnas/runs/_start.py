@@ -26,9 +26,10 @@ from pathlib import Path
 
 from repnas import _faults
 from repnas.errors import UserError
-from repnas.search._lock import OwnerLock, RunInUse, describe_owner, is_locked
-from repnas.search._rundir import RunDir, SearchConfig
-from repnas.search._storage import storage_file
+from repnas.runs._lock import OwnerLock, RunInUse, describe_owner, is_locked
+from repnas.runs._rundir import RunDir, SearchConfig
+from repnas.runs._storage import inspect_storage, is_server_storage, open_storage, storage_exists, storage_file
+from repnas.runs._study import open_study
 
 RUN_DIR_ATTR = "repnas.run_dir"
 
@@ -51,6 +52,47 @@ def check_new_run_dir(out: str | Path) -> None:
         raise UserError(f"--out {out} is a folder holding other files; choose an empty or new folder")
 
 
+def check_storage(search: SearchConfig, resume: bool, out: str | Path | None = None) -> None:
+    """Before anything is written: the storage, read-only first (foreign data, 0 bytes, damage),
+    then the study it must (``resume``) or must not (a new search) hold. With ``out``, an empty study
+    that a killed start of ``out`` left in an outside storage is no obstacle (the start replaces it)."""
+    inspect_storage(search.storage, resume)
+    if out is not None and not resume and abandoned_study(search, out):
+        return
+    try:
+        _check_study(search, resume)
+    except UserError:
+        raise
+    except Exception as exc:  # a storage that opens but cannot be read
+        text = str(exc).strip().splitlines()
+        raise UserError(f"storage {search.storage} is unreadable ({type(exc).__name__}: "
+                        f"{text[0] if text else ''})") from None
+
+
+def _check_study(search: SearchConfig, resume: bool) -> None:
+    """Refuse a storage that holds other studies, a new search over an existing study, or a
+    ``--resume`` of a study that does not exist."""
+    import optuna
+
+    if not storage_exists(search.storage):
+        if resume:
+            raise UserError(f"cannot resume: storage {search.storage} does not exist")
+        return
+    try:
+        names = optuna.get_all_study_names(open_storage(search.storage))
+    except Exception as exc:
+        raise UserError(f"storage {search.storage} is unreadable ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if names and search.study not in names and not is_server_storage(search.storage):  # a server holds many
+        raise UserError(f"storage {search.storage} holds study {', '.join(map(repr, names))}, "
+                        f"not {search.study!r}; pass --study or another --storage")
+    if search.study in names and not resume:
+        raise UserError(f"study {search.study!r} already exists in {search.storage}; "
+                        "use --resume to continue it")
+    if resume and search.study not in names:
+        raise UserError(f"cannot resume: no study {search.study!r} in {search.storage}")
+
+
 def abandoned_study(search: SearchConfig, out: str | Path) -> bool:
     """Whether ``search``'s study is an empty one that a start of ``out`` killed before its rename
     left in an outside storage (so a new start may replace it)."""
@@ -60,8 +102,6 @@ def abandoned_study(search: SearchConfig, out: str | Path) -> bool:
     if (out / "search.yaml").exists():
         return False
     try:
-        from repnas.search._optuna_driver import open_storage
-
         storage = open_storage(search.storage)
         summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     except Exception:  # unreadable: the storage checks say why
@@ -94,8 +134,6 @@ def new_run(search: SearchConfig, out: str | Path) -> Iterator[OwnerLock]:
         inside = staged.storage != search.storage
         if not inside and abandoned_study(search, out):
             import optuna
-
-            from repnas.search._optuna_driver import open_storage
 
             optuna.delete_study(study_name=search.study, storage=open_storage(search.storage))
         _create_study(staged, out)
@@ -138,7 +176,7 @@ def _staged_storage(url: str, out: Path, staging: Path) -> str:
         relative = path.resolve().relative_to(out.resolve())
     except ValueError:
         return url
-    from repnas.search._storage import sqlite_url
+    from repnas.runs._storage import sqlite_url
 
     target = staging.resolve() / relative
     return sqlite_url(target) if "://" in url else str(target)
@@ -147,11 +185,8 @@ def _staged_storage(url: str, out: Path, staging: Path) -> str:
 def _create_study(search: SearchConfig, out: Path) -> None:
     import optuna
 
-    from repnas.search._optuna_driver import open_study
-
-    # a Python sampler object (search.yaml's custom:<Class>) is the driver's to use: any sampler creates
-    custom = search.sampler.startswith("custom:")
-    study = open_study(search, create=True, sampler=optuna.samplers.RandomSampler(seed=0) if custom else None)
+    # creating a study asks nothing, so any sampler creates it; the driver opens it with the search's
+    study = open_study(search, create=True, sampler=optuna.samplers.RandomSampler(seed=0))
     study.set_user_attr(RUN_DIR_ATTR, str(out.resolve()))
     storage = getattr(study, "_storage", None)
     for holder in (storage, getattr(storage, "_backend", None)):

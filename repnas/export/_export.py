@@ -4,14 +4,14 @@ For each chosen trial ``DIR/trial_<n>.yaml`` is the trial's RunConfig (device re
 and, where the trial left a checkpoint, ``DIR/trial_<n>.pt`` is the *materialized* model's plain
 ``state_dict`` (``repnas.rescale.materialize``: ordinary convs holding the generated weights, loadable
 into the base model without repnas's repetition machinery), and two deployable files of that
-materialized model that need no repnas at all (:mod:`repnas.search._deploy`): ``trial_<n>.ts``
+materialized model that need no repnas at all (:mod:`repnas.export._deploy`): ``trial_<n>.ts``
 (TorchScript, ``torch.jit.load``) and ``trial_<n>.onnx`` (ONNX). Both are checked at export time
 against the trained *repeated* model in eval mode (max abs logit difference <= 1e-4; the ONNX file
 through onnxruntime where it is installed, ``pip install repnas[deploy]``), and the differences are
 recorded. ``DIR/exported.yaml`` lists what was exported with the trial's metrics, every path
 relative to itself, so the folder can be moved or shipped as a whole.
 
-The Pareto front is :func:`~repnas.search._front.front_rows` of ``trials.parquet`` (the same helper
+The Pareto front is :func:`~repnas.analysis._front.front_rows` of ``trials.parquet`` (the same helper
 decides the printed front and the report's); for an Optuna run it is the same set as
 ``study.best_trials``. Each model is exported once: a duplicate trial (``duplicate_of``) is never
 chosen, the trial that trained its model is.
@@ -30,9 +30,9 @@ import yaml
 
 from repnas import _faults
 from repnas._io import atomic_path, atomic_write_text
+from repnas.analysis._front import front_rows
 from repnas.errors import UserError
-from repnas.search._front import front_rows
-from repnas.search._rundir import RunDir, SearchConfig
+from repnas.runs._rundir import RunDir, SearchConfig
 
 
 def load_run_trials(run_dir: str | Path):
@@ -138,8 +138,8 @@ def _write_materialized(run_config, checkpoint: Path, out: Path, stem: str) -> d
     return their ``exported.yaml`` fields (file names, input shape, checked differences)."""
     import torch
 
+    from repnas.export._deploy import write_deployables
     from repnas.rescale import materialize
-    from repnas.search._deploy import write_deployables
     from repnas.spaces import build_model, dataset_info
 
     info = dataset_info(run_config.dataset.name)

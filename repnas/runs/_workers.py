@@ -24,7 +24,6 @@ The lock is taken per ask (milliseconds), and a dead holder's connection closes,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import threading
@@ -32,88 +31,9 @@ import time
 from typing import Any
 
 from repnas.errors import UserError
-
-#: URL schemes of database servers several machines can share (SQLite is a local file).
-SERVER_SCHEMES = ("postgresql", "postgres", "mysql", "mariadb")
-
-#: seconds between heartbeats of a running trial; a trial silent for twice that is lost.
-#: ``REPNAS_HEARTBEAT`` overrides it (tests use 1 s).
-DEFAULT_HEARTBEAT = 30
-
-
-def is_server_storage(url: str | None) -> bool:
-    """Whether ``url`` names a database server (``postgresql://``, ``mysql+pymysql://``, ...)."""
-    if not url or "://" not in url:
-        return False
-    return url.split("://", 1)[0].split("+", 1)[0].lower() in SERVER_SCHEMES
-
-
-def heartbeat_interval() -> int:
-    try:
-        return max(1, int(os.environ.get("REPNAS_HEARTBEAT", DEFAULT_HEARTBEAT)))
-    except ValueError:
-        raise UserError(f"REPNAS_HEARTBEAT must be a number of seconds, got "
-                        f"{os.environ['REPNAS_HEARTBEAT']!r}") from None
-
-
-def open_server_storage(url: str, heartbeat: bool = True):
-    """Optuna's RDB storage on a server, with heartbeats for trials run by the ask/tell workers
-    (:func:`trial_heartbeat`) and :func:`requeue_lost` for trials whose heartbeats stopped.
-    Ray's ``OptunaSearch`` sends no heartbeats, so it opens the storage with ``heartbeat=False``."""
-    import warnings
-
-    import optuna
-
-    if not heartbeat:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    interval = heartbeat_interval()
-    # Optuna warns that heartbeats are meant for Study.optimize; our ask/tell workers send their own
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
-        warnings.simplefilter("ignore")
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
-                grace_period=2 * interval, heartbeat_stale_trial_callback=requeue_lost)
-        except ImportError:
-            raise UserError(f"storage {url.split('://')[0]}:// needs its database driver; install "
-                            "repnas[postgres] (psycopg) for PostgreSQL") from None
-
-
-# --------------------------------------------------------------------- the study-wide lock
-class StudyLock:
-    """An exclusive lock held on the database server, named after the study: what serialises the
-    count-then-ask of every worker on every machine. The lock belongs to one connection, opened
-    for the ask and closed after it, so a worker that dies holding it frees it."""
-
-    def __init__(self, url: str, study: str):
-        import sqlalchemy
-        from sqlalchemy.pool import NullPool
-
-        self.engine = sqlalchemy.create_engine(url, poolclass=NullPool)
-        self.dialect = self.engine.dialect.name
-        self.name = f"repnas:{study}"
-        self.key = int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:8], "big", signed=True)
-        if self.dialect not in ("postgresql", "mysql", "mariadb"):
-            raise UserError(f"no server lock for {self.dialect} storages; use PostgreSQL or MySQL")
-
-    @contextlib.contextmanager
-    def hold(self):
-        from sqlalchemy import text
-
-        with self.engine.connect() as connection:
-            if self.dialect == "postgresql":
-                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
-                release = text("SELECT pg_advisory_unlock(:key)"), {"key": self.key}
-            else:
-                connection.execute(text("SELECT GET_LOCK(:name, -1)"), {"name": self.name})
-                release = text("SELECT RELEASE_LOCK(:name)"), {"name": self.name}
-            try:
-                yield
-            finally:
-                connection.execute(*release)
-                connection.commit()
-
+from repnas.runs._server import StudyLock, heartbeat_interval
+from repnas.runs._storage import is_server_storage, storage_file
+from repnas.runs._study import trial_id_of
 
 _LOCKS: dict[tuple[str, str], StudyLock] = {}
 
@@ -159,12 +79,6 @@ def storage_lock(search):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def storage_file(url: str) -> str | None:
-    """The file of a file-based storage (``sqlite:///path`` or a journal path), else None."""
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///"):]
-    return None if "://" in url else url
-
 
 def storage_reachable(search) -> bool:
     """Whether this process can open the study and lock it (:func:`storage_lock`): always for a
@@ -201,16 +115,40 @@ def fail_lost_trials(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def requeue_lost(study, trial) -> None:
-    """Optuna's callback for a trial whose worker stopped sending heartbeats (now ``FAIL``): queue
-    its point again, marked ``retry_of``, so the search still trains it and the cap still holds."""
-    if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-
 
 def retried_trials(trials) -> dict[int, int]:
     """``{lost or interrupted trial: the trial that retries its point}``."""
     return {int(t.user_attrs["retry_of"]): t.number for t in trials if "retry_of" in t.user_attrs}
+
+
+def recover_interrupted(study) -> list[int]:
+    """Trials left RUNNING by a killed process: mark them FAIL (``interrupted``) and enqueue their
+    points again, so nothing is lost and they do not count towards ``--trials``.
+
+    Only safe when no other process works on the study, which ``--resume`` asserts.
+    """
+    from optuna.trial import TrialState
+
+    from repnas.runs._claims import ModelClaims
+
+    storage = study._storage
+    numbers = []
+    claims = ModelClaims(study, contextlib.nullcontext)  # no lock: --resume owns the study
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # Its claims go, trained or not: the re-enqueued point trains the model again (deterministic,
+        # so the same result) and counts as the distinct model the interrupted trial no longer is.
+        # Left in place, a finished claim would make the retry a reused duplicate, and the search
+        # would propose one point more than the run that was never killed.
+        claims.release_all(t.number, finished=True)
+        trial_id = trial_id_of(study, t.number)
+        for key, value in {"interrupted": True, "status": "failed",
+                           "error": "interrupted (the search process was killed); re-enqueued"}.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        numbers.append(t.number)
+    return numbers
 
 
 def wait_for_running(search, study, run) -> bool:
@@ -268,8 +206,8 @@ def join_search_config(storage: str, study_name: str, overrides: dict[str, Any])
     it), with this machine's ``workers``/``device``/``gpus_per_trial``/``data_dir`` applied."""
     import optuna
 
-    from repnas.search._optuna_driver import open_storage
-    from repnas.search._rundir import SearchConfig
+    from repnas.runs._rundir import SearchConfig
+    from repnas.runs._storage import open_storage
 
     if not is_server_storage(storage):
         raise UserError(f"--join needs a database server --storage (postgresql://...), got {storage!r}")

@@ -8,7 +8,7 @@ curves and a trial whose node died starts again elsewhere from its last epoch
 (``FailureConfig(max_failures)``, ``tune.get_checkpoint()``). The last epoch's report also carries
 the trial's whole row (test accuracy, cost, status, run config): one report per epoch in all. The
 driver numbers the trials and fills ``trials/<n>/`` from their last checkpoints
-(:mod:`repnas.search._ray_results`). A trial first claims the model it builds in the study
+(:mod:`repnas.search.ray._results`). A trial first claims the model it builds in the study
 (:func:`trial_models`); a duplicate reports the reused row, ``duplicate_of`` its Tune trial id.
 """
 
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from repnas import _faults
-from repnas.search._rundir import SearchConfig
+from repnas.runs._rundir import SearchConfig
 
 #: keys of the trainer's per-epoch metrics that Tune gets (the rest stay in the trial's log).
 EPOCH_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "train_seconds")
 #: what an epoch's report adds while ``--early-stop`` is on: the costs the Tune scheduler ranks by
-#: (:mod:`repnas.search._ray_scheduler`); the report also names the model's claim key
+#: (:mod:`repnas.search.ray._scheduler`); the report also names the model's claim key
 #: (``model_key``), with which the driver records a stopped trial's result for later proposals.
 EARLY_STOP_KEYS = ("params", "flops")
 
@@ -75,12 +75,12 @@ def trial_models(search: SearchConfig, trial_id: str):
     """The trial's model claims (:mod:`~repnas.search._canonical`), kept in the search's study like
     the Optuna driver's, so a duplicate reuses the model another Tune trial trained. A trial runs on
     any node and never sees the run directory: the claims are serialised by the storage's own lock
-    (:func:`~repnas.search._distributed.storage_lock`: the server's advisory lock, or a file lock
+    (:func:`~repnas.runs._workers.storage_lock`: the server's advisory lock, or a file lock
     beside a SQLite/journal file). None, and every proposal trains, where this node cannot reach a
     file storage (a cluster without a shared filesystem and without a database server)."""
-    from repnas.search._canonical import ModelClaims, TrialModels
-    from repnas.search._distributed import storage_lock, storage_reachable
-    from repnas.search._optuna_driver import open_storage
+    from repnas.runs._claims import ModelClaims, TrialModels
+    from repnas.runs._storage import open_storage
+    from repnas.runs._workers import storage_lock, storage_reachable
 
     if not storage_reachable(search):
         return None

@@ -4,7 +4,7 @@ Tune's own schedulers (ASHA, HyperBand, median stopping) rank trials by one metr
 several objectives, and a cheap model that learns slowly must not be stopped because an expensive
 one learns fast. :class:`MultiObjectiveScheduler` hands every per-epoch report of a trial
 (``val_accuracy`` and, while early stopping is on, ``params`` and ``flops``: see
-:mod:`repnas.search._ray_trial`) to one :class:`~repnas.search._early_stop.MultiObjectiveASHA`
+:mod:`repnas.search.ray._trial`) to one :class:`~repnas.search._early_stop.MultiObjectiveASHA`
 and answers Tune ``STOP`` where the rule says stop. It subclasses ``FIFOScheduler`` (trials run in
 the order the searcher proposes them) and overrides only ``on_trial_result``, Tune's documented
 hook for stopping a trial from its reports.
@@ -13,10 +13,10 @@ A stopped trial never sends its final report (Tune stops its actor), so the driv
 trial would have done: ``on_stop`` (given by the driver) records the model's pruned result on its
 claim in the study, so a later proposal of the same model reuses it instead of waiting for it; the
 searcher tells the study PRUNED and the driver writes a ``pruned`` row
-(:mod:`repnas.search._ray_results`).
+(:mod:`repnas.search.ray._results`).
 
 Before it decides anything, a scheduler learns every per-epoch report stored under the run's Tune
-storage (``result.json`` of each trial, :func:`~repnas.search._ray_results.epoch_reports`). So the
+storage (``result.json`` of each trial, :func:`~repnas.search.ray._results.epoch_reports`). So the
 trials of all the Tune experiments of a search (top-ups after duplicates) are ranked together, and
 so is a restored experiment: Tune does not save a scheduler with its experiment state, and
 ``Tuner.restore`` (``--resume`` after the driver died) unpickles the one the experiment started
@@ -55,7 +55,7 @@ class MultiObjectiveScheduler(FIFOScheduler):
     def learn_history(self) -> int:
         """Record every stored per-epoch report of the search's experiments on the rule (a result
         the rule holds already is recorded again, unchanged); returns how many were recorded."""
-        from repnas.search._ray_results import epoch_reports, experiment_paths
+        from repnas.search.ray._results import epoch_reports, experiment_paths
 
         count = 0
         for experiment in experiment_paths(*self.history) if self.history else []:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from repnas.errors import UserError
 
+#: URL schemes of database servers several machines can share (SQLite is a local file).
+SERVER_SCHEMES = ("postgresql", "postgres", "mysql", "mariadb")
+
 
 def sqlite_url(path: str | Path) -> str:
     """``sqlite:///`` URL of the file ``path`` (absolute), escaped so that SQLAlchemy reads ``path``."""
@@ -53,6 +56,35 @@ def portable_storage(url: str, home: str | Path) -> str:
     except ValueError:  # outside the run directory (--storage elsewhere): where it is
         return url
     return "sqlite:///" + _escaped(relative.as_posix()) if url.startswith("sqlite:") else relative.as_posix()
+
+
+def is_server_storage(url: str | None) -> bool:
+    """Whether ``url`` names a database server (``postgresql://``, ``mysql+pymysql://``, ...)."""
+    if not url or "://" not in url:
+        return False
+    return url.split("://", 1)[0].split("+", 1)[0].lower() in SERVER_SCHEMES
+
+
+def open_storage(url: str, heartbeat: bool = True):
+    """An Optuna storage from a URL (``sqlite:///...``, any RDB URL) or a journal file path; a
+    database server (``postgresql://``) gets trial heartbeats unless ``heartbeat=False``
+    (:mod:`repnas.runs._server`)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    from repnas.runs._server import open_server_storage
+
+    if is_server_storage(url):
+        return open_server_storage(url, heartbeat)
+    if "://" in url:
+        return optuna.storages.RDBStorage(url)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(url)))
+
+
+def storage_exists(url: str) -> bool:
+    """Whether the storage already holds data (without creating an SQLite file as a side effect)."""
+    path = storage_file(url)  # URL-decoded: a run directory may have '?' or '%' in its name
+    return True if path is None else path.exists()  # None: a server, ask it
 
 
 def storage_file(url: str) -> Path | None:

@@ -21,9 +21,9 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from repnas.search._ray_results import stopped_early
-from repnas.search._rundir import TRIAL_COLUMNS
+from repnas.runs._rundir import TRIAL_COLUMNS
 from repnas.search._tell import optuna_answer
+from repnas.search.ray._results import stopped_early
 
 
 def row_user_attrs(result: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str):
         """Also number the trial: after the numbers given so far, in the order of suggests (which is
         the order of the study's trials). The number and the Tune trial id go on the study's trial,
-        where the driver reads them (:func:`~repnas.search._ray_results.searcher_numbers`)."""
+        where the driver reads them (:func:`~repnas.search.ray._results.searcher_numbers`)."""
         config = super().suggest(trial_id)
         if isinstance(config, dict) and trial_id not in self._numbers:
             self._numbers[trial_id] = self._next

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from repnas.search._rundir import STATUSES, SearchConfig
+from repnas.runs._rundir import STATUSES, SearchConfig
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
@@ -40,7 +40,7 @@ def nondominated(costs: np.ndarray) -> np.ndarray:
 def front_rows(frame: pd.DataFrame, search: SearchConfig) -> pd.DataFrame:
     """The front of the run (:func:`repnas.analysis.pareto_mask` on the search's objectives: each
     model once, ties all kept, as in ``optuna.Study.best_trials``), best validation accuracy first."""
-    from repnas.analysis import pareto_mask
+    from repnas.analysis._pareto import pareto_mask
 
     names = search.objective_names
     front = frame[pareto_mask(frame, search.objectives)] if len(frame) else frame

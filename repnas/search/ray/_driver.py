@@ -6,12 +6,12 @@ shared filesystem. What stays the same: the sampler (Ray's ``OptunaSearch`` arou
 Optuna sampler, given the space's fixed Optuna distributions, with metric and mode lists), the
 trial runner (:func:`~repnas.search._runner.run_trial`) and the run directory.
 
-Who writes what (docs/scaling.md): a trial (:mod:`repnas.search._ray_trial`, on any node) trains in
+Who writes what (docs/scaling.md): a trial (:mod:`repnas.search.ray._trial`, on any node) trains in
 a scratch folder and reports once per epoch to Tune with that folder as a checkpoint; Tune keeps
 experiment state and checkpoints in its storage (``--ray-storage``: a path every node reaches or a
 pyarrow URI; default ``<run>/ray`` for one node) and restarts a trial whose node died from its last
 checkpoint (``FailureConfig(max_failures)``, ``--max-failures``). The driver alone numbers the
-trials and fills ``trials/<n>/`` and ``trials.parquet`` (:mod:`repnas.search._ray_results`), and
+trials and fills ``trials/<n>/`` and ``trials.parquet`` (:mod:`repnas.search.ray._results`), and
 ``--resume`` after a driver crash restores the experiment (``Tuner.restore``). The study holds the
 points and objective values only (Optuna forbids annotating finished trials); what a user reads
 (the printed front, reports, exports) comes from ``trials.parquet``.
@@ -20,7 +20,7 @@ Concurrency: Ray runs as many trials at once as the resources allow (1 CPU and `
 each, or ``--resources-per-trial``) unless ``--workers N`` caps it (``SearchConfig.workers`` 0 = no cap).
 
 Early stopping (``--early-stop moasha``, the default as with the Optuna backend): the same
-multi-objective rule as a Tune ``TrialScheduler`` (:mod:`repnas.search._ray_scheduler`).
+multi-objective rule as a Tune ``TrialScheduler`` (:mod:`repnas.search.ray._scheduler`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
+from repnas.runs._rundir import RunDir, SearchConfig, rows_frame
 from repnas.search._early_stop import MultiObjectiveASHA
-from repnas.search._ray_results import experiment_paths, number_trials, result_rows, searcher_numbers, trial_dirname
-from repnas.search._ray_trial import trainable, trial_device
-from repnas.search._rundir import RunDir, SearchConfig, rows_frame
-from repnas.search._validate import check_ray_early_stop
+from repnas.search.ray._checks import check_ray_early_stop
+from repnas.search.ray._results import (
+    experiment_paths,
+    number_trials,
+    result_rows,
+    searcher_numbers,
+    trial_dirname,
+    tune_storage,
+)
+from repnas.search.ray._trial import trainable, trial_device
 
 __all__ = ["parse_resources", "run_ray_search", "trial_device", "trial_gpus", "trial_resources"]
 
@@ -73,11 +80,6 @@ def trial_resources(search: SearchConfig, cluster_gpus: float) -> dict[str, floa
     return resources
 
 
-def tune_storage(search: SearchConfig, run: RunDir) -> str:
-    """Where Tune keeps experiment state and trial checkpoints: ``--ray-storage`` (a path every node
-    reaches, or a pyarrow URI such as ``s3://``), else ``<run>/ray`` (one node)."""
-    return search.ray.get("storage") or str((run.root / "ray").resolve())
-
 
 def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False, progress: bool = True,
                    address: str | None = None) -> None:
@@ -95,7 +97,9 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     except ImportError as exc:  # pragma: no cover - ray is a dependency, but keep the message clear
         raise UserError(f"--backend ray needs ray[tune] ({exc})") from None
 
-    from repnas.search._optuna_driver import check_storage, open_study, spread_budgets
+    from repnas.runs._start import check_storage
+    from repnas.runs._study import open_study
+    from repnas.search._samplers import spread_budgets
 
     check_ray_early_stop(search)  # before anything is written (a caller without validate_search)
     run = RunDir(root)
@@ -133,8 +137,8 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         trials_so_far = len(study.get_trials(deepcopy=False))  # as the Optuna backend counts them
         searcher = _searcher(search, trials_so_far, number_trials(run, []), on_failed=claims.failed)
         scheduler = None
-        if search.early_stop == "moasha":  # it learns the earlier experiments' reports (see _ray_scheduler)
-            from repnas.search._ray_scheduler import MultiObjectiveScheduler
+        if search.early_stop == "moasha":  # it learns the earlier experiments' reports (see ._scheduler)
+            from repnas.search.ray._scheduler import MultiObjectiveScheduler
 
             scheduler = MultiObjectiveScheduler(MultiObjectiveASHA(search.epochs), on_stop=claims.pruned,
                                                 history=(storage, search.study))
@@ -176,9 +180,9 @@ class DriverClaims:
         if self._claims is None:
             import optuna
 
-            from repnas.search._canonical import ModelClaims
-            from repnas.search._distributed import storage_lock
-            from repnas.search._optuna_driver import open_storage
+            from repnas.runs._claims import ModelClaims
+            from repnas.runs._storage import open_storage
+            from repnas.runs._workers import storage_lock
 
             search = SearchConfig.from_dict(self.search_dict)
             study = optuna.load_study(study_name=search.study, storage=open_storage(search.storage, heartbeat=False))
@@ -237,8 +241,9 @@ def _searcher(search: SearchConfig, trials_so_far: int, numbers: dict[str, int] 
     """Ray's ``OptunaSearch`` with the Optuna backend's seeded sampler, the space's fixed
     distributions and the run's study (loaded if it exists), so both backends propose alike. A
     further experiment's sampler gets a fresh seed, so it does not replay the first one's points."""
-    from repnas.search._optuna_driver import continuation_seed, make_sampler, open_storage, search_population
-    from repnas.search._ray_searcher import ConstrainedOptunaSearch
+    from repnas.runs._storage import open_storage
+    from repnas.search._samplers import continuation_seed, make_sampler, search_population
+    from repnas.search.ray._searcher import ConstrainedOptunaSearch
 
     return ConstrainedOptunaSearch(
         directions=search.directions,

@@ -1,4 +1,4 @@
-"""Field checks of a :class:`~repnas.search._rundir.SearchConfig` read from ``search.yaml``.
+"""Field checks of a :class:`~repnas.runs._rundir.SearchConfig` read from ``search.yaml``.
 
 ``search.yaml`` is a file users edit (to raise ``trials``, to move ``data_dir``); a value of the
 wrong type there must give one line naming the key, not a traceback deep in the search, and never

@@ -140,14 +140,14 @@ class SearchConfig:
         unknown = set(data) - known
         if unknown:
             raise UserError(f"search.yaml: unknown keys {sorted(unknown)}")
-        from repnas.search._checks import check_search_fields
+        from repnas.runs._checks import check_search_fields
 
         return check_search_fields(cls(**data))
 
     def to_yaml(self, path: str | Path, home: str | Path | None = None) -> None:
         """Write ``path``; a storage file inside run directory ``home`` (default: the folder of
         ``path``) is written relative to it, so the run folder can move (``portable_storage``)."""
-        from repnas.search._storage import portable_storage
+        from repnas.runs._storage import portable_storage
 
         data = self.to_dict()
         data["storage"] = portable_storage(self.storage, home if home is not None else Path(path).parent)
@@ -156,7 +156,7 @@ class SearchConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchConfig:
         """Read ``path``; a relative storage file is relative to the folder holding it."""
-        from repnas.search._storage import absolute_storage
+        from repnas.runs._storage import absolute_storage
 
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -170,7 +170,7 @@ class SearchConfig:
         return config
 
 
-def parse_objectives(text: str) -> list[dict[str, str]]:
+def objectives_from_names(text: str) -> list[dict[str, str]]:
     """``val_accuracy,params`` -> ``[{name, direction}, ...]``; ``UserError`` for unknown names."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in OBJECTIVES]
@@ -205,7 +205,7 @@ class RunDir:
         (SQLite's file locking serialises badly under concurrent writers)."""
         if workers > 1:
             return str((self.root / "journal.log").resolve())
-        from repnas.search._storage import sqlite_url
+        from repnas.runs._storage import sqlite_url
 
         return sqlite_url(self.root / "study.db")  # escaped: '?' or '%' in the path stay in it
 

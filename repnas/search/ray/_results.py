@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from repnas._io import atomic_write_text
-from repnas.search._rundir import TRIAL_COLUMNS, RunDir
+from repnas.runs._rundir import TRIAL_COLUMNS, RunDir
+
+
+def tune_storage(search, run: RunDir) -> str:
+    """Where Tune keeps experiment state and trial checkpoints: ``--ray-storage`` (a path every node
+    reaches, or a pyarrow URI such as ``s3://``), else ``<run>/ray`` (one node)."""
+    return search.ray.get("storage") or str((run.root / "ray").resolve())
 
 
 def trial_dirname(trial) -> str:
@@ -60,7 +66,7 @@ def number_trials(run: RunDir, trial_ids: list[str], given: dict[str, int] | Non
 def searcher_numbers(study) -> dict[str, int]:
     """``{Tune trial id: trial number}`` as the searcher gave them when it proposed each point
     (user attributes ``ray_trial_id`` and ``trial`` of the study's trials,
-    :class:`~repnas.search._ray_searcher.ConstrainedOptunaSearch`)."""
+    :class:`~repnas.search.ray._searcher.ConstrainedOptunaSearch`)."""
     return {str(t.user_attrs["ray_trial_id"]): int(t.user_attrs["trial"]) for t in study.get_trials(deepcopy=False)
             if "ray_trial_id" in t.user_attrs and "trial" in t.user_attrs}
 
