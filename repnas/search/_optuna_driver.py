@@ -154,6 +154,23 @@ def save_sampler(run: RunDir, worker: int, sampler) -> None:
         pickle.dump(sampler, handle)
 
 
+def check_sampler_pickles(search: SearchConfig, run: RunDir) -> None:
+    """Every ``samplers/worker<k>.pkl`` of a run to resume loads: checked before the resume writes
+    anything. A damaged pickle (random bytes raise ``OverflowError``, ``ValueError``, ... as often as
+    ``UnpicklingError``) was found by the first worker after ``search.yaml`` had been rewritten,
+    and ended in a traceback; a missing pickle is fine (an older run, a new worker). A Python sampler
+    object (``custom:``) is read by ``repnas.search._api._pickled_sampler`` instead."""
+    if search.sampler.startswith("custom:"):
+        return
+    for path in sorted((run.root / "samplers").glob("worker*.pkl")):
+        try:
+            with open(path, "rb") as handle:
+                pickle.load(handle)
+        except Exception as exc:  # any failure of the unpickler means a damaged file
+            raise UserError(f"cannot resume: sampler state {path} is damaged ({type(exc).__name__}); delete it "
+                            "to resume with a fresh sampler (the study's trials are kept)") from None
+
+
 def resumed_sampler(search: SearchConfig, run: RunDir, worker: int, trials_so_far: int):
     """Worker ``worker``'s sampler for a study that already has trials: its pickle, so a resumed
     search proposes what the uninterrupted one would have; without a readable pickle (an older

@@ -143,4 +143,9 @@ def validate_search(search: SearchConfig, out: str | Path, resume: bool) -> None
     check_storage(search, out, resume)
     if resume and search.backend == "ray":
         check_ray_origin(search, out)
+    if resume and search.backend == "optuna":
+        from repnas.search._optuna_driver import check_sampler_pickles
+        from repnas.search._rundir import RunDir
+
+        check_sampler_pickles(search, RunDir(out))
     check_data(search)

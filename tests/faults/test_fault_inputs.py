@@ -111,6 +111,9 @@ PREPS = {
     "foreign_parquet": _foreign_parquet,
     "corrupt_checkpoint": lambda c, t: _corrupt_checkpoints(c),
     "baselines_bad": lambda c, t: _baselines_bad(t),
+    "sampler_corrupt": lambda c, t: (c / "samplers" / "worker0.pkl").write_bytes(bytes(range(256)) * 8),
+    "sampler_random": lambda c, t: (c / "samplers" / "worker0.pkl").write_bytes(
+        __import__("random").Random(5).randbytes(4096)),
     "train_cfg_bad_lr": lambda c, t: (t / "cfg.yaml").write_text("model: vgg4\nrecipe: {lr: fast}\n"),
     "train_cfg_binary": lambda c, t: (t / "cfg.yaml").write_bytes(b"\xff\xfe\x00\x01"),
 }
@@ -207,6 +210,9 @@ CASES = [
     ("resume-db-truncated", RC, "db_truncated", 2, "study.db"),
     ("resume-db-garbage", RC, "db_garbage", 2, "study.db"),
     ("resume-no-search-yaml", RC, "no_search_yaml", 2, "search.yaml"),
+    # a traceback (OverflowError), exit 1, after search.yaml was rewritten (4 -> 5 trials)
+    ("resume-sampler-corrupt", [*RC, "--trials", "5"], "sampler_corrupt", 2, "worker0.pkl"),
+    ("resume-sampler-random", [*RC, "--trials", "5"], "sampler_random", 2, "worker0.pkl"),
     # ---- export
     ("export-not-a-run", ["export", "{tmp}", "--top", "1", "--out", "{tmp}/x"], None, 2, "not a search run"),
     ("export-top-0", ["export", "{run}", "--top", "0", "--out", "{tmp}/x"], None, 2, "--top must be >= 1"),
