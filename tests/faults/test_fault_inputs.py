@@ -347,3 +347,20 @@ def test_odd_run_directory_names_keep_their_study_inside(tmp_path, name, capsys)
     import optuna
 
     assert len(optuna.load_study(study_name=search.study, storage=search.storage).trials) == 2
+
+
+def test_all_infeasible_search_leaves_no_run_and_its_advice_works(tmp_path, capsys):
+    """``--budget 100`` exited 2 but left its run directory, so its own advice (``--budget N``) was
+    refused on the same ``--out`` ("already exists")."""
+    import re
+
+    out = tmp_path / "run"
+    argv = ["search", "--space", "quick", "--trials", "2", "--epochs", "1", "--out", str(out), "--device", "cpu",
+            "--quiet"]
+    assert main([*argv, "--budget", "100"]) == 2
+    line = one_line(capsys.readouterr().err)
+    advice = re.search(r"--budget (\d+)", line)
+    assert advice and "over the budget" in line, line
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    assert main([*argv, "--budget", advice.group(1)]) == 0, capsys.readouterr().err
+    assert (out / "search.yaml").is_file()
