@@ -45,7 +45,7 @@ TRIAL_COLUMNS: tuple[str, ...] = (
     "config",
     "duplicate_of",  # the trial whose model this one reused without training (NaN: trained its own)
 )
-STATUSES: tuple[str, ...] = ("complete", "failed", "infeasible", "pruned")
+STATUSES: tuple[str, ...] = ("complete", "failed", "infeasible", "pruned", "interrupted")
 KNOB_PREFIX = "knob."
 _FLOAT_COLUMNS = ("val_accuracy", "test_accuracy", "params", "physical_params", "flops", "train_seconds",
                   "budget", "seed", "duplicate_of")

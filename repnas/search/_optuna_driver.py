@@ -229,8 +229,9 @@ def recover_interrupted(study) -> list[int]:
             study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
             retry = study.get_trials(deepcopy=False)[-1].number
         trial_id = trial_id_of(study, t.number)
-        for key, value in {"interrupted": True, "status": "failed",
-                           "error": "interrupted (the search process was killed); re-enqueued"}.items():
+        error = "interrupted (the search process was killed)" + (f"; retried as trial {retry}" if retry is not None
+                                                                 else "")
+        for key, value in {"interrupted": True, "status": "interrupted", "error": error}.items():
             storage.set_trial_user_attr(trial_id, key, value)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         numbers.append(t.number)
@@ -302,9 +303,13 @@ def write_table(study, run: RunDir, knob_names: list[str]) -> None:
 
     trials = study.get_trials(deepcopy=False)
     frame = trials_frame(trials, knob_names)
-    for lost, retry in retried_trials(trials).items():  # a lost worker's trial says where it went
-        rows = (frame["trial"] == lost) & (frame["error"] == "")
-        frame.loc[rows, "error"] = f"lost (its worker stopped); point retried as trial {retry}"
+    for lost, retry in retried_trials(trials).items():  # a killed or lost trial says where it went
+        killed = frame["trial"] == lost
+        interrupted = killed & (frame["status"] == "interrupted")
+        frame.loc[interrupted, "error"] = f"interrupted (retried as trial {retry})"
+        lost_rows = killed & ~interrupted & (frame["error"] == "")
+        frame.loc[lost_rows, "error"] = f"lost (its worker stopped); point retried as trial {retry}"
+        frame.loc[lost_rows, "status"] = "interrupted"
     run.write_trials(frame)
 
 

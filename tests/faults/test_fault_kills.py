@@ -335,3 +335,22 @@ def test_resume_on_a_still_full_disk_keeps_the_stuck_trial_queued(tmp_path, monk
     assert len(retries) == 1 and retries[0].state.name == "COMPLETE", [(t.number, t.state.name) for t in trials]
     assert retries[0].params == stuck[0].params
     _check_finished(out, 3)
+
+
+def test_killed_trials_read_interrupted_not_failed(tmp_path, capsys):
+    """After a resume the summary said '2 complete, 1 failed' where the 1 had been killed and re-run:
+    a user reads 'failed' as a bad candidate."""
+    out = tmp_path / "run"
+    _killed(search_argv(out, trials=3), "trial:asked@2")
+    (killed,) = [t.number for t in _study(out).trials if t.state.name == "RUNNING"]
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0
+    summary = capsys.readouterr().out
+    retry = next(t.number for t in _study(out).trials if t.user_attrs.get("retry_of") == killed)
+    assert "3 complete, 0 failed" in summary and "1 interrupted (retried)" in summary, summary
+    table = pd.read_parquet(out / "trials.parquet").set_index("trial")
+    assert table.loc[killed, "status"] == "interrupted"
+    assert table.loc[killed, "error"] == f"interrupted (retried as trial {retry})"
+    assert list(table["status"]).count("failed") == 0 and table.loc[retry, "status"] == "complete"
+    from repnas.analysis import load_run
+
+    assert list(load_run(out).trials.set_index("trial").loc[[killed], "status"]) == ["interrupted"]
