@@ -165,21 +165,31 @@ def test_budget_range_search_spans_parameters_and_resume_keeps_it(tmp_path, caps
 
 
 def test_a_search_where_every_point_is_over_budget_exits_2_naming_the_budget_that_fits(tmp_path, capsys):
+    from repnas.search import run_search
+
+    # 96 params is the smallest candidate of quick, so the search starts; only a few points fit it.
+    # From Python the run stays (the caller reads it): every trial is told as a constraint violation
+    kept = run_search("quick", budget=96, trials=3, epochs=1, device="cpu", out=tmp_path / "kept", seed=0,
+                      progress=False)
+    table = kept.trials
+    assert (table["status"] == "infeasible").all() and len(table) == 3
+    needed = int(table["params"].min())
+    assert all(t.constraints["over_budget"] > 0 for t in kept.study.trials) and kept.study.best_trials == []
+    # the command line: one line with the advice, and its run directory taken back so the advice works
     out = tmp_path / "tight"
-    # 96 params is the smallest candidate of quick, so the search starts; only a few points fit it
-    code = main(["search", "--space", "quick", "--budget", "96", "--trials", "3", "--epochs", "1", "--quiet",
-                 "--device", "cpu", "--out", str(out), "--seed", "0"])
+    argv = ["search", "--space", "quick", "--trials", "3", "--epochs", "1", "--quiet", "--device", "cpu",
+            "--out", str(out), "--seed", "0"]
+    code = main([*argv, "--budget", "96"])
     err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert needed > 96 and err[0].startswith("repnas: error: no trial completed: all 3 were over the budget 96;")
+    assert err[0].endswith(f"the smallest budget that fits one of them is {needed:,} (--budget {needed}); "
+                           f"{out} was removed")
+    assert not out.exists()
+    assert main([*argv, "--budget", str(needed)]) == 0, capsys.readouterr().err
     import pandas as pd
 
-    table = pd.read_parquet(out / "trials.parquet")
-    assert code == 2 and (table["status"] == "infeasible").all() and len(err) == 1
-    needed = int(table["params"].min())
-    assert needed > 96 and err[0].startswith("repnas: error: no trial completed: all 3 were over the budget 96;")
-    assert err[0].endswith(f"the smallest budget that fits one of them is {needed:,} (--budget {needed})")
-    search = SearchConfig.from_yaml(out / "search.yaml")
-    study = optuna.load_study(study_name=search.study, storage=search.storage)
-    assert all(t.constraints["over_budget"] > 0 for t in study.trials) and study.best_trials == []
+    assert pd.read_parquet(out / "trials.parquet")["status"].eq("complete").any()
 
 
 PLAIN_SPACE = """

@@ -84,12 +84,12 @@ def test_c2_smoke(tmp_path, capsys):
 
 
 def test_c3_smoke_in_chunks(tmp_path, capsys):
-    """A time limit of 0 s runs exactly one run per invocation; repeating the command finishes."""
+    """A time limit too short for any run runs exactly one per invocation; repeating the command finishes."""
     out = tmp_path / "c3"
     config = EXPERIMENTS / "c3_rotmnist.yaml"
     models = ["cnn_rotmnist", "rep_cnn_c4", *(["gcnn_c4"] if HAS_E2CNN else [])]
     select = ["--models", ",".join(models)]
-    code, text = _run(capsys, config, "--smoke", "--out", out, *select, "--time-limit", "0")
+    code, text = _run(capsys, config, "--smoke", "--out", out, *select, "--time-limit", "0.001")
     assert code == 0 and "trained 1" in text and f"left {len(models) - 1}" in text, text
     code, text = _run(capsys, config, "--smoke", "--out", out, *select)
     assert code == 0 and f"trained {len(models) - 1}, skipped 1" in text, text
@@ -207,12 +207,25 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
 
 
+@pytest.mark.parametrize("command", ["run", "status"])
+@pytest.mark.parametrize("limit", ["-5", "0", "nan"])
+def test_time_limit_not_positive_is_refused(tmp_path, capsys, command, limit):
+    """``--time-limit -5`` exited 0 and trained (start_one runs one run whatever is left)."""
+    out = tmp_path / "x"
+    code = main([command, str(EXPERIMENTS / "c2_wrn_width.yaml"), "--smoke", "--out", str(out), "--time-limit",
+                 limit, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("repnas: error: --time-limit must be > 0") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_several_configs_share_one_time_limit(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # --smoke writes to runs/experiments-smoke/<name>
     configs = [str(EXPERIMENTS / "c2_wrn_width.yaml"), str(EXPERIMENTS / "c1c2_vgg_depth.yaml")]
     smoke = tmp_path / "runs" / "experiments-smoke"
     # no time left: the first experiment still makes progress (one run), the second starts nothing
-    code, text = _run(capsys, *configs, "--smoke", "--time-limit", "0")
+    code, text = _run(capsys, *configs, "--smoke", "--time-limit", "0.001")
     assert code == 0, text
     assert len(list((smoke / "c2_wrn_width" / "runs").glob("*.json"))) == 1
     assert not list(smoke.glob("c1c2_vgg_depth/runs/*.json"))

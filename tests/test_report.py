@@ -548,3 +548,22 @@ def test_report_renders_every_figure_offline_in_chromium(tmp_path, run_dir, othe
         else:  # parallel coordinates: SVG axes with ticks, lines on a canvas
             assert 'class="parcoords"' in html and "<canvas" in html, name
             assert html.count('class="tick"') >= 10, name
+
+
+def test_stopped_early_trials_have_their_own_marker_and_name():
+    """A stopped-early trial drawn at its last accuracy is not 'infeasible' (it was drawn as a cross)."""
+    from repnas.analysis import Run
+    from repnas.analysis._load import normalize_trials
+    from repnas.analysis._report import _accuracy_vs_cost, _combined
+
+    rows = [{"trial": 0, "status": "complete", "val_accuracy": 0.9, "params": 1000, "flops": 5000},
+            {"trial": 1, "status": "pruned", "val_accuracy": 0.5, "params": 2000, "flops": 9000},
+            {"trial": 2, "status": "infeasible", "val_accuracy": 0.8, "params": 9000, "flops": 9500},
+            {"trial": 3, "status": "complete", "val_accuracy": 0.7, "params": 3000, "flops": 8000}]
+    run = Run(name="r", trials=normalize_trials(rows), objectives=[
+        {"name": "val_accuracy", "direction": "maximize"}, {"name": "params", "direction": "minimize"}])
+    fig = _accuracy_vs_cost(_combined([run], ["r"]), "params", None, multi=False)
+    markers = {t.name: (t.marker.symbol, list(t.x)) for t in fig.data if "markers" in (t.mode or "markers")}
+    assert markers["stopped early"] == ("triangle-down-open", [2000.0])
+    assert markers["infeasible"] == ("x-thin-open", [9000.0])
+    assert markers["on front"][1] == [1000.0] and markers["dominated"][1] == [3000.0]

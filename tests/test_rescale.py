@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -46,10 +48,10 @@ def reference_weight(source: torch.Tensor, out: int, in_: int, alpha, beta) -> t
     ("source", "target"), [((4, 3), (8, 9)), ((4, 3), (10, 7)), ((5, 5), (5, 12)), ((3, 2), (3, 2))]
 )
 def test_tiling_matches_the_source_rule(source, target):
-    """``remainder: source`` (plan version 1's meaning: a plan without a version is read as v1)."""
+    """``remainder: source`` (plan version 1's rule, asked for explicitly)."""
     torch.manual_seed(0)
     conv = nn.Conv2d(target[1], target[0], 3)
-    model = rescale(nn.Sequential(conv), {"layers": {"0": {"own": list(source)}}})
+    model = rescale(nn.Sequential(conv), {"remainder": "source", "layers": {"0": {"own": list(source)}}})
     ((_, layer, rep),) = repeated_layers(model)
     src = rep.source().detach()
     if source == target:
@@ -102,7 +104,9 @@ def test_linear_and_none_maps_count_their_scalars():
 
 def test_identity_init_starts_as_pure_tiling():
     model = nn.Sequential(nn.Conv2d(6, 8, 3))
+    torch.manual_seed(0)  # the authors' small_xavier source init draws; both draw the same
     swish = rescale(model, {"scalar_init": "identity", "layers": {"0": {"own": [4, 3]}}})
+    torch.manual_seed(0)
     none = rescale(model, {"map": "none", "layers": {"0": {"own": [4, 3]}}})
     torch.testing.assert_close(swish[0].weight, none[0].weight)
 
@@ -443,7 +447,7 @@ def test_source_and_bias_init_options():
 
 def test_version_1_documents_keep_their_meaning(tmp_path):
     v1 = {"version": 1, "map": "swish", "scalar_init": "xavier", "layers": {"a": {"own": [4, 2]}}}
-    for data in (v1, {k: v for k, v in v1.items() if k != "version"}):
+    for data in (v1, RepetitionPlan.from_dict(v1).to_dict()):
         plan = RepetitionPlan.from_dict(data)
         assert (plan.remainder, plan.source_init, plan.bias_init) == ("source", "physical", "default")
         # written back it is a version-2 document that says the same explicitly
@@ -454,6 +458,42 @@ def test_version_1_documents_keep_their_meaning(tmp_path):
     assert (v2.remainder, v2.source_init, v2.bias_init) == ("paper", "small_xavier", "zeros")
     # no version but a version-2 key: version 2
     assert RepetitionPlan.from_dict({"bias_init": "default", "layers": {}}).remainder == "paper"
+
+
+def test_a_plan_without_version_is_the_authors_method():
+    """A dict without ``version`` (the README's own example) meant version 1: new users got the old
+    remainder rule, the physical-crop source init and default biases instead of the authors' method."""
+    bare = RepetitionPlan.from_dict({"layers": {"a": {"own": [4, 2]}}})
+    assert bare == RepetitionPlan.from_dict({"version": 2, "layers": {"a": {"own": [4, 2]}}})
+    assert (bare.remainder, bare.source_init, bare.bias_init) == ("paper", "small_xavier", "zeros")
+
+
+def _readme_plan_example() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in text.split("```python")[1:] if "RepetitionPlan.from_dict" in b)
+    return block.split("```")[0]
+
+
+def test_readme_plan_example_builds_the_authors_layer():
+    """The README's Python plan example, run as printed, builds what a ``version: 2`` plan builds:
+    same parameter count, the authors' remainder rule, zero biases on repeated convs, the same weights."""
+    from repnas.rescale import count_params
+
+    code = _readme_plan_example()
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(compile(code.replace("print(", "(lambda *a: None)("), "README.md", "exec"), scope)
+    layers = {"layer4.0.conv2": {"own": [128, 128]}, "layer4.1.conv1": {"borrow": "layer4.0.conv2"}}
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    v2 = rescale(model, RepetitionPlan.from_dict({"version": 2, "layers": layers}))
+    readme = scope["repeated"]
+    assert count_params(readme) == count_params(v2) == 6_610_570
+    reps = {name: rep for name, _, rep in repeated_layers(readme)}
+    assert {rep.remainder for rep in reps.values()} == {"paper"}
+    for (name, conv, _), (name2, conv2, _) in zip(repeated_layers(readme), repeated_layers(v2), strict=True):
+        assert name == name2
+        assert torch.equal(conv.weight, conv2.weight)
 
 
 def test_an_exported_version_1_run_config_still_builds_what_it_built():

@@ -71,6 +71,9 @@ def test_width_repetition_and_sharing_reach_the_plan():
     assert plan["layers"]["features.0"] == {"own": [w0, 1]}
     assert plan["layers"]["features.3"] == {"own": [w0, w0]}
     assert plan["layers"]["features.10"] == {"borrow": "features.7"}
+    # a search writes this plan into every trial's config: it names its version, so a run directory
+    # keeps its meaning whatever a plan without ``version`` comes to mean (issue 22: it became v2)
+    assert plan["version"] == 2
 
 
 def test_banks_are_shared_with_the_sampled_rank():

@@ -67,8 +67,9 @@ def front_text(frame: pd.DataFrame, search: SearchConfig) -> str:
 def summary_text(frame: pd.DataFrame, search: SearchConfig, seconds: float) -> str:
     """The closing lines of ``repnas search``: counts per status, then the front."""
     counts = status_counts(frame)
+    killed = f", {counts['interrupted']} interrupted (retried)" if counts["interrupted"] else ""
     return (f"{counts['complete']} complete, {counts['failed']} failed, {counts['infeasible']} infeasible, "
-            f"{counts['pruned']} pruned, {counts['reused']} reused (same model as an earlier trial) in "
+            f"{counts['pruned']} pruned, {counts['reused']} reused (same model as an earlier trial){killed} in "
             f"{seconds:.0f}s; Pareto front ({', '.join(search.objective_names)}):\n" + front_text(frame, search))
 
 

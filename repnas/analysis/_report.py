@@ -44,7 +44,10 @@ PLOTLYJS = ("inline", "cdn")
 _ZOOM_FACTOR = 3.0
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True,
                 "toImageButtonOptions": {"format": "svg", "scale": 1}}
-_KIND_SYMBOLS = {"on front": "diamond", "dominated": "circle", "infeasible": "x-thin-open"}
+#: a stopped-early trial is drawn at its last epoch's accuracy: a kind of its own, not a cross, which
+#: says "over budget or infeasible" (a bad candidate), while early stopping only cut a slow learner short
+_KIND_SYMBOLS = {"on front": "diamond", "dominated": "circle", "stopped early": "triangle-down-open",
+                 "infeasible": "x-thin-open"}
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem auto; padding: 0 1rem; max-width: 1200px;
@@ -132,7 +135,8 @@ def _accuracy_vs_cost(table: pd.DataFrame, x: str, baselines: pd.DataFrame | Non
         return None
     data[x] = data[x].astype(float)
     data["kind"] = np.where(data[f"front_{x}"], "on front",
-                            np.where(data["feasible"], "dominated", "infeasible"))
+                            np.where(data["feasible"], "dominated",
+                                     np.where(data["status"].eq("pruned"), "stopped early", "infeasible")))
     data = _identical_points_once(data, x)
     most = int(data["count"].max())
     fig = px.scatter(
@@ -141,7 +145,7 @@ def _accuracy_vs_cost(table: pd.DataFrame, x: str, baselines: pd.DataFrame | Non
         log_x=True, size="count", size_max=9 * math.sqrt(most), text="label",
         category_orders={"kind": list(_KIND_SYMBOLS), "run": list(colours or [])},
         color_discrete_map=colours if multi else {"on front": "#d62728", "dominated": "#1f77b4",
-                                                  "infeasible": "#999999"},
+                                                  "stopped early": "#8c6d31", "infeasible": "#999999"},
         labels={x: AXIS_TITLES[x], ACCURACY: AXIS_TITLES[ACCURACY], "count": "identical trials"},
     )
     fig.update_traces(marker={"line": {"width": 0.5, "color": "#333"}, "sizemin": 4}, textposition="middle right",
@@ -449,7 +453,8 @@ def report_figures(runs: Sequence[Run], baselines: pd.DataFrame | None = None) -
     for x in ("params", "flops"):
         fig = _accuracy_vs_cost(table, x, baselines, multi, colours)
         caption = (f"Each point is a trial; hover for its knobs. Diamonds: no other trial is both more "
-                   f"accurate and cheaper in {x}. Crosses: over budget or marked infeasible. Identical "
+                   f"accurate and cheaper in {x}. Crosses: over budget or marked infeasible. Open "
+                   "triangles: stopped early, at their last epoch's accuracy. Identical "
                    "points are drawn once, larger, labelled ×N." + (" " + FLOPS_NOTE if x == "flops" else ""))
         figures.append((f"fig-accuracy-{x}", fig, caption))
         zoom = _zoomed(fig, table, baselines, x)

@@ -200,5 +200,10 @@ def run(args: argparse.Namespace) -> int:
     if reason and args.timeout is not None and not len(table):
         reason = None  # --timeout ran out before the first trial: what was asked, not a failure
     if reason:  # a search that trained nothing usable has failed: say why, exit non-zero
+        if "over the budget" in reason and not (args.resume or args.join):
+            from repnas.runs._discard import discard_infeasible_start
+
+            if discard_infeasible_start(search, out):  # so the advised --budget works on this --out
+                reason += f"; {out} was removed"
         raise UserError(reason)
     return 0

@@ -105,6 +105,8 @@ def _main(args: argparse.Namespace) -> int:
         return _all_tables(args)
     if len(args.configs) > 1 and args.out:
         raise UserError("--out takes one experiment config; give several without --out")
+    if args.time_limit is not None and not args.time_limit > 0:  # NaN too: a limit that never ends nothing
+        raise UserError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
     start, code = time.perf_counter(), 0
     for k, config in enumerate(args.configs):
         left = None if args.time_limit is None else args.time_limit - (time.perf_counter() - start)

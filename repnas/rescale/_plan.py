@@ -15,9 +15,11 @@ versioned dict/YAML document (see docs/design.md and docs/method.md)::
       features.10: {borrow: features.7, remainder: source}
       features.14: {bank: b0, map: linear, bias_init: default}
 
-Versions: a version-2 plan that omits an option gets the authors' choice (above). A version-1
-document (``version: 1``, or no ``version`` and none of the version-2 keys) means what it always
-meant: ``remainder: source``, ``source_init: physical``, ``bias_init: default``. In memory every plan
+Versions: a plan that omits an option gets the authors' choice (above); a document without
+``version`` is the current version, so a new user's hand-written plan is the authors' method. A
+version-1 document says ``version: 1`` (every plan repnas ever wrote carries its version: spaces,
+families and ``to_dict`` always wrote it) and means what it always meant: ``remainder: source``,
+``source_init: physical``, ``bias_init: default``. In memory every plan
 is version 2 with its options explicit, so ``to_dict`` writes them all and a round trip through a
 file never changes what a plan means.
 
@@ -180,7 +182,7 @@ class RepetitionPlan:
             raise ValueError("plan: layers and banks must be mappings")
         v2_keys = sorted(set(data) & set(PLAN_OPTIONS)
                          | {k for v in layers.values() if isinstance(v, dict) for k in set(v) & set(_LAYER_OPTIONS)})
-        version = data.get("version", 2 if v2_keys else 1)
+        version = data.get("version", PLAN_VERSION)
         if version not in (1, PLAN_VERSION) or isinstance(version, bool):
             raise ValueError(f"plan: version {version!r} is not supported (this repnas reads versions 1 and 2)")
         if version == 1 and v2_keys:

@@ -40,7 +40,9 @@ OBJECTIVES = {
 }
 DEFAULT_OBJECTIVES = ("val_accuracy", "params", "flops")
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
-STATUSES = ("complete", "failed", "infeasible", "pruned")
+#: ``interrupted``: killed with its process (or lost with its worker) and retried as a new trial; not
+#: a candidate's failure, which ``failed`` is kept for
+STATUSES = ("complete", "failed", "infeasible", "pruned", "interrupted")
 #: ``trials.parquet``'s columns and their pandas dtypes, the same whatever the trials' statuses (an
 #: all-failed run has the dtypes of a normal one): counts are nullable ``Int64`` (missing = <NA>, not a
 #: float NaN), times are UTC timestamps. ``knob.<name>`` columns follow, typed by their values
@@ -236,7 +238,10 @@ class RunDir:
 
 def trial_status(trial) -> str:
     """The ``status`` of a finished Optuna trial: the one ``run_trial`` stored on it (``infeasible``
-    is told ``FAIL``), else what its state says."""
+    is told ``FAIL``), else what its state says; ``interrupted`` for a trial killed with its process
+    (marked so by ``recover_interrupted``, whatever status an older run stored on it)."""
+    if trial.user_attrs.get("interrupted"):
+        return "interrupted"
     return trial.user_attrs.get("status") or {"COMPLETE": "complete", "PRUNED": "pruned"}.get(
         trial.state.name, "failed")
 

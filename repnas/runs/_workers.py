@@ -134,19 +134,28 @@ def recover_interrupted(study) -> list[int]:
     storage = study._storage
     numbers = []
     claims = ModelClaims(study, contextlib.nullcontext)  # no lock: --resume owns the study
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    trials = study.get_trials(deepcopy=False)
+    queued = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}
+    for t in [t for t in trials if t.state == TrialState.RUNNING]:
         # Its claims go, trained or not: the re-enqueued point trains the model again (deterministic,
         # so the same result) and counts as the distinct model the interrupted trial no longer is.
         # Left in place, a finished claim would make the retry a reused duplicate, and the search
         # would propose one point more than the run that was never killed.
         claims.release_all(t.number, finished=True)
+        # The point is queued first (one storage write, a new row) and the trial marked after it: a
+        # write that fails (a disk still full) leaves the trial RUNNING for the next resume, which
+        # finds its retry already queued; marked first, it was 'interrupted; re-enqueued' with no
+        # retry queued, and the point never ran.
+        retry = queued.get(t.number)
+        if t.params and retry is None:
+            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            retry = study.get_trials(deepcopy=False)[-1].number
         trial_id = trial_id_of(study, t.number)
-        for key, value in {"interrupted": True, "status": "failed",
-                           "error": "interrupted (the search process was killed); re-enqueued"}.items():
+        error = "interrupted (the search process was killed)" + (f"; retried as trial {retry}" if retry is not None
+                                                                 else "")
+        for key, value in {"interrupted": True, "status": "interrupted", "error": error}.items():
             storage.set_trial_user_attr(trial_id, key, value)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
         numbers.append(t.number)
     return numbers
 

@@ -117,6 +117,9 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
     if space is None:
         raise UserError("--space is required for a new search (space=; or --resume an existing one)")
     space = _space_of(space)
+    from repnas.spaces._depth_limit import check_stage_depths
+
+    check_stage_depths(space)  # a 100000-conv stage made the first trial's solve hang
     dataset = dataset or space.dataset
     if dataset.lower().startswith("imagefolder:"):  # dataset_info's advice names describe's options
         raise UserError(f"--dataset {dataset}: repnas search needs a dataset whose shape is known before "

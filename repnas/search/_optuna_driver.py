@@ -105,9 +105,13 @@ def write_table(study, run: RunDir, knob_names: list[str]) -> None:
 
     trials = study.get_trials(deepcopy=False)
     frame = trials_frame(trials, knob_names)
-    for lost, retry in retried_trials(trials).items():  # a lost worker's trial says where it went
-        rows = (frame["trial"] == lost) & (frame["error"] == "")
-        frame.loc[rows, "error"] = f"lost (its worker stopped); point retried as trial {retry}"
+    for lost, retry in retried_trials(trials).items():  # a killed or lost trial says where it went
+        killed = frame["trial"] == lost
+        interrupted = killed & (frame["status"] == "interrupted")
+        frame.loc[interrupted, "error"] = f"interrupted (retried as trial {retry})"
+        lost_rows = killed & ~interrupted & (frame["error"] == "")
+        frame.loc[lost_rows, "error"] = f"lost (its worker stopped); point retried as trial {retry}"
+        frame.loc[lost_rows, "status"] = "interrupted"
     run.write_trials(frame)
 
 

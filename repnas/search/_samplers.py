@@ -27,9 +27,20 @@ from repnas._io import atomic_path
 from repnas.errors import UserError
 from repnas.runs._rundir import RunDir, SearchConfig
 
-__all__ = ["NSGAIISampler", "adopt_sampler", "continuation_seed", "default_population", "make_sampler",
-           "resumed_sampler", "save_sampler", "search_population", "search_sampler", "spread_budgets",
-           "worker_sampler"]
+__all__ = [
+    "NSGAIISampler",
+    "adopt_sampler",
+    "check_sampler_pickles",
+    "continuation_seed",
+    "default_population",
+    "make_sampler",
+    "resumed_sampler",
+    "save_sampler",
+    "search_population",
+    "search_sampler",
+    "spread_budgets",
+    "worker_sampler",
+]
 
 
 class NSGAIISampler(optuna.samplers.NSGAIISampler):
@@ -132,6 +143,23 @@ def save_sampler(run: RunDir, worker: int, sampler) -> None:
     (run.root / "samplers").mkdir(exist_ok=True)
     with atomic_path(run.root / "samplers" / f"worker{worker}.pkl") as tmp, open(tmp, "wb") as handle:
         pickle.dump(sampler, handle)
+
+
+def check_sampler_pickles(search: SearchConfig, run: RunDir) -> None:
+    """Every ``samplers/worker<k>.pkl`` of a run to resume loads: checked before the resume writes
+    anything. A damaged pickle (random bytes raise ``OverflowError``, ``ValueError``, ... as often as
+    ``UnpicklingError``) was found by the first worker after ``search.yaml`` had been rewritten,
+    and ended in a traceback; a missing pickle is fine (an older run, a new worker). A Python sampler
+    object (``custom:``) is read by ``repnas.search._api._pickled_sampler`` instead."""
+    if search.sampler.startswith("custom:"):
+        return
+    for path in sorted((run.root / "samplers").glob("worker*.pkl")):
+        try:
+            with open(path, "rb") as handle:
+                pickle.load(handle)
+        except Exception as exc:  # any failure of the unpickler means a damaged file
+            raise UserError(f"cannot resume: sampler state {path} is damaged ({type(exc).__name__}); delete it "
+                            "to resume with a fresh sampler (the study's trials are kept)") from None
 
 
 def resumed_sampler(search: SearchConfig, run: RunDir, worker: int, trials_so_far: int):

@@ -92,4 +92,9 @@ def validate_search(search: SearchConfig, out: str | Path, resume: bool) -> None
     check_storage(search, resume, out)
     if resume and search.backend == "ray":
         check_ray_origin(search, out)
+    if resume and search.backend == "optuna":
+        from repnas.runs._rundir import RunDir
+        from repnas.search._samplers import check_sampler_pickles
+
+        check_sampler_pickles(search, RunDir(out))
     check_data(search)

@@ -89,6 +89,8 @@ PREPS = {
     "knob_unknown": lambda c, t: _knob(t, "depht", {"low": 1, "high": 2}),
     "knob_reversed": lambda c, t: _knob(t, "depth", {"low": 3, "high": 1, "per_stage": True}),
     "knob_depth_zero": lambda c, t: _knob(t, "depth", {"low": 0, "high": 2, "per_stage": True}),
+    "knob_depth_huge": lambda c, t: _knob(t, "depth", {"low": 1, "high": 100000, "per_stage": True}),
+    "fixed_depth_huge": lambda c, t: _knob(t, "depth", 5000),
     "knob_share_bogus": lambda c, t: _knob(t, "share", {"choices": ["own", "steal"], "per_stage": True}),
     "binary_yaml": lambda c, t: (t / "space.yaml").write_bytes(b"\xff\xfe\x00\x01garbage\x00\x9c"),
     "malformed_yaml": lambda c, t: (t / "space.yaml").write_text("name: x\nfamily: vgg\nwidths: [8, 16\n"),
@@ -109,6 +111,9 @@ PREPS = {
     "foreign_parquet": _foreign_parquet,
     "corrupt_checkpoint": lambda c, t: _corrupt_checkpoints(c),
     "baselines_bad": lambda c, t: _baselines_bad(t),
+    "sampler_corrupt": lambda c, t: (c / "samplers" / "worker0.pkl").write_bytes(bytes(range(256)) * 8),
+    "sampler_random": lambda c, t: (c / "samplers" / "worker0.pkl").write_bytes(
+        __import__("random").Random(5).randbytes(4096)),
     "train_cfg_bad_lr": lambda c, t: (t / "cfg.yaml").write_text("model: vgg4\nrecipe: {lr: fast}\n"),
     "train_cfg_binary": lambda c, t: (t / "cfg.yaml").write_bytes(b"\xff\xfe\x00\x01"),
 }
@@ -175,6 +180,10 @@ CASES = [
     ("space-knob-reversed", SF, "knob_reversed", 2, "low <= high"),
     ("space-depth-zero", SF, "knob_depth_zero", 2, "depth"),
     ("space-share-bogus", SF, "knob_share_bogus", 2, "steal"),
+    # depth 100000 hung with no output: each trial built a 50000-conv candidate to find it infeasible
+    ("space-depth-huge", SF, "knob_depth_huge", 2, "depth high 100000 is above 256"),
+    ("space-depth-huge-dry-run", [*SF, "--dry-run", "1"], "knob_depth_huge", 2, "depth high 100000"),
+    ("space-fixed-depth-huge", SF, "fixed_depth_huge", 2, "depth 5000 is above 256"),
     ("space-binary", SF, "binary_yaml", 2, "space.yaml"),
     ("space-malformed", SF, "malformed_yaml", 2, "malformed YAML"),
     ("space-not-mapping", SF, "space_not_mapping", 2, "mapping"),
@@ -201,6 +210,9 @@ CASES = [
     ("resume-db-truncated", RC, "db_truncated", 2, "study.db"),
     ("resume-db-garbage", RC, "db_garbage", 2, "study.db"),
     ("resume-no-search-yaml", RC, "no_search_yaml", 2, "search.yaml"),
+    # a traceback (OverflowError), exit 1, after search.yaml was rewritten (4 -> 5 trials)
+    ("resume-sampler-corrupt", [*RC, "--trials", "5"], "sampler_corrupt", 2, "worker0.pkl"),
+    ("resume-sampler-random", [*RC, "--trials", "5"], "sampler_random", 2, "worker0.pkl"),
     # ---- export
     ("export-not-a-run", ["export", "{tmp}", "--top", "1", "--out", "{tmp}/x"], None, 2, "not a search run"),
     ("export-top-0", ["export", "{run}", "--top", "0", "--out", "{tmp}/x"], None, 2, "--top must be >= 1"),
@@ -335,3 +347,20 @@ def test_odd_run_directory_names_keep_their_study_inside(tmp_path, name, capsys)
     import optuna
 
     assert len(optuna.load_study(study_name=search.study, storage=search.storage).trials) == 2
+
+
+def test_all_infeasible_search_leaves_no_run_and_its_advice_works(tmp_path, capsys):
+    """``--budget 100`` exited 2 but left its run directory, so its own advice (``--budget N``) was
+    refused on the same ``--out`` ("already exists")."""
+    import re
+
+    out = tmp_path / "run"
+    argv = ["search", "--space", "quick", "--trials", "2", "--epochs", "1", "--out", str(out), "--device", "cpu",
+            "--quiet"]
+    assert main([*argv, "--budget", "100"]) == 2
+    line = one_line(capsys.readouterr().err)
+    advice = re.search(r"--budget (\d+)", line)
+    assert advice and "over the budget" in line, line
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    assert main([*argv, "--budget", advice.group(1)]) == 0, capsys.readouterr().err
+    assert (out / "search.yaml").is_file()

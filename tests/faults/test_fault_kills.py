@@ -310,3 +310,47 @@ def test_full_tmpfs(tmp_path, capsys):
         assert [t.state.name for t in study.trials].count("RUNNING") <= 1
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_resume_on_a_still_full_disk_keeps_the_stuck_trial_queued(tmp_path, monkeypatch, capsys):
+    """A resume whose re-enqueue hit the full disk marked the killed trial 'interrupted; re-enqueued'
+    (those writes fit) without queuing its point (the new row did not): that point never ran."""
+    out = tmp_path / "run"
+    _killed(search_argv(out, trials=3), "trial:asked@2")
+    stuck = [t for t in _study(out).trials if t.state.name == "RUNNING"]
+    assert len(stuck) == 1
+    with monkeypatch.context() as patch:
+        patch.setattr(optuna.study.Study, "enqueue_trial", _enospc)
+        assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 3
+    line = one_line(capsys.readouterr().err)
+    assert "no space left on device" in line and "--resume" in line, line
+    # a second failing resume queues nothing twice
+    with monkeypatch.context() as patch:
+        patch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", _enospc)
+        assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 3
+    capsys.readouterr()
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    trials = _study(out).trials
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == stuck[0].number]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE", [(t.number, t.state.name) for t in trials]
+    assert retries[0].params == stuck[0].params
+    _check_finished(out, 3)
+
+
+def test_killed_trials_read_interrupted_not_failed(tmp_path, capsys):
+    """After a resume the summary said '2 complete, 1 failed' where the 1 had been killed and re-run:
+    a user reads 'failed' as a bad candidate."""
+    out = tmp_path / "run"
+    _killed(search_argv(out, trials=3), "trial:asked@2")
+    (killed,) = [t.number for t in _study(out).trials if t.state.name == "RUNNING"]
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0
+    summary = capsys.readouterr().out
+    retry = next(t.number for t in _study(out).trials if t.user_attrs.get("retry_of") == killed)
+    assert "3 complete, 0 failed" in summary and "1 interrupted (retried)" in summary, summary
+    table = pd.read_parquet(out / "trials.parquet").set_index("trial")
+    assert table.loc[killed, "status"] == "interrupted"
+    assert table.loc[killed, "error"] == f"interrupted (retried as trial {retry})"
+    assert list(table["status"]).count("failed") == 0 and table.loc[retry, "status"] == "complete"
+    from repnas.analysis import load_run
+
+    assert list(load_run(out).trials.set_index("trial").loc[[killed], "status"]) == ["interrupted"]
