@@ -394,6 +394,10 @@ class SearchSpace:
     def from_dict(cls, data: Any, where: str = "space") -> SearchSpace:
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
+        if "model" in data and cls is SearchSpace:  # any model instead of a family (_model_space)
+            from repnas.spaces._model_space import ModelSpace
+
+            return ModelSpace.from_dict(data, where)
         unknown = set(data) - _SPACE_KEYS
         if unknown:
             raise UserError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(_SPACE_KEYS)}")
