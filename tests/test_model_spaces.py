@@ -198,3 +198,50 @@ def test_rep_wrn16_4_is_still_a_point_of_wrn16_shape_with_its_count():
     assert RepetitionPlan.from_dict(solution.model_config["plan"]).to_dict() == \
         model_spec("rep_wrn16_4").plan.to_dict()
     assert type(space) is SearchSpace and not isinstance(space, ModelSpace)
+
+
+# --------------------------------------------------------------- the command line
+def test_search_model_dry_run_shows_five_candidates_filling_1m_at_resnet18s_shape(capsys):
+    import re
+
+    from repnas.cli import main
+
+    assert main(["search", "--model", RESNET18, "--dataset", "cifar10", "--budget", "1M", "--dry-run", "5"]) == 0
+    out = capsys.readouterr().out
+    reference = re.search(r"plain torchvision.models:resnet18: ([\d,]+) params, FLOPs ([\d,]+) per image", out)
+    assert reference and reference.group(1) == "11,181,642"
+    plain_flops = int(reference.group(2).replace(",", ""))
+    points = re.findall(r"^\[\d\] (.*)$", out, re.M)
+    params = [int(p.replace(",", "")) for p in re.findall(r"^    params ([\d,]+) ", out, re.M)]
+    flops = [int(f.replace(",", "")) for f in re.findall(r"FLOPs ([\d,]+) per image \(2", out)]
+    physical = re.findall(r"physical widths (\[.*\])", out)
+    assert len(points) == len(set(points)) == 5
+    assert len(params) == 5 and all(970_000 <= p <= 1_000_000 for p in params)
+    assert flops == [plain_flops] * 5
+    import torchvision
+
+    widths = [m.out_channels for m in torchvision.models.resnet18().modules() if isinstance(m, nn.Conv2d)]
+    assert physical == [str(widths)] * 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "nosuchmodule_xyz:net"], "cannot import module 'nosuchmodule_xyz'"),
+    (["--model", f"{DATA / 'tiny_net.py'}:not_a_model"], "returned dict, not a torch.nn.Module"),
+    (["--model", f"{DATA / 'tiny_net.py'}:NoConvs"], "has no nn.Conv2d layers"),
+    (["--model", TINY, "--dataset", "digits", "--budget", "5k"],
+     "budget 5,000 is below the smallest candidate of space 'TinyNet' on digits (10,077 params); "
+     "use --budget 10,077 or more"),
+    (["--model", TINY, "--space", "quick"], "give --space or --model, not both"),
+    (["--stem", "conv1", "--space", "quick"], "--model-kwargs, --stem and --head go with --model"),
+])
+def test_bad_model_specs_exit_2_with_one_line(argv, message, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "repnas", "search", *argv, "--out", str(out), "--trials", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("repnas: error: ") and message in lines[0]
+    assert not out.exists()

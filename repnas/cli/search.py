@@ -219,6 +219,8 @@ def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: fl
 def run(args: argparse.Namespace) -> int:
     from repnas.search._api import run_search_config
 
+    if (args.join or args.resume) and getattr(args, "model", None) is not None:
+        raise UserError("--model starts a new search; --resume and --join take the run's own space")
     if args.join:
         search, out = join_search_config(args)
     elif args.resume:
