@@ -24,6 +24,7 @@ from repnas._io import atomic_path, atomic_write_text
 from repnas.analysis._curves import learning_curves
 from repnas.analysis._hypervolume import hypervolume_history, ideal_point, reference_point
 from repnas.analysis._load import Run, knob_columns, load_run
+from repnas.analysis._model_reference import model_reference, reference_lines, reference_note
 from repnas.analysis._pareto import feasible_mask, pareto_mask
 from repnas.analysis._tables import front_table, knob_effects
 from repnas.errors import UserError
@@ -126,7 +127,7 @@ def _identical_points_once(data: pd.DataFrame, x: str) -> pd.DataFrame:
 
 
 def _accuracy_vs_cost(table: pd.DataFrame, x: str, baselines: pd.DataFrame | None, multi: bool,
-                      colours: dict[str, str] | None = None):
+                      colours: dict[str, str] | None = None, references: Sequence[dict[str, Any]] = ()):
     import plotly.express as px
     import plotly.graph_objects as go
 
@@ -157,6 +158,7 @@ def _accuracy_vs_cost(table: pd.DataFrame, x: str, baselines: pd.DataFrame | Non
                                  line={"width": 1.5, "dash": "dot", "color": colour}, hoverinfo="skip",
                                  name=f"front ({run})" if multi else "front", legendgroup="front"))
     _add_baselines(fig, baselines, x)
+    reference_lines(fig, references, x)  # a model space's plain model (_model_reference)
     fig.update_layout(title=f"Validation accuracy vs {x} (front: best accuracy for its {x})",
                       legend_title_text="", height=520)
     return fig
@@ -450,8 +452,9 @@ def report_figures(runs: Sequence[Run], baselines: pd.DataFrame | None = None) -
     table = _combined(runs, names)
     multi = len(runs) > 1
     figures: list[tuple[str, Any, str]] = []
+    references = [ref for ref in (model_reference(r) for r in runs) if ref is not None]
     for x in ("params", "flops"):
-        fig = _accuracy_vs_cost(table, x, baselines, multi, colours)
+        fig = _accuracy_vs_cost(table, x, baselines, multi, colours, references)
         caption = (f"Each point is a trial; hover for its knobs. Diamonds: no other trial is both more "
                    f"accurate and cheaper in {x}. Crosses: over budget or marked infeasible. Open "
                    "triangles: stopped early, at their last epoch's accuracy. Identical "
@@ -495,6 +498,10 @@ def build_report(runs: Sequence[Run], baselines: pd.DataFrame | None = None, tit
              "Feasible = complete, all objectives measured, parameters within budget. "
              f"{html.escape(FLOPS_NOTE)}</p>",
              _html_table(pd.DataFrame([_run_summary(r, n) for r, n in zip(runs, names, strict=True)]))]
+    for run in runs:  # a search over a user's model: its plain model is the reference
+        ref = model_reference(run)
+        if ref is not None:
+            parts.append(f'<p class="note" data-reference="plain-model">{html.escape(reference_note(run, ref))}</p>')
     first = True
     for div_id, fig, caption in report_figures(runs, baselines):
         if fig is None:

@@ -1,7 +1,9 @@
 """``repnas describe MODEL``: parameters, physical parameters, FLOPs and the per-layer table.
 
 MODEL is a registered name (``repnas describe --list`` shows them) or a run-config YAML file
-with a ``model`` key (its ``dataset.name`` is used unless ``--dataset`` is given).
+with a ``model`` key (its ``dataset.name`` is used unless ``--dataset`` is given). ``--model SPEC``
+describes any model instead (``torchvision.models:resnet18``, ``timm:NAME``, ``path/net.py:Net``),
+repeated by ``--plan`` (a plan YAML, or a run config such as an exported ``trial_<n>.yaml``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-classes", type=int, help="override the dataset's class count")
     parser.add_argument("--in-channels", type=int, help="override the dataset's channel count")
     parser.add_argument("--image-size", type=int, help="override the dataset's input size")
+    parser.add_argument("--model", dest="spec", metavar="SPEC", help="any model: module:callable, timm:NAME "
+                        "or path/to/file.py:Class (adapted to the dataset's classes and channels)")
+    parser.add_argument("--model-kwargs", metavar="YAML", help="keyword arguments of --model's callable")
+    parser.add_argument("--stem", help="with --model: the conv adapted to the dataset's channels")
+    parser.add_argument("--head", help="with --model: the linear adapted to the class count")
+    parser.add_argument("--plan", metavar="FILE", help="with --model: a RepetitionPlan YAML, or a run config "
+                        "(model.plan) such as an exported trial_<n>.yaml")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--list", action="store_true",
                         help="list registered models (MODEL, if given, is an fnmatch pattern)")
@@ -49,6 +58,35 @@ def _load_model_config(model: str) -> tuple[Any, str | None, str]:
     if isinstance(dataset, dict):
         dataset = dataset.get("name")
     return data["model"], dataset if isinstance(dataset, str) else None, str(path)
+
+
+def _spec_model_config(args: argparse.Namespace) -> tuple[dict, str | None, str]:
+    """(model config, dataset or None, label) of ``--model SPEC [--plan FILE]``."""
+    import yaml
+
+    from repnas.spaces._model_cli import parse_kwargs
+    from repnas.spaces._source import EXTERNAL, absolute_spec
+
+    kwargs = {"source": absolute_spec(args.spec), "model_kwargs": parse_kwargs(args.model_kwargs),
+              "stem": args.stem, "head": args.head}
+    config: dict[str, Any] = {"base": EXTERNAL, "kwargs": kwargs}
+    dataset = None
+    if args.plan:
+        path = Path(args.plan)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise UserError(f"--plan {args.plan}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"--plan {args.plan}: malformed YAML ({str(exc).splitlines()[0]})") from None
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):  # a run config
+            run_dataset = data.get("dataset")
+            dataset = run_dataset.get("name") if isinstance(run_dataset, dict) else run_dataset
+            data = data["model"].get("plan")
+        if not isinstance(data, dict):
+            raise UserError(f"--plan {args.plan}: expected a plan (layers: ...) or a run config with model.plan")
+        config["plan"] = data
+    return config, dataset if isinstance(dataset, str) else None, args.spec
 
 
 def _format(value: Any) -> str:
@@ -83,9 +121,16 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(spaces.list_models(args.model or "*")))
         return 0
-    if not args.model:
+    if args.spec is not None:
+        if args.model:
+            raise UserError("give MODEL or --model SPEC, not both")
+        config, config_dataset, label = _spec_model_config(args)
+    elif args.plan or args.model_kwargs or args.stem or args.head:
+        raise UserError("--plan, --model-kwargs, --stem and --head go with --model SPEC")
+    elif not args.model:
         raise UserError("describe needs a MODEL (or --list)")
-    config, config_dataset, label = _load_model_config(args.model)
+    else:
+        config, config_dataset, label = _load_model_config(args.model)
     dataset = args.dataset or config_dataset
     if dataset is None:
         name = (config.get("family") or config.get("base")) if isinstance(config, dict) else config

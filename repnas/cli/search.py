@@ -25,6 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("search", help="search repetition schemes under a parameter budget",
                               description=plain_text(__doc__))
     p.add_argument("--space", help="built-in space (quick, vgg-depth, wrn-width, resnet) or a space YAML")
+    p.add_argument("--model", metavar="SPEC", help="search any model instead of a space: module:callable "
+                   "(torchvision.models:resnet18), timm:NAME or path/to/file.py:Class; its shape is kept and "
+                   "the knobs come from its convs (docs/your-model.md)")
+    p.add_argument("--model-kwargs", metavar="YAML", help="keyword arguments of --model's callable, "
+                   "e.g. '{width_mult: 0.5}'")
+    p.add_argument("--stem", help="with --model: the conv adapted to the dataset's channels (default: the first)")
+    p.add_argument("--head", help="with --model: the linear adapted to the class count (default: the last)")
     p.add_argument("--dataset", help="dataset name (default: the space's)")
     p.add_argument("--budget", help="parameter budget: one (600k, 1.5M), a range searched log-uniformly "
                    "(50k:2M) or levels (100k,300k,1M) (default: the space's)")
@@ -81,6 +88,15 @@ def build_search_config(args: argparse.Namespace):
     from repnas.search._api import config_file_arguments, search_config
 
     given = {name: getattr(args, name, None) for name in _CONFIG_FLAGS}
+    if getattr(args, "model", None) is not None:
+        from repnas.spaces._model_cli import model_space_dict
+
+        if args.space is not None:
+            raise UserError("give --space or --model, not both")
+        given["space"] = model_space_dict(args.model, args.model_kwargs, args.stem, args.head, args.dataset,
+                                          args.budget)
+    elif any(getattr(args, n, None) is not None for n in ("model_kwargs", "stem", "head")):
+        raise UserError("--model-kwargs, --stem and --head go with --model")
     options = config_file_arguments(args.config) if getattr(args, "config", None) else {}
     options.update({k: v for k, v in given.items() if v is not None})
     if args.out is not None:
@@ -170,6 +186,8 @@ def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: fl
 def run(args: argparse.Namespace) -> int:
     from repnas.search._api import run_search_config
 
+    if (args.join or args.resume) and getattr(args, "model", None) is not None:
+        raise UserError("--model starts a new search; --resume and --join take the run's own space")
     if args.join:
         search, out = joined_search_config(args)
     elif args.resume:

@@ -12,9 +12,9 @@ copy is plain torch layers, so it can be serialised into formats that need no Py
 
 Both are checked here against the trained *repeated* model (not only the materialized one) on one
 seeded batch of a different size than the traced one, in eval mode: max abs logit difference
-<= ``TOLERANCE``. The ONNX file is written where ``onnx`` is installed and run through onnxruntime
-where that is (``pip install repnas[deploy]`` brings both); what was not written or not checked is
-recorded with the reason. A check that fails
+<= ``TOLERANCE`` times the largest logit where that exceeds 1. The ONNX file is written where
+``onnx`` is installed and run through onnxruntime where that is (``pip install repnas[deploy]``
+brings both); what was not written or not checked is recorded with the reason. A check that fails
 raises, and the file is not left behind.
 """
 
@@ -65,9 +65,12 @@ def _trace_input(input_shape: tuple[int, int, int]) -> torch.Tensor:
 
 def _check(what: str, path: Path, got: torch.Tensor, expected: torch.Tensor) -> float:
     diff = float((got.float() - expected.float()).abs().max())
-    if not diff <= TOLERANCE:
+    # relative to the logits' scale where they exceed 1: float32 has ~7 digits, so logits of 1e4 (a
+    # barely trained ResNet-18 on 8x8 images) differ by ~1e-3 between any two conv implementations
+    tolerance = TOLERANCE * max(1.0, float(expected.float().abs().max()))
+    if not diff <= tolerance:
         raise UserError(f"{path.name}: {what} logits differ from the repeated model's by {diff:.3g} "
-                        f"(> {TOLERANCE:g}); not exported")
+                        f"(> {tolerance:.3g}); not exported")
     return diff
 
 

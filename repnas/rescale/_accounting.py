@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 from repnas.rescale._apply import repeated_layers
@@ -48,8 +49,14 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
         x = torch.zeros(1, *input_shape, device=device)
-        with FlopCounterMode(display=False) as counter:
-            model(x)
+        # the repeated weights are generated first, outside the counter, and cached for the forward:
+        # a bank's mixing is an einsum (a matmul FlopCounterMode would count) done once per batch,
+        # not per image, so a repeated model has its plain shape's FLOPs whatever its banks' rank
+        with parametrize.cached():
+            for _, conv, _ in repeated_layers(model):
+                conv.weight  # noqa: B018  (computes and caches the generated weight)
+            with FlopCounterMode(display=False) as counter:
+                model(x)
         return int(counter.get_total_flops())
     finally:
         model.train(was_training)

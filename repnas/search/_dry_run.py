@@ -42,7 +42,7 @@ def dry_run_rows(search: SearchConfig, count: int, sampler=None) -> list[dict[st
         else:
             row.update(source_widths=list(solution.source_widths), physical_widths=list(solution.physical_widths),
                        params=int(solution.params), fill=float(solution.fill),
-                       flops=_flops(solution.model_config, search.dataset))
+                       flops=_flops(solution.model_config, search.dataset), notes=list(solution.notes))
         rows.append(row)
     return rows
 
@@ -52,6 +52,9 @@ def dry_run_text(search: SearchConfig, count: int) -> str:
     rows = dry_run_rows(search, count)
     lines = [f"dry run of {search.space_name or 'the space'} on {search.dataset}, budget {search.budget:,}: "
              f"the {search.sampler} sampler's first {count} point(s), nothing trained"]
+    space = search.search_space()
+    if hasattr(space, "reference_line"):  # a model space: the plain model the candidates repeat
+        lines.append(space.reference_line(search.dataset))
     for k, row in enumerate(rows):
         knobs = " ".join(f"{name}={value}" for name, value in row["point"].items())
         lines.append(f"[{k}] {knobs}")
@@ -61,4 +64,5 @@ def dry_run_text(search: SearchConfig, count: int) -> str:
         lines.append(f"    source widths {row['source_widths']}  physical widths {row['physical_widths']}")
         lines.append(f"    params {row['params']:,} ({100 * row['fill']:.1f}% of budget)  "
                      f"FLOPs {row['flops']:,} per image (2 x multiply-adds)")
+        lines += [f"    {note}" for note in row.get("notes", ())]
     return "\n".join(lines)

@@ -58,6 +58,8 @@ class Solution:
     params: int
     budget: int
     model_config: dict[str, Any]
+    #: lines ``--dry-run`` prints under the candidate (a model space: what repeats, what stays plain)
+    notes: tuple[str, ...] = ()
 
     @property
     def fill(self) -> float:
@@ -238,20 +240,28 @@ def plan_params(model_config: dict, family: str, depths: tuple[int, ...], in_cha
     coefficients and ``scalars_per_tile`` per tile (``repnas.rescale.tile_layout``); banks count once.
     ``solve_point`` checks the final answer against ``count_params`` of the really built model.
     """
-    from repnas.rescale import SCALAR_MAPS, tile_layout
-
     layout, params = _conv_layout(family, model_config["base"],
                                   json.dumps(model_config["kwargs"], sort_keys=True), in_channels, depths)
-    plan = model_config.get("plan") or {}
-    convs = {c.name: c for c in layout}
+    shapes = {c.name: (c.out, c.in_, c.kernel) for c in layout}
+    return params + plan_delta(shapes, model_config.get("plan") or {})
+
+
+def plan_delta(shapes: dict[str, tuple[int, int, tuple[int, ...]]], plan: dict) -> int:
+    """How many trainable parameters ``plan`` adds to a model whose convs have ``shapes`` (name ->
+    (out, in per group, kernel)): each repeated conv loses its weight and gains its own source, bank
+    coefficients and ``scalars_per_tile`` per tile (``repnas.rescale.tile_layout``); banks count once.
+    Shared by the families' solver (:func:`plan_params`) and model spaces (``_model_space``)."""
+    from repnas.rescale import SCALAR_MAPS, tile_layout
+
     layers, banks = plan.get("layers") or {}, plan.get("banks") or {}
+    params = 0
 
     def source(name: str) -> tuple[int, int]:
         rule = layers.get(name)
         while rule is not None and "borrow" in rule:
             name, rule = rule["borrow"], layers.get(rule["borrow"])
         if rule is None:  # a plain lender keeps its full weight
-            return convs[name].out, convs[name].in_
+            return shapes[name][0], shapes[name][1]
         if "own" in rule:
             return tuple(rule["own"])  # type: ignore[return-value]
         bank = banks[rule["bank"]]
@@ -259,9 +269,9 @@ def plan_params(model_config: dict, family: str, depths: tuple[int, ...], in_cha
 
     used_banks = set()
     for name, rule in layers.items():
-        c = convs[name]
-        k2 = c.kernel[0] * c.kernel[1]
-        params -= c.out * c.in_ * k2
+        out, in_, kernel = shapes[name]
+        k2 = kernel[0] * kernel[1]
+        params -= out * in_ * k2
         if "own" in rule:
             params += rule["own"][0] * rule["own"][1] * k2
         elif "bank" in rule:
@@ -271,8 +281,8 @@ def plan_params(model_config: dict, family: str, depths: tuple[int, ...], in_cha
                 bank = banks[rule["bank"]]
                 params += bank.get("rank", 1) * bank["out"] * bank["in"] * k2
         src = source(name)
-        if src != (c.out, c.in_):
-            r0, r1, e0, e1 = tile_layout(src, (c.out, c.in_))
+        if src != (out, in_):
+            r0, r1, e0, e1 = tile_layout(src, (out, in_))
             per_tile = SCALAR_MAPS[rule.get("map") or plan.get("map", "swish")].scalars_per_tile
             params += per_tile * (r0 * r1 + (e0 > 0) + (e1 > 0))
     return params
@@ -438,6 +448,8 @@ def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: 
 
     from repnas.spaces._datasets_info import dataset_info
 
+    if hasattr(space, "smallest_params"):  # a model space (``_model_space``) knows its own
+        return space.smallest_params(dataset)
     info = dataset_info(dataset or space.dataset)
     monotone = {n: min(k.choices) if k.choices is not None else k.low for n, k in space.knobs.items()
                 if n.partition(".")[0] == "depth"}

@@ -92,6 +92,14 @@ KNOB_DEFAULTS: dict[str, tuple[Any, bool]] = {
 _SPACE_KEYS = {"name", "description", "family", "widths", "budget", "dataset", "epochs", "recipe", "knobs",
                "min_width", "shape", "plan_options"}
 SHAPE_MODES = ("solved", "fixed")
+#: space key -> the SearchSpace subclass a definition with that key is (``model`` -> ModelSpace);
+#: subclasses register here (:func:`register_space_kind`), so this module imports none of them
+_SPACE_KINDS: dict[str, type] = {}
+
+
+def register_space_kind(key: str, cls: type) -> None:
+    """Make ``SearchSpace.from_dict`` build ``cls`` for a definition that has ``key``."""
+    _SPACE_KINDS[key] = cls
 
 
 @dataclass(frozen=True)
@@ -372,6 +380,9 @@ class SearchSpace:
     def from_dict(cls, data: Any, where: str = "space") -> SearchSpace:
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
+        kind = next((k for k in _SPACE_KINDS if k in data), None)
+        if kind is not None and cls is SearchSpace:  # e.g. ``model:`` instead of a family (_model_space)
+            return _SPACE_KINDS[kind].from_dict(data, where)
         unknown = set(data) - _SPACE_KEYS
         if unknown:
             raise UserError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(_SPACE_KEYS)}")
