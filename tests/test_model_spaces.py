@@ -245,3 +245,36 @@ def test_bad_model_specs_exit_2_with_one_line(argv, message, tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("repnas: error: ") and message in lines[0]
     assert not out.exists()
+
+
+def test_timm_spec_without_timm_is_one_line():
+    pytest.importorskip("torch")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match=r"^model 'timm:resnet18': timm is not installed \(pip install timm\)$"):
+            SearchSpace.from_dict({"model": "timm:resnet18"})
+    else:
+        space = SearchSpace.from_dict({"model": "timm:resnet18", "dataset": "cifar10"})
+        assert space.plain_params() == 11_181_642
+
+
+def test_a_space_yaml_names_a_model_with_stem_head_and_kwargs(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"name: tiny-wide\nmodel: {TINY}\nmodel_kwargs: {{width: 8}}\nstem: stem\nhead: fc\n"
+                    "budget: 5k\ndataset: digits\nknobs:\n  lender: per_conv\n  map: linear\n"
+                    "  lender.tail: {choices: [none, block.6]}\n")
+    space = load_space(path)
+    assert isinstance(space, ModelSpace) and space.name == "tiny-wide"
+    assert space.plain_params() == 8 * 9 + 8 * 8 * 9 + 8 * 9 + 16 * 8 * 9 + 16 * 8 + 16 * 16 * 9 + \
+        (16 * 16 * 9 + 16) + 2 * (8 + 8 + 16) + 16 * 10 + 10
+    assert space.knobs["lender.tail"].choices == ("none", "block.6") and space.fixed["map"] == "linear"
+    point = {n: k.choices[-1] for n, k in space.knobs.items()}
+    # at 4k the two borrows leave the model under budget even with full sources: tail's is released
+    released = space.solve(point, 4_000)
+    assert released.model_config["plan"]["layers"]["tail"] == {"own": [10, 10]}
+    assert "released 1 borrow(s)/bank(s) the budget did not need: tail" in released.notes
+    solution = space.solve(point, 3_000)
+    assert solution.model_config["plan"]["layers"]["tail"] == {"borrow": "block.6"}
+    assert solution.model_config["plan"]["layers"]["block.6"] == {"borrow": "block.0"}
+    assert solution.model_config["plan"]["map"] == "linear" and solution.params == 2_950
