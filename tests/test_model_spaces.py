@@ -278,3 +278,33 @@ def test_a_space_yaml_names_a_model_with_stem_head_and_kwargs(tmp_path):
     assert solution.model_config["plan"]["layers"]["tail"] == {"borrow": "block.6"}
     assert solution.model_config["plan"]["layers"]["block.6"] == {"borrow": "block.0"}
     assert solution.model_config["plan"]["map"] == "linear" and solution.params == 2_950
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["describe", "--model", "nosuchmodule_xyz:net"], "cannot import module 'nosuchmodule_xyz'"),
+    (["describe", "--plan", "plan.yaml"], "--plan, --model-kwargs, --stem and --head go with --model SPEC"),
+    (["describe", "rep_vgg6", "--model", TINY], "give MODEL or --model SPEC, not both"),
+    (["describe", "--model", TINY, "--plan", "missing.yaml"], "--plan missing.yaml: No such file or directory"),
+])
+def test_describe_model_errors_are_one_line(argv, message, capsys):
+    from repnas.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_describe_model_with_a_plan_file(tmp_path, capsys):
+    import json
+
+    from repnas.cli import main
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("layers:\n  tail: {borrow: block.6}\n  block.0: {own: [8, 8]}\n")
+    assert main(["describe", "--model", TINY, "--dataset", "digits", "--plan", str(plan), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in out["layers"]}
+    assert rows["tail"]["source"] == "borrow:block.6 (32, 16)" and rows["block.0"]["source"] == "own (8, 8)"
+    assert out["physical_params"] == 26_634
+    # tail's 32x32x3x3 weight is replaced by 2 x (1x2 tiles) scalars; block.0's 16x16 by an 8x8 source + 2x2 tiles
+    assert out["params"] == 26_634 - 9_216 + 2 * 2 - (16 * 16 * 9 - 8 * 8 * 9) + 2 * 4
