@@ -200,6 +200,14 @@ def test_rep_wrn16_4_is_still_a_point_of_wrn16_shape_with_its_count():
     assert type(space) is SearchSpace and not isinstance(space, ModelSpace)
 
 
+def test_the_external_base_is_buildable_but_not_listed():
+    from repnas.spaces import list_models
+
+    assert "external" not in list_models() and "rep_vgg6" in list_models()
+    with pytest.raises(UserError, match=r"needs kwargs\.source"):
+        build_model({"base": "external"})
+
+
 # --------------------------------------------------------------- the command line
 def test_search_model_dry_run_shows_five_candidates_filling_1m_at_resnet18s_shape(capsys):
     import re
