@@ -224,9 +224,7 @@ def _randomize(model: nn.Module) -> None:
                     p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
-#: every registered builder but ``external`` (a user's model: it needs ``kwargs.source``; its builds,
-#: materialized copies and exports are tested in test_model_spaces.py and test_model_search.py)
-MODEL_NAMES = [name for name in spaces.list_models() if name != "external"]
+MODEL_NAMES = spaces.list_models()
 #: parametric bases whose defaults are exactly a named family (checked below); built once, as that.
 #: (``wrn``'s default has conv biases, as RepWRN's; the plain ``wrn16_1`` has none: built separately.)
 DEFAULTS_OF = {"vgg": "vgg11", "cifar_resnet": "resnet20", "rot_cnn": "cnn_rotmnist", "gcnn": "gcnn_c4"}

@@ -99,3 +99,14 @@ def test_user_file_model_search_describe_and_report(tmp_path):
     assert int(best.group(1).replace(",", "")) == int(trials.loc[trials["val_accuracy"].idxmax(), "params"])
     assert best.group(2) == f"{100 * int(best.group(1).replace(',', '')) / 26_634:.1f}"
     assert "plain TinyNet: 26,634 params" in page  # the reference line on the accuracy-vs-params figure
+
+
+def test_user_file_model_search_runs_under_ray(tmp_path):
+    pytest.importorskip("ray")
+    _repnas("search", "--model", TINY, "--dataset", "digits", "--budget", "15k", "--trials", "2", "--epochs", "1",
+            "--backend", "ray", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    trials = pd.read_parquet(tmp_path / "run" / "trials.parquet")
+    assert set(trials["status"]) == {"complete"} and len(trials) == 2
+    assert trials["flops"].nunique() == 1 and (trials["params"] <= 15_000).all()
+    configs = [json.loads(c)["model"] for c in trials["config"]]
+    assert {c["base"] for c in configs} == {"external"} and configs[0]["kwargs"]["source"] == TINY

@@ -200,6 +200,14 @@ def test_rep_wrn16_4_is_still_a_point_of_wrn16_shape_with_its_count():
     assert type(space) is SearchSpace and not isinstance(space, ModelSpace)
 
 
+def test_the_external_base_is_buildable_but_not_listed():
+    from repnas.spaces import list_models
+
+    assert "external" not in list_models() and "rep_vgg6" in list_models()
+    with pytest.raises(UserError, match=r"needs kwargs\.source"):
+        build_model({"base": "external"})
+
+
 # --------------------------------------------------------------- the command line
 def test_search_model_dry_run_shows_five_candidates_filling_1m_at_resnet18s_shape(capsys):
     import re
@@ -245,3 +253,66 @@ def test_bad_model_specs_exit_2_with_one_line(argv, message, tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("repnas: error: ") and message in lines[0]
     assert not out.exists()
+
+
+def test_timm_spec_without_timm_is_one_line():
+    pytest.importorskip("torch")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match=r"^model 'timm:resnet18': timm is not installed \(pip install timm\)$"):
+            SearchSpace.from_dict({"model": "timm:resnet18"})
+    else:
+        space = SearchSpace.from_dict({"model": "timm:resnet18", "dataset": "cifar10"})
+        assert space.plain_params() == 11_181_642
+
+
+def test_a_space_yaml_names_a_model_with_stem_head_and_kwargs(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"name: tiny-wide\nmodel: {TINY}\nmodel_kwargs: {{width: 8}}\nstem: stem\nhead: fc\n"
+                    "budget: 5k\ndataset: digits\nknobs:\n  lender: per_conv\n  map: linear\n"
+                    "  lender.tail: {choices: [none, block.6]}\n")
+    space = load_space(path)
+    assert isinstance(space, ModelSpace) and space.name == "tiny-wide"
+    assert space.plain_params() == 8 * 9 + 8 * 8 * 9 + 8 * 9 + 16 * 8 * 9 + 16 * 8 + 16 * 16 * 9 + \
+        (16 * 16 * 9 + 16) + 2 * (8 + 8 + 16) + 16 * 10 + 10
+    assert space.knobs["lender.tail"].choices == ("none", "block.6") and space.fixed["map"] == "linear"
+    point = {n: k.choices[-1] for n, k in space.knobs.items()}
+    # at 4k the two borrows leave the model under budget even with full sources: tail's is released
+    released = space.solve(point, 4_000)
+    assert released.model_config["plan"]["layers"]["tail"] == {"own": [10, 10]}
+    assert "released 1 borrow(s)/bank(s) the budget did not need: tail" in released.notes
+    solution = space.solve(point, 3_000)
+    assert solution.model_config["plan"]["layers"]["tail"] == {"borrow": "block.6"}
+    assert solution.model_config["plan"]["layers"]["block.6"] == {"borrow": "block.0"}
+    assert solution.model_config["plan"]["map"] == "linear" and solution.params == 2_950
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["describe", "--model", "nosuchmodule_xyz:net"], "cannot import module 'nosuchmodule_xyz'"),
+    (["describe", "--plan", "plan.yaml"], "--plan, --model-kwargs, --stem and --head go with --model SPEC"),
+    (["describe", "rep_vgg6", "--model", TINY], "give MODEL or --model SPEC, not both"),
+    (["describe", "--model", TINY, "--plan", "missing.yaml"], "--plan missing.yaml: No such file or directory"),
+])
+def test_describe_model_errors_are_one_line(argv, message, capsys):
+    from repnas.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_describe_model_with_a_plan_file(tmp_path, capsys):
+    import json
+
+    from repnas.cli import main
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("layers:\n  tail: {borrow: block.6}\n  block.0: {own: [8, 8]}\n")
+    assert main(["describe", "--model", TINY, "--dataset", "digits", "--plan", str(plan), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in out["layers"]}
+    assert rows["tail"]["source"] == "borrow:block.6 (32, 16)" and rows["block.0"]["source"] == "own (8, 8)"
+    assert out["physical_params"] == 26_634
+    # tail's 32x32x3x3 weight is replaced by 2 x (1x2 tiles) scalars; block.0's 16x16 by an 8x8 source + 2x2 tiles
+    assert out["params"] == 26_634 - 9_216 + 2 * 2 - (16 * 16 * 9 - 8 * 8 * 9) + 2 * 4

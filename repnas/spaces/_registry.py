@@ -55,6 +55,7 @@ class _Entry:
     base_kwargs: Mapping[str, Any] = field(default_factory=dict)
     plan: PlanSource = None
     dataset: str | None = None
+    listed: bool = True  # False: buildable by name but not a model of its own (``external``)
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -67,19 +68,20 @@ def _add(name: str, entry: _Entry) -> None:
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
-                   dataset: str | None = None):
+                   dataset: str | None = None, listed: bool = True):
     """Register a base builder ``fn(num_classes, in_channels, **kwargs) -> nn.Module``.
 
     Use bare (``@register_model``, registered under the function's name) or with arguments
     (``@register_model(name="vgg", dataset="cifar10")``); ``dataset`` is the one ``repnas
-    describe`` assumes when none is given. Returns ``fn`` unchanged.
+    describe`` assumes when none is given; ``listed=False`` keeps it out of :func:`list_models` (a
+    base that builds nothing without its kwargs, as ``external``). Returns ``fn`` unchanged.
     """
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         params = inspect.signature(builder).parameters
         if "num_classes" not in params or "in_channels" not in params:
             raise TypeError(f"builder {builder.__name__} must accept num_classes and in_channels")
-        _add(name or builder.__name__, _Entry(builder=builder, dataset=dataset))
+        _add(name or builder.__name__, _Entry(builder=builder, dataset=dataset, listed=listed))
         return builder
 
     return decorator(fn) if fn is not None else decorator
@@ -97,7 +99,8 @@ def register_family(name: str, base: str, base_kwargs: Mapping[str, Any] | None 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching the fnmatch ``pattern``, in natural order."""
-    return sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)), key=natural_key)
+    return sorted((n for n, e in _REGISTRY.items() if e.listed and fnmatch.fnmatchcase(n, pattern)),
+                  key=natural_key)
 
 
 def _entry(name: str) -> _Entry:

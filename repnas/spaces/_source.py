@@ -258,7 +258,7 @@ def adapt(model: nn.Module, spec: str, num_classes: int, in_channels: int, stem:
                                     padding_mode=old.padding_mode, device=weight.device, dtype=weight.dtype))
 
 
-@register_model(name=EXTERNAL)
+@register_model(name=EXTERNAL, listed=False)
 def external(num_classes: int = 10, in_channels: int = 3, source: str = "", model_kwargs: dict | None = None,
              stem: str | None = None, head: str | None = None) -> nn.Module:
     """A user's model (``source``: a spec of this module's docstring), adapted to the dataset."""
