@@ -33,6 +33,7 @@ lives in a :class:`TemplateBank` that several layers may reference.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +41,8 @@ from torch import Tensor, nn
 from repnas.rescale._bank import TemplateBank
 from repnas.rescale._fused import FusedLayout, fused_weight
 from repnas.rescale._maps import get_scalar_map
+
+_FUSED_ENV = {"1": True, "0": False}.get(os.environ.get("REPNAS_FUSED", ""))
 
 
 def tile_layout(source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -148,13 +151,20 @@ class RepeatWeight(nn.Module):
     def source(self) -> Tensor:
         return self.bank.mix(self.coefficients)
 
-    #: generate tiled weights with the fused kernel (``_fused``); False: the reference ops (tests)
-    use_fused = True
+    #: generate tiled weights with the fused function (``_fused``): None (default) = on CUDA only,
+    #: True / False = everywhere / nowhere (tests, benchmarks; ``REPNAS_FUSED=1`` / ``0`` in the
+    #: environment does the same). Why not on the CPU by default: the fused function rounds
+    #: differently (glu's sigmoid, sums as matrix products), so a CPU run would not repeat the
+    #: committed CPU runs bit for bit (the README search's front changed); on a GPU, where the
+    #: kernels it saves are the cost, runs are not bitwise reproducible across kernels anyway.
+    use_fused: bool | None = None
 
     def forward(self) -> Tensor:
-        """The conv's weight: :meth:`emit` where a fused layout exists, else :meth:`reference`."""
-        if self._fused is not None and self.use_fused:
-            return self.emit()
+        """The conv's weight: :meth:`emit` where a fused layout exists and is used, else :meth:`reference`."""
+        if self._fused is not None:
+            use = self.use_fused if self.use_fused is not None else _FUSED_ENV
+            if use if use is not None else self.bank.templates.is_cuda:
+                return self.emit()
         return self.reference()
 
     def emit(self, memory_format: torch.memory_format | None = None, dtype: torch.dtype | None = None) -> Tensor:
