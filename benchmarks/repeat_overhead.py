@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="alternate the two models this many times")
     parser.add_argument("--out", type=Path, help="also write the figures as one JSON file here")
+    parser.add_argument("--pair", action="append", choices=[r for r, _ in PAIRS],
+                        help="only this repeated model's pair (repeatable; default: every pair)")
     parser.add_argument("--host", action="store_true",
                         help="host work per step: batch 2, 8x8 inputs (overrides --batch-size)")
     args = parser.parse_args()
@@ -97,7 +99,7 @@ def main() -> None:
           f"median of {args.rounds} alternating rounds x {args.steps} steps")
     print(f"{'repeated':<12} {'params':>10} {'ms/step':>9} | {'plain':<8} {'params':>10} {'ms/step':>9} | ratio")
     rows = []
-    for rep_name, plain_name in PAIRS:
+    for rep_name, plain_name in [p for p in PAIRS if not args.pair or p[0] in args.pair]:
         rep, plain = create_model(rep_name), create_model(plain_name)
         # Alternate the two models so drift in machine load hits both alike.
         plain_times, rep_times = [], []

@@ -240,8 +240,10 @@ def bench_tasks(s: GpuSession) -> list[Task]:
     if s.smoke:
         argv = {
             "bench/repeat_overhead": ["--batch-size", "2", "--steps", "1", "--warmup", "0", "--rounds", "1"],
-            "bench/repeat_overhead_host": ["--host", "--steps", "1", "--warmup", "0", "--rounds", "1"],
-            "bench/step_profile": ["--image", "8"],
+            # smoke: the WRN pair only (building VGG11's 9.4M weights costs seconds on a CPU)
+            "bench/repeat_overhead_host": ["--host", "--steps", "1", "--warmup", "0", "--rounds", "1",
+                                           "--pair", "rep_wrn16_4"],
+            "bench/step_profile": ["--image", "8", "--pair", "rep_wrn16_4"],
             "bench/trainer_throughput": ["--dataset", "digits", "--model", "vgg4", "--steps", "3", "--batch-size", "32",
                                          "--workers", "0"],
             "bench/packed_trials": ["--dataset", "digits", "--models", "vgg4", "--steps", "2", "--trials", "1",
