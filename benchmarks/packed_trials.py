@@ -71,7 +71,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1, help="epochs of one trial")
     p.add_argument("--steps", type=int, help="steps of one trial (overrides --epochs)")
     p.add_argument("--trials", type=int, default=4, help="trials run serially")
-    p.add_argument("--packs", default="2,4", help="comma list of how many trials run at once")
+    p.add_argument("--packs", default="2,4,8",
+                   help="comma list of how many trials run at once (k = 1 is the serial run)")
     p.add_argument("--out", type=Path, help="also write the figures as one JSON file here")
     args = p.parse_args()
     args.packs = [int(k) for k in args.packs.split(",")]

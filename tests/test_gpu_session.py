@@ -171,7 +171,10 @@ def test_skips_what_is_done(session, monkeypatch):
     (checks / "search.json").write_text(json.dumps({"pass": True}))  # passed, but its run is not here:
     assert _names(check_tasks(session)) == ["check/search", "check/report"]  # the report needs it again
     (session.gpu_dir / "bench" / "packed_trials.json").write_text("{}")
-    assert _names(bench_tasks(session)) == ["bench/repeat_overhead", "bench/trainer_throughput"]
+    assert _names(bench_tasks(session)) == ["bench/repeat_overhead", "bench/repeat_overhead_host",
+                                            "bench/step_profile", "bench/trainer_throughput"]
+    host = next(t for t in bench_tasks(session) if t.name == "bench/repeat_overhead_host")
+    assert "repeat_overhead.py" in " ".join(host.argv) and "--host" in host.argv
 
 
 def test_gpu_minute_cap_and_packing_rule(session, monkeypatch):

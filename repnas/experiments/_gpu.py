@@ -6,7 +6,8 @@ what ``results/`` does not hold yet for this kind of GPU, and starts nothing tha
 
 a. CUDA checks: ``repnas train`` (bf16, channels_last, materialized == repeated), a packed Optuna
    search (``--workers 4 --gpus-per-trial 0.25``), ``repnas report``; one JSON each.
-b. benchmarks: ``benchmarks/repeat_overhead.py``, ``trainer_throughput.py``, ``packed_trials.py`` and
+b. benchmarks: ``benchmarks/repeat_overhead.py`` (and its ``--host`` mode), ``step_profile.py``,
+   ``trainer_throughput.py``, ``packed_trials.py`` and
    the seconds of one 15-epoch VGG11 run; one JSON each, with the GPU's name and torch version.
 c. the experiment queue (``experiments/gpu_queue.yaml``), runs packed several at once on the GPU.
 d. tables, ``docs/results.md`` and one ``results.tgz`` of every file the command wrote.
@@ -55,12 +56,14 @@ from repnas.experiments._schedule import Task, run_tasks
 __all__ = ["DECLARED", "PHASES", "Assumed", "GpuSession", "device_slug", "is_result_file", "phase_tasks", "plan_queue",
            "run_gpu_session", "write_archive"]
 
+#: benchmarks whose script is another's in a different mode (issue 18: ``--host``)
+_BENCH_SCRIPT = {"bench/repeat_overhead_host": "repeat_overhead"}
 #: measured estimates are multiplied by this before a start is decided (machines vary between leases)
 SAFETY = 1.15
 #: seconds a search chunk spends before its first trial (processes, imports, data)
 SEARCH_STARTUP = {False: 30.0, True: 10.0}
-#: targets the benchmarks are judged against (issue 10)
-TARGETS = {"repeat_overhead": ("ratio", "<=", 1.03), "trainer_throughput": ("ratio", ">=", 10.0),
+#: targets the benchmarks are judged against (issue 10; repeat overhead: issue 18)
+TARGETS = {"repeat_overhead": ("ratio", "<=", 1.05), "trainer_throughput": ("ratio", ">=", 10.0),
            "packed_trials": ("ratio", ">=", 3.0)}
 
 
@@ -230,13 +233,19 @@ def bench_tasks(s: GpuSession) -> list[Task]:
     if s.smoke:
         argv = {
             "bench/repeat_overhead": ["--batch-size", "2", "--steps", "1", "--warmup", "0", "--rounds", "1"],
+            # smoke: the WRN pair only (building VGG11's 9.4M weights costs seconds on a CPU)
+            "bench/repeat_overhead_host": ["--host", "--steps", "1", "--warmup", "0", "--rounds", "1",
+                                           "--pair", "rep_wrn16_4"],
+            "bench/step_profile": ["--image", "8", "--pair", "rep_wrn16_4"],
             "bench/trainer_throughput": ["--dataset", "digits", "--model", "vgg4", "--steps", "3", "--batch-size", "32",
                                          "--workers", "0"],
             "bench/packed_trials": ["--dataset", "digits", "--models", "vgg4", "--steps", "2", "--trials", "1",
                                     "--packs", "2"],
         }
     else:
-        argv = {"bench/repeat_overhead": ["--batch-size", "256"], "bench/trainer_throughput": [*data],
+        argv = {"bench/repeat_overhead": ["--batch-size", "256"],
+                "bench/repeat_overhead_host": ["--host", "--steps", "50", "--warmup", "10"],
+                "bench/step_profile": [], "bench/trainer_throughput": [*data],
                 "bench/packed_trials": [*data]}
     tasks = []
     for name, extra in argv.items():
@@ -244,7 +253,8 @@ def bench_tasks(s: GpuSession) -> list[Task]:
         if s.has(result):
             continue
         estimate, basis = s.estimate(name)
-        command = [s.python, str(scripts / f"{name.split('/')[1]}.py"), "--device", s.device, *extra,
+        script = _BENCH_SCRIPT.get(name, name.split("/")[1])
+        command = [s.python, str(scripts / f"{script}.py"), "--device", s.device, *extra,
                    "--out", str(result)]
         tasks.append(s.task(name, command, estimate, basis))
         tasks[-1].info["produces"] = [result]

@@ -38,8 +38,10 @@ _SMOKE_KEYS = {"runs_per_item", "search_trials", "search_workers", "default_run_
 #: issue's own budget ("checks about a minute, benchmarks about two"), with room for the first CIFAR-10
 #: decode and process starts; after a session, the measured times (timings.json) replace them.
 DECLARED = {"check/train": 45, "check/search": 60, "check/report": 15, "bench/repeat_overhead": 30,
+            "bench/repeat_overhead_host": 15, "bench/step_profile": 20,
             "bench/trainer_throughput": 45, "bench/packed_trials": 90, "bench/vgg11_15ep": 60}
 SMOKE_DECLARED = {"check/train": 20, "check/search": 30, "check/report": 12, "bench/repeat_overhead": 12,
+                  "bench/repeat_overhead_host": 8, "bench/step_profile": 10,
                   "bench/trainer_throughput": 15, "bench/packed_trials": 25, "bench/vgg11_15ep": 12}
 
 

@@ -129,7 +129,7 @@ def _gpu_section(results: Path) -> str:
     parts = ["## GPU checks and benchmarks, per kind of GPU",
              "Filled by steps a and b of `python -m repnas.experiments gpu`, once per kind of GPU. GPU minutes: "
              "at most 8 (one command's `--time-limit 480`; a step starts only if its planning time fits, and "
-             f"the planning times of all seven sum to {sum(DECLARED.values()) / 60:.2f} minutes, "
+             f"the planning times of all {len(DECLARED)} sum to {sum(DECLARED.values()) / 60:.2f} minutes, "
              "`DECLARED` in `repnas/experiments/_gpu_queue.py`). Files: `results/gpu/<gpu>/{checks,bench}/*.json`.", ""]
     kinds = _gpu_kinds(results)
     rows = [r for kind in kinds for r in _bench_rows(kind)]

@@ -45,7 +45,8 @@ class TemplateBank(nn.Module):
     def mix(self, coefficients: Tensor | None) -> Tensor:
         """The source a layer tiles: template 0 (rank 1, no coefficients) or a learned mixture."""
         if coefficients is None:
-            return self.templates[0]
+            # a view, not ``templates[0]``: its backward is free, select's allocates and copies
+            return self.templates.view(self.templates.shape[1:]) if self.rank == 1 else self.templates[0]
         return torch.einsum("r,roikl->oikl", coefficients, self.templates)
 
     def extra_repr(self) -> str:

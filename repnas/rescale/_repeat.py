@@ -33,12 +33,16 @@ lives in a :class:`TemplateBank` that several layers may reference.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor, nn
 
 from repnas.rescale._bank import TemplateBank
+from repnas.rescale._fused import FusedLayout, fused_weight
 from repnas.rescale._maps import get_scalar_map
+
+_FUSED_ENV = {"1": True, "0": False}.get(os.environ.get("REPNAS_FUSED", ""))
 
 
 def tile_layout(source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -118,6 +122,10 @@ class RepeatWeight(nn.Module):
         self.alpha = nn.Parameter(torch.empty(n_pairs)) if n_scalars >= 1 else None
         self.beta = nn.Parameter(torch.empty(n_pairs)) if n_scalars >= 2 else None
         self.reset_scalars(scalar_init)
+        self._fused = (
+            FusedLayout((o, i), (big_o, big_i), self.map.name, remainder)
+            if self.tiled and self.map.name in ("swish", "linear") else None
+        )
 
     @property
     def layout(self) -> tuple[int, int, int, int]:
@@ -143,7 +151,39 @@ class RepeatWeight(nn.Module):
     def source(self) -> Tensor:
         return self.bank.mix(self.coefficients)
 
+    #: generate tiled weights with the fused function (``_fused``): None (default) = on CUDA only,
+    #: True / False = everywhere / nowhere (tests, benchmarks; ``REPNAS_FUSED=1`` / ``0`` in the
+    #: environment does the same). Why not on the CPU by default: the fused function rounds
+    #: differently (glu's sigmoid, sums as matrix products), so a CPU run would not repeat the
+    #: committed CPU runs bit for bit (the README search's front changed); on a GPU, where the
+    #: kernels it saves are the cost, runs are not bitwise reproducible across kernels anyway.
+    use_fused: bool | None = None
+
     def forward(self) -> Tensor:
+        """The conv's weight: :meth:`emit` where a fused layout exists and is used, else :meth:`reference`."""
+        if self._fused is not None:
+            use = self.use_fused if self.use_fused is not None else _FUSED_ENV
+            if use if use is not None else self.bank.templates.is_cuda:
+                return self.emit()
+        return self.reference()
+
+    def emit(self, memory_format: torch.memory_format | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """The weight from the fused function, in ``dtype`` and ``memory_format``. By default: what
+        the conv consumes, i.e. bf16 (the autocast dtype) channels_last under CUDA autocast (the
+        trainer's setting), so no cast or layout copy follows; else the source's dtype, contiguous."""
+        source = self.source()
+        if self._fused is None:
+            raise ValueError(f"{self.extra_repr()}: no fused layout (untiled, or map 'none')")
+        if memory_format is None or dtype is None:
+            autocast = source.is_cuda and torch.is_autocast_enabled("cuda")
+            if memory_format is None:
+                memory_format = torch.channels_last if autocast else torch.contiguous_format
+            if dtype is None:
+                dtype = torch.get_autocast_dtype("cuda") if autocast else source.dtype
+        return fused_weight(source, self.alpha, self.beta, self._fused, dtype, memory_format)
+
+    def reference(self) -> Tensor:
+        """The weight from plain autograd ops: the definition the fused function must equal."""
         source = self.source()
         if not self.tiled:
             return source

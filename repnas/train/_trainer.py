@@ -41,11 +41,15 @@ from repnas.errors import UserError
 from repnas.train._augment import AugmentSpec, augment, normalize
 from repnas.train._config import RunConfig
 from repnas.train._data import DataSplits, Split, load_dataset
+from repnas.train._step import make_step
 
 __all__ = ["TrainResult", "evaluate", "param_groups", "resolve_device", "train"]
 
 Callback = Callable[[int, dict[str, Any]], "bool | None"]
 _EVAL_BATCH = 1024
+#: the progress bar is updated from the host every this many steps (a tqdm update per step is host
+#: work that a GPU step at CIFAR sizes waits for)
+_PROGRESS_EVERY = 50
 _CHECKPOINT, _METRICS, _CONFIG = "checkpoint.pt", "metrics.json", "config.yaml"
 
 
@@ -103,17 +107,24 @@ def train(
     data: DataSplits | None = None,
     model: nn.Module | None = None,
     resume: bool = False,
+    capture: bool | None = None,
+    compile: bool | None = None,
 ) -> TrainResult:
     """Train one :class:`RunConfig` (an object, a dict, or a YAML path) and return its metrics.
 
     ``data`` reuses already loaded splits (a search loads its dataset once); ``model`` trains a given
     module instead of building ``config.model`` (tests, notebooks). ``callback(epoch, metrics)`` is
     called after every epoch (1-based); returning True stops training there.
+
+    ``capture`` (CUDA graph of the step, default on where CUDA is) and ``compile`` (``torch.compile``,
+    default off) are speed switches, not part of the recipe, so they never change a run's
+    fingerprint; None takes ``REPNAS_CUDA_GRAPH`` / ``REPNAS_COMPILE`` from the environment
+    (``repnas.train._step``).
     """
     cfg = _as_config(config)
     device = resolve_device(cfg.device)
     with _cpu_threads(cfg.threads if device.type == "cpu" else None):
-        return _train(cfg, device, out_dir, callback, progress, data, model, resume)
+        return _train(cfg, device, out_dir, callback, progress, data, model, resume, capture, compile)
 
 
 @contextmanager
@@ -137,6 +148,8 @@ def _train(
     data: DataSplits | None,
     model: nn.Module | None,
     resume: bool,
+    capture: bool | None = None,
+    compile: bool | None = None,
 ) -> TrainResult:
     recipe = cfg.recipe
     cuda = device.type == "cuda"
@@ -183,7 +196,6 @@ def _train(
     lr_factor = _lr_lambda(recipe.schedule, recipe.warmup, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 
     history: list[dict[str, Any]] = []
     step, start_epoch, train_seconds, images_seen = 0, 0, 0.0, 0
@@ -196,6 +208,7 @@ def _train(
         history = state["history"]
         step, start_epoch = state["step"], state["epoch"]
         train_seconds, images_seen = state["train_seconds"], state["images_seen"]
+    train_step = make_step(model, optimizer, scheduler, recipe.label_smoothing, device, capture, compile)
 
     from tqdm.auto import tqdm
 
@@ -218,16 +231,12 @@ def _train(
                 if cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = train_y[idx]
-                with autocast:
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach().float()
-                correct += (logits.detach().argmax(1) == y).sum()
-                bar.update(1)
+                loss, logits = train_step(x, y)
+                loss_sum += loss.float()
+                correct += (logits.argmax(1) == y).sum()
+                if (i + 1) % _PROGRESS_EVERY == 0:
+                    bar.update(_PROGRESS_EVERY)
+            bar.update(steps % _PROGRESS_EVERY)
             if cuda:
                 torch.cuda.synchronize(device)
             train_seconds += time.perf_counter() - start
