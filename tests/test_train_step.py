@@ -17,7 +17,8 @@ from repnas.train._step import EagerStep, GraphStep, make_step, switches
 from repnas.train._trainer import param_groups
 
 MODEL = {"base": "cifar_resnet", "kwargs": {"blocks": [1, 1, 1], "widths": [8, 16, 16]},
-         "plan": {"version": 1, "layers": {"layer2.0.conv2": {"own": [8, 8]}, "layer3.0.conv2": {"borrow": "layer2.0.conv2"}}}}
+         "plan": {"version": 1, "layers": {"layer2.0.conv2": {"own": [8, 8]},
+                                           "layer3.0.conv2": {"borrow": "layer2.0.conv2"}}}}
 
 
 def _setup(model: nn.Module):
