@@ -226,7 +226,9 @@ def recover_interrupted(study) -> list[int]:
         # retry queued, and the point never ran.
         retry = queued.get(t.number)
         if t.params and retry is None:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            from repnas.search._retry import enqueue_retry
+
+            enqueue_retry(study, t)  # in t's NSGA-II generation
             retry = study.get_trials(deepcopy=False)[-1].number
         trial_id = trial_id_of(study, t.number)
         error = "interrupted (the search process was killed)" + (f"; retried as trial {retry}" if retry is not None

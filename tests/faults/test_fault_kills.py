@@ -320,7 +320,7 @@ def test_resume_on_a_still_full_disk_keeps_the_stuck_trial_queued(tmp_path, monk
     stuck = [t for t in _study(out).trials if t.state.name == "RUNNING"]
     assert len(stuck) == 1
     with monkeypatch.context() as patch:
-        patch.setattr(optuna.study.Study, "enqueue_trial", _enospc)
+        patch.setattr(optuna.study.Study, "add_trial", _enospc)  # the retry's new row
         assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 3
     line = one_line(capsys.readouterr().err)
     assert "no space left on device" in line and "--resume" in line, line

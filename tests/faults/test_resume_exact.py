@@ -72,3 +72,28 @@ def test_resume_after_a_kill_proposes_the_same_points(tmp_path, straight, sample
         assert got == want  # reused proposals included: the same rows in the same order
     else:  # NSGA-II's next generation may differ (see above), and with it how many proposals are reused
         assert len(got) >= TRIALS
+
+
+def test_a_retried_trial_keeps_its_nsga2_generation():
+    """The retry of a killed trial is the same proposal: it belongs to the generation the killed
+    trial was asked in. Left to Optuna it got the generation current at the resume, so a point drawn
+    for generation 0 filled a place of generation 1 (and pushed one of its children out)."""
+    import optuna
+
+    from repnas.search._optuna_driver import recover_interrupted
+    from repnas.search._samplers import NSGAIISampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=NSGAIISampler(seed=0, population_size=2))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    first, killed, third = (study.ask(dist) for _ in range(3))  # asked together: three workers
+    study.tell(first, [0.5, 1.0])
+    study.tell(third, [0.6, 2.0])  # generation 0 holds 2 complete trials = its population
+    key = "NSGAIISampler:generation"
+    assert [study.trials[n].system_attrs[key] for n in range(3)] == [0, 0, 0]
+    assert recover_interrupted(study) == [killed.number]
+    retry = study.ask(dist)
+    assert retry.params == killed.params and retry.user_attrs["retry_of"] == killed.number
+    assert study.trials[retry.number].system_attrs[key] == 0
+    assert study.ask(dist).number == 4 and study.trials[4].system_attrs[key] == 1  # a fresh ask: the next one
