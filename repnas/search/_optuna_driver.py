@@ -43,7 +43,6 @@ def open_storage(url: str, heartbeat: bool = True):
     database server (``postgresql://``) gets trial heartbeats unless ``heartbeat=False``
     (:mod:`repnas.search._distributed`)."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend
 
     from repnas.search._distributed import is_server_storage, open_server_storage
 
@@ -51,7 +50,9 @@ def open_storage(url: str, heartbeat: bool = True):
         return open_server_storage(url, heartbeat)
     if "://" in url:
         return optuna.storages.RDBStorage(url)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(url)))
+    from repnas.search._journal_lock import journal_backend
+
+    return optuna.storages.JournalStorage(journal_backend(str(url)))  # a kernel lock: never stale
 
 
 def storage_exists(url: str) -> bool:
