@@ -395,3 +395,32 @@ def test_resume_right_after_a_group_kill_does_not_wait_on_a_journal_lock(tmp_pat
     # Optuna's lock made the header wait 30 s (its grace period) on top of the start (37.1 s measured
     # on 2 loaded cores; 6.0 s with the kernel lock, first trial line 13.5 s: imports, data, 1 epoch)
     assert header < 20.0, (header, first)
+
+
+def test_a_killed_workers_trial_no_longer_holds_its_model():
+    """A SIGKILLed worker's trial stays RUNNING (no heartbeat on a journal): the workers proposed
+    the same model waited on its claim for the 6-hour timeout (a --workers 4 search hung)."""
+    import sys
+
+    from repnas.search._holder import HOLDER_ATTR, holder_stamp
+    from repnas.search._optuna_driver import _is_running
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    mine, dead = study.ask(), study.ask()
+    mine.set_user_attr(HOLDER_ATTR, holder_stamp())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stamp = {**holder_stamp(), "pid": child.pid}
+    stamp["start"] = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    dead.set_user_attr(HOLDER_ATTR, stamp)
+    assert _is_running(study, mine.number) and _is_running(study, dead.number)
+    child.kill()
+    deadline = time.time() + 5
+    while _is_running(study, dead.number) and time.time() < deadline:  # a zombie: not reaped yet
+        time.sleep(0.05)
+    assert not _is_running(study, dead.number)
+    child.wait()
+    assert not _is_running(study, dead.number) and _is_running(study, mine.number)
+    recycled = {**stamp, "pid": os.getpid()}  # the pid of another process now: not the holder
+    dead.set_user_attr(HOLDER_ATTR, recycled)
+    assert not _is_running(study, dead.number)
