@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument("--join", action="store_true", help="add this machine's workers to the search --study "
                    "on the database server --storage (postgresql://...); --out defaults to runs/<study>")
+    p.add_argument("--join-timeout", type=float, metavar="S", help="with --join: wait up to S seconds for the "
+                   "study and its config to appear (workers of a job array start with the starter; default 600)")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial (default 0)")
     p.add_argument("--sampler", choices=("nsga2", "tpe", "gp", "random"),
                    help="Optuna sampler (default nsga2)")
@@ -172,9 +174,14 @@ def join_search_config(args: argparse.Namespace):
             raise UserError(f"run directory {out} belongs to study {saved.study!r}, not {args.study!r}")
     elif run.is_used():
         raise UserError(f"run directory {out} already exists; use another --out")
+    from repnas.search._join_wait import DEFAULT_JOIN_TIMEOUT
+
+    timeout = DEFAULT_JOIN_TIMEOUT if args.join_timeout is None else args.join_timeout
+    if not timeout >= 0:
+        raise UserError(f"--join-timeout must be >= 0 seconds, got {timeout:g}")
     search = from_study(args.storage, args.study, {
         "workers": args.workers or 1, "device": args.device, "gpus_per_trial": args.gpus_per_trial,
-        "data_dir": args.data_dir})
+        "data_dir": args.data_dir}, timeout=timeout)
     return search, out
 
 

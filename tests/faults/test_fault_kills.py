@@ -173,18 +173,20 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start_workers(out: Path, trials: int = 6, epochs: int = 3, **env: str) -> tuple[subprocess.Popen, list[int]]:
+def _start_workers(out: Path, trials: int = 6, epochs: int = 3, workers: int = 2, extra: tuple[str, ...] = (),
+                   **env: str) -> tuple[subprocess.Popen, list[int]]:
     # SIGINT at its default, as in a terminal: a test run started in the background of a script (CI)
     # has it ignored, the child would inherit that, and Python keeps an ignored SIGINT ignored
-    proc = subprocess.Popen(repnas_cmd(*search_argv(out, "--workers", "2", trials=trials, epochs=epochs)),
+    argv = search_argv(out, "--workers", str(workers), *extra, trials=trials, epochs=epochs)
+    proc = subprocess.Popen(repnas_cmd(*argv),
                             env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while True:  # the worker is up and has a trial running
-        workers = _worker_pids(proc.pid)
+        pids = _worker_pids(proc.pid)
         logs = list((out / "trials").glob("*/log.txt")) if out.exists() else []
-        if workers and len(logs) >= 2:
-            return proc, workers
+        if len(pids) == workers - 1 and len(logs) >= workers:  # every process has a trial running
+            return proc, pids
         assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
         time.sleep(0.1)
 
@@ -424,3 +426,58 @@ def test_a_killed_workers_trial_no_longer_holds_its_model():
     recycled = {**stamp, "pid": os.getpid()}  # the pid of another process now: not the holder
     dead.set_user_attr(HOLDER_ATTR, recycled)
     assert not _is_running(study, dead.number)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (workers, and whatever they started)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+@pytest.mark.parametrize("target", ["main", "one-worker", "group"])
+def test_sigkill_with_four_workers_mid_trial(tmp_path, storage, target, capsys):
+    """SIGKILL of the main process, of one worker, of the whole group, every worker mid-trial: no
+    process outlives the search by 2 s, no trial is told after the main process died, and a resume
+    finishes the search."""
+    out = tmp_path / "run"
+    extra = ("--storage", f"sqlite:///{out}/study.db") if storage == "sqlite" else ()
+    hold = "worker2:asked@2=hold" if target == "one-worker" else "trial:asked@2=hold"
+    proc, workers = _start_workers(out, trials=8, epochs=2, workers=4, extra=extra, REPNAS_FAULT=hold)
+    pids = [proc.pid, *workers, *_descendants(proc.pid)]
+    if target == "main":
+        os.kill(proc.pid, signal.SIGKILL)
+    elif target == "group":
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(workers[1], signal.SIGKILL)  # worker 2 (workers are spawned in order 1, 2, 3)
+    if target == "one-worker":  # the others go on; the main process ends the search, exit 3
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 3, err
+        assert "worker 2" in one_line(err)
+    else:
+        proc.wait(timeout=30)
+    died = time.time()
+    alive = [p for p in set(pids) if p != proc.pid and _alive(p)]
+    assert _gone(alive, within=2.0), f"alive 2 s after the search ended: {[p for p in alive if _alive(p)]}"
+    print(f"{storage} {target}: {len(set(pids))} pids, alive after 2 s: 0")
+    if target != "one-worker":
+        time.sleep(1.0)
+        told = [t.number for t in _study(out).trials
+                if t.datetime_complete is not None and t.datetime_complete.timestamp() > died]
+        assert not told, f"trials told after the main process died: {told}"
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    _check_finished(out, 8)
