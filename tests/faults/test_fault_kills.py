@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from fault_helpers import one_line, repnas_cmd, search_argv, snapshot, subprocess_env
 
 from repnas.cli import main
@@ -95,18 +96,37 @@ def test_killed_mid_search_loses_nothing(tmp_path, point, capsys):
     _no_half_files(out)
 
 
-def test_killed_export_leaves_no_half_file(finished_run, tmp_path):
+def _whole_export(dest: Path) -> None:
+    listed = yaml.safe_load((dest / "exported.yaml").read_text())
+    names = {p.name for p in dest.iterdir()}
+    for entry in listed["trials"]:
+        for key in ("config", "state_dict", "torchscript", "onnx"):
+            if entry.get(key):
+                assert entry[key] in names and (dest / entry[key]).stat().st_size > 0, entry[key]
+
+
+@pytest.mark.parametrize("point", ["export:staged", "export:moved", "atomic:replace@2"])
+def test_killed_export_appears_whole_or_not_at_all(finished_run, tmp_path, point):
+    """A killed export left a partial folder under the final name (6 of 12 kills) and its staging
+    folder (176 MB in all)."""
     dest = tmp_path / "exported"
-    _killed(["export", str(finished_run), "--top", "2", "--out", str(dest)], "export:moved@1")
-    for path in dest.glob("*"):  # what was moved is whole; exported.yaml (last) is absent
-        assert path.stat().st_size > 0
-    assert not (dest / "exported.yaml").exists()
-    _killed(["export", str(finished_run), "--top", "2", "--out", str(dest)], "atomic:replace@2")
-    assert not (dest / "exported.yaml").exists()
+    _killed(["export", str(finished_run), "--top", "2", "--out", str(dest)], point)
+    if dest.exists():  # killed after the swap: whole
+        _whole_export(dest)
+    else:
+        assert point != "export:moved"
     assert main(["export", str(finished_run), "--top", "2", "--out", str(dest)]) == 0
-    listed = (dest / "exported.yaml").read_text()
-    for path in dest.glob("trial_*"):
-        assert path.name in listed and path.stat().st_size > 0
+    _whole_export(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # no staging folder left
+    # over an existing export (and a file of the user's): whole or as it was, the user's file kept
+    (dest / "notes.txt").write_text("mine")
+    before = snapshot(dest)
+    _killed(["export", str(finished_run), "--top", "1", "--out", str(dest)], "export:staged")
+    assert snapshot(dest) == before
+    assert main(["export", str(finished_run), "--top", "1", "--out", str(dest)]) == 0
+    _whole_export(dest)
+    assert (dest / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]
 
 
 def test_killed_report_leaves_no_half_file(finished_run, tmp_path):
