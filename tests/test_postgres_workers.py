@@ -187,8 +187,9 @@ def test_three_identical_commands(postgres_url, tmp_path):
     # same study is reused, as a rejoin would)
     assert runs[0].name == "run" and {p.name for p in runs[1:]} <= {"run-join1", "run-join2"} and len(runs) >= 2
     _check_once_and_capped(postgres_url, study_name, runs)
-    other = subprocess.run([sys.executable, "-m", "repnas", "search", *command[:3], "--trials", "9",
-                            *command[5:], "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    differing = [*command[:3], "9", *command[4:]]  # --trials 9
+    other = subprocess.run([sys.executable, "-m", "repnas", "search", *differing, "--device", "cpu"],
+                           capture_output=True, text=True, timeout=120)
     assert other.returncode == 2, other.stderr
     lines = other.stderr.strip().splitlines()
     assert len(lines) == 1 and "trials 9 (the study's is 8)" in lines[0], lines
