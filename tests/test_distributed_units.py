@@ -188,3 +188,43 @@ def test_a_ray_trial_that_failed_for_good_frees_its_model_and_a_stopped_one_leav
     searcher.suggest("cd_00000")
     searcher.on_trial_complete("cd_00000", error=True)
     assert gave_up == ["cd_00000"]
+
+
+def test_join_waits_for_the_study_and_its_config(tmp_path, monkeypatch, capsys):
+    """A joiner started with the starter (a job array) exited 2: 'no study ...; start it first'."""
+    import threading
+    import time
+
+    import optuna
+
+    from repnas.errors import UserError
+    from repnas.runs._join_wait import SEARCH_ATTR
+    from repnas.runs import _server, _storage, _workers
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"  # stands in for the database server
+    for module in (_storage, _workers):
+        monkeypatch.setattr(module, "is_server_storage", lambda u: u == url)
+    monkeypatch.setattr(_server, "open_server_storage", lambda u, heartbeat=True: optuna.storages.RDBStorage(u))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with pytest.raises(UserError, match=r"no study 's' in .* after waiting 0.3 s"):
+        _workers.join_search_config(url, "s", {}, timeout=0.3, poll=0.05)
+    capsys.readouterr()
+    from repnas.search._api import search_config
+
+    config, _ = search_config("quick", out=tmp_path / "run", trials=3, epochs=1, storage=url, study="s")
+
+    def start():
+        time.sleep(0.6)
+        study = optuna.create_study(storage=url, study_name="s", directions=config.directions)
+        time.sleep(0.6)  # created, config not written yet: the joiner keeps waiting
+        study.set_user_attr(SEARCH_ATTR, config.to_dict())
+
+    starter = threading.Thread(target=start)
+    began = time.monotonic()
+    starter.start()
+    joined = _workers.join_search_config(url, "s", {"workers": 2}, timeout=30, poll=0.05)
+    waited = time.monotonic() - began
+    starter.join()
+    assert 1.2 <= waited < 10 and joined.trials == 3 and joined.workers == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("join: waiting up to 30 s for study 's'"), lines

@@ -128,3 +128,68 @@ def test_starter_and_two_joiners_one_killed(postgres_url, tmp_path):
     assert table.loc[table["trial"] == killed, "error"].item().startswith("lost")
     print(f"\npostgres test: {TRIALS} trials (+1 lost and retried), 3 machines, killed trial {killed}, "
           f"folders {dict((m, sorted(f)) for m, f in folders.items())}, {time.time() - started:.1f}s")
+
+
+def _check_once_and_capped(postgres_url: str, study_name: str, runs: list[Path]) -> None:
+    """Every trial ran on exactly one machine, nothing is left running, and exactly TRIALS count."""
+    rdb = optuna.storages.RDBStorage(postgres_url)
+    trials = optuna.load_study(study_name=study_name, storage=rdb).get_trials(deepcopy=False)
+    assert all(t.state.name in ("COMPLETE", "FAIL", "PRUNED") for t in trials)
+    folders = [_folders(run) for run in runs]
+    assert sum(len(f) for f in folders) == len(set().union(*folders)) == len(trials)  # each once
+    counted = [t for t in trials if t.user_attrs.get("duplicate_of") is None and "retry_of" not in t.user_attrs]
+    assert len(counted) == TRIALS, [(t.number, t.state.name) for t in trials]
+
+
+def _all_exit_0(procs: dict[str, subprocess.Popen], tmp_path: Path) -> None:
+    try:
+        for name, proc in procs.items():
+            assert proc.wait(timeout=400) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_starter_and_two_joiners_started_in_the_same_second(postgres_url, tmp_path):
+    """A job array: the joiners do not wait for the starter's study by hand (they exited 2)."""
+    study_name = f"test-{uuid.uuid4().hex[:10]}"
+    storage = ["--storage", postgres_url, "--study", study_name]
+    runs = {m: tmp_path / m for m in ("a", "b", "c")}
+    began = time.time()
+    procs = {"b": _spawn(["--join", *storage, "--out", str(runs["b"])], tmp_path / "b.log"),
+             "c": _spawn(["--join", *storage, "--out", str(runs["c"])], tmp_path / "c.log"),
+             "a": _spawn(["--space", "quick", "--trials", str(TRIALS), "--epochs", "1", "--early-stop", "none",
+                          *storage, "--out", str(runs["a"])], tmp_path / "a.log")}
+    assert time.time() - began < 1.0
+    _all_exit_0(procs, tmp_path)
+    waiting = [line for m in "bc" for line in (tmp_path / f"{m}.log").read_text().splitlines()
+               if line.startswith("join: waiting")]
+    assert len(waiting) <= 2  # at most one waiting line per joiner
+    _check_once_and_capped(postgres_url, study_name, list(runs.values()))
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_three_identical_commands(postgres_url, tmp_path):
+    """Every worker of an array runs the same command: the first to create the study starts it, the
+    others join; a worker whose flags differ from the study's config is refused in one line."""
+    study_name = f"test-{uuid.uuid4().hex[:10]}"
+    command = ["--space", "quick", "--trials", str(TRIALS), "--epochs", "1", "--early-stop", "none",
+               "--storage", postgres_url, "--study", study_name, "--out", str(tmp_path / "run")]
+    procs = {f"w{k}": _spawn(command, tmp_path / f"w{k}.log") for k in range(3)}
+    _all_exit_0(procs, tmp_path)
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("run"))
+    # one machine here: the joiners take run-join<k> beside the starter's run (a free one of the
+    # same study is reused, as a rejoin would)
+    assert runs[0].name == "run" and {p.name for p in runs[1:]} <= {"run-join1", "run-join2"} and len(runs) >= 2
+    _check_once_and_capped(postgres_url, study_name, runs)
+    differing = [*command[:3], "9", *command[4:]]  # --trials 9
+    other = subprocess.run([sys.executable, "-m", "repnas", "search", *differing, "--device", "cpu"],
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2, other.stderr
+    lines = other.stderr.strip().splitlines()
+    assert len(lines) == 1 and "trials 9 (the study's is 8)" in lines[0], lines

@@ -239,9 +239,9 @@ def _storage_for_file(path: Path) -> Any:
     import optuna
 
     if path.suffix == ".log":
-        from optuna.storages.journal import JournalFileBackend
+        from repnas.runs._journal_lock import journal_backend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return optuna.storages.JournalStorage(journal_backend(str(path)))  # the lock the search takes
     with path.open("rb") as fh:
         if not fh.read(16).startswith(b"SQLite format 3"):
             raise UserError(f"{path}: not an SQLite database or Optuna journal")

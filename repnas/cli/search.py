@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument("--join", action="store_true", help="add this machine's workers to the search --study "
                    "on the database server --storage (postgresql://...); --out defaults to runs/<study>")
+    p.add_argument("--join-timeout", type=float, metavar="S", help="with --join: wait up to S seconds for the "
+                   "study and its config to appear (workers of a job array start with the starter; default 600)")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial (default 0)")
     p.add_argument("--sampler", choices=("nsga2", "tpe", "gp", "random"),
                    help="Optuna sampler (default nsga2)")
@@ -157,8 +159,17 @@ def joined_search_config(args: argparse.Namespace):
         raise UserError(f"run directory {out} already exists; use another --out")
     search = from_study(args.storage, args.study, {
         "workers": args.workers or 1, "device": args.device, "gpus_per_trial": args.gpus_per_trial,
-        "data_dir": args.data_dir})
+        "data_dir": args.data_dir}, timeout=_join_timeout(args))
     return search, out
+
+
+def _join_timeout(args: argparse.Namespace) -> float:
+    from repnas.runs._join_wait import DEFAULT_JOIN_TIMEOUT
+
+    timeout = DEFAULT_JOIN_TIMEOUT if args.join_timeout is None else args.join_timeout
+    if not timeout >= 0:
+        raise UserError(f"--join-timeout must be >= 0 seconds, got {timeout:g}")
+    return timeout
 
 
 def ray_options(args: argparse.Namespace, saved: dict) -> dict:
@@ -201,14 +212,28 @@ def run(args: argparse.Namespace) -> int:
 
             print(dry_run_text(search, args.dry_run))
             return 0
-        check_new_run_dir(out)
+        from repnas.runs._array_start import as_array_worker
+
+        worker = as_array_worker(search, out, _join_timeout(args))  # the study exists: join it
+        if worker is not None:
+            (search, out), args.join = worker, True
     if args.dry_run is not None:
         raise UserError("--dry-run previews a new search; it does not combine with --resume")
     started = time.time()
     # validated, owned (one process per run directory), started atomically, stopped cleanly:
     # run_search_config runs the driver inside supervised_search
-    result = run_search_config(search, out, resume=args.resume, progress=not args.quiet, timeout=args.timeout,
-                               ray_address=args.ray_address, join=args.join)
+    try:
+        if not (args.join or args.resume):
+            check_new_run_dir(out)
+        result = run_search_config(search, out, resume=args.resume, progress=not args.quiet, timeout=args.timeout,
+                                   ray_address=args.ray_address, join=args.join)
+    except Exception as exc:  # another worker of the array started the same search first: join it
+        from repnas.runs._array_start import as_array_worker, lost_the_start
+
+        if args.join or args.resume or not lost_the_start(search, exc):
+            raise
+        (search, out), args.join = as_array_worker(search, out, _join_timeout(args), wait=True), True
+        result = run_search_config(search, out, progress=not args.quiet, timeout=args.timeout, join=True)
     from repnas.analysis._front import no_complete_reason
 
     table = result.trials

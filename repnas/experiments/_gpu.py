@@ -493,7 +493,7 @@ def is_result_file(path: Path) -> bool:
     not a checkpoint, a TensorBoard event file or a lock. ``.gitignore`` lists the same patterns, and
     tests/test_gpu_session.py checks that no archived file is git-ignored."""
     name = path.name
-    return not (path.suffix in (".pt", ".lock") or name.startswith((".", "events.out.tfevents.")))
+    return not (path.suffix in (".pt", ".lock", ".flock") or name.startswith((".", "events.out.tfevents.")))
 
 
 def write_archive(results: Path, since_ns: int, archive: Path, max_bytes: int = 4 << 20) -> list[str]:

@@ -28,7 +28,6 @@ from typing import Any
 
 import yaml
 
-from repnas import _faults
 from repnas._io import atomic_path, atomic_write_text
 from repnas.analysis._front import front_rows
 from repnas.errors import UserError
@@ -164,21 +163,21 @@ def _write_materialized(run_config, checkpoint: Path, out: Path, stem: str) -> d
 
 @contextlib.contextmanager
 def staged_folder(out: str | Path):
-    """Yield a hidden folder beside ``out`` to write into; on success its files move into ``out``
-    (each by an atomic rename, ``exported.yaml`` last, so a reader that finds it finds everything it
-    lists); on failure it is removed and ``out`` is as it was. The staging folder sits beside ``out``,
-    so paths relative to it (``exported.yaml``'s) are the same relative to ``out``."""
+    """Yield a hidden folder beside ``out`` to write into; on success the complete folder takes
+    ``out``'s place in one step (:mod:`repnas.export._swap`), so ``out`` is the whole export
+    or as it was; on failure it is removed and ``out`` is as it was. The staging folder sits beside
+    ``out``, so paths relative to it (``exported.yaml``'s) are the same relative to ``out``."""
+    from repnas.export._swap import keep_existing, remove_dead_staging, staging_for, swap_in
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.export-{os.getpid()}"
+    remove_dead_staging(out)  # a killed export's staging folder (it left 176 MB)
+    staging = staging_for(out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         yield staging
-        out.mkdir(exist_ok=True)
-        names = sorted(p.name for p in staging.iterdir())
-        for name in sorted(names, key=lambda n: n == "exported.yaml"):
-            os.replace(staging / name, out / name)
-            _faults.point("export:moved")
+        keep_existing(out, staging)
+        swap_in(staging, out)  # whole or not at all: one rename (or exchange) of the complete folder
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -55,7 +55,9 @@ def requeue_lost(study, trial) -> None:
     """Optuna's callback for a trial whose worker stopped sending heartbeats (now ``FAIL``): queue
     its point again, marked ``retry_of``, so the search still trains it and the cap still holds."""
     if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        from repnas.runs._retry import enqueue_retry
+
+        enqueue_retry(study, trial)  # in the lost trial's NSGA-II generation
 
 
 class StudyLock:

@@ -70,7 +70,6 @@ def open_storage(url: str, heartbeat: bool = True):
     database server (``postgresql://``) gets trial heartbeats unless ``heartbeat=False``
     (:mod:`repnas.runs._server`)."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend
 
     from repnas.runs._server import open_server_storage
 
@@ -78,7 +77,9 @@ def open_storage(url: str, heartbeat: bool = True):
         return open_server_storage(url, heartbeat)
     if "://" in url:
         return optuna.storages.RDBStorage(url)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(url)))
+    from repnas.runs._journal_lock import journal_backend
+
+    return optuna.storages.JournalStorage(journal_backend(str(url)))  # a kernel lock: never stale
 
 
 def storage_exists(url: str) -> bool:

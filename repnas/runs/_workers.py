@@ -148,7 +148,9 @@ def recover_interrupted(study) -> list[int]:
         # retry queued, and the point never ran.
         retry = queued.get(t.number)
         if t.params and retry is None:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            from repnas.runs._retry import enqueue_retry
+
+            enqueue_retry(study, t)  # in t's NSGA-II generation
             retry = study.get_trials(deepcopy=False)[-1].number
         trial_id = trial_id_of(study, t.number)
         error = "interrupted (the search process was killed)" + (f"; retried as trial {retry}" if retry is not None
@@ -210,17 +212,24 @@ class TrialHeartbeat:
 
 
 # --------------------------------------------------------------------- joining a search
-def join_search_config(storage: str, study_name: str, overrides: dict[str, Any]):
+def join_search_config(storage: str, study_name: str, overrides: dict[str, Any], timeout: float = 0.0,
+                       poll: float = 1.0):
     """The SearchConfig of a running search, read from its study (where the starting machine put
-    it), with this machine's ``workers``/``device``/``gpus_per_trial``/``data_dir`` applied."""
+    it), with this machine's ``workers``/``device``/``gpus_per_trial``/``data_dir`` applied.
+
+    Workers of a job array start at the same moment as the starter, which on a loaded machine had
+    not created the study yet (the joiner exited 2): the study, and the starter's ``search.yaml``
+    fields on it, are waited for up to ``timeout`` seconds, with one line saying so."""
     import optuna
 
+    from repnas.runs._join_wait import wait_for_study
     from repnas.runs._rundir import SearchConfig
     from repnas.runs._storage import open_storage
 
     if not is_server_storage(storage):
         raise UserError(f"--join needs a database server --storage (postgresql://...), got {storage!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    wait_for_study(storage, study_name, timeout, poll)
     try:
         names = optuna.get_all_study_names(open_storage(storage, heartbeat=False))
     except UserError:

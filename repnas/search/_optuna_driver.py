@@ -145,6 +145,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     import torch
 
     from repnas.runs._claims import ModelClaims, TrialModels
+    from repnas.runs._holder import HOLDER_ATTR, holder_stamp
     from repnas.runs._storage import is_server_storage
     from repnas.runs._workers import (
         TrialHeartbeat,
@@ -175,6 +176,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     if resume and sampler is None:
         study.sampler = resumed_sampler(search, run, worker, len(study.get_trials(deepcopy=False)))
     claims = ModelClaims(study, lambda: study_lock(search, run))  # every machine's workers claim models
+    holder = holder_stamp()
     data = _load_data(search)
     display = SearchProgress(search.trials, counted_trials(study), search.workers)
     while True:
@@ -186,6 +188,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
             if not full and not repeating:
                 trial = study.ask(fixed_distributions=distributions)
                 trial.set_user_attr("worker", name)
+                trial.set_user_attr(HOLDER_ATTR, holder)  # frees its model claims if this process dies
                 heartbeat = TrialHeartbeat(study, trial)
                 save_sampler(run, worker, study.sampler)
         if repeating:
@@ -239,8 +242,12 @@ def _frozen(study, number: int):
 
 
 def _is_running(study, number: int) -> bool:
-    """Whether trial ``number`` is still being trained (the holder of a model claim)."""
-    return study._storage.get_trial(trial_id_of(study, number)).state.name == "RUNNING"
+    """Whether trial ``number`` is still being trained (the holder of a model claim): RUNNING, and
+    its process alive where this host can tell (:mod:`repnas.runs._holder`)."""
+    from repnas.runs._holder import HOLDER_ATTR, holder_alive
+
+    trial = study._storage.get_trial(trial_id_of(study, number))
+    return trial.state.name == "RUNNING" and holder_alive(trial.user_attrs.get(HOLDER_ATTR))
 
 
 def cpu_threads(workers: int) -> int:
