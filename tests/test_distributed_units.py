@@ -198,8 +198,8 @@ def test_join_waits_for_the_study_and_its_config(tmp_path, monkeypatch, capsys):
     import optuna
 
     from repnas.errors import UserError
-    from repnas.runs._join_wait import SEARCH_ATTR
     from repnas.runs import _server, _storage, _workers
+    from repnas.runs._join_wait import SEARCH_ATTR
 
     url = f"sqlite:///{tmp_path}/db.sqlite"  # stands in for the database server
     for module in (_storage, _workers):
