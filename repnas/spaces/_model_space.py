@@ -152,13 +152,7 @@ class ModelSpace(SearchSpace):
     # ----------------------------------------------------------------- points
     def architecture(self, point: dict[str, Any]) -> dict[str, Any]:
         """A point plus the fixed values and defaults: every knob of the space resolved."""
-        unknown = set(point) - set(self.knobs)
-        if unknown:
-            raise UserError(f"space {self.name!r}: point has unknown knobs {sorted(unknown)}")
-        missing = set(self.knobs) - set(point)
-        if missing:
-            raise UserError(f"space {self.name!r}: point lacks knobs {sorted(missing)}")
-        values = {**self.fixed, **point}
+        values = self.point_values(point)
         for key, default in _SCALAR_KNOBS.items():
             values.setdefault(key, self.plan_options.get(key, default))
         rank = values["rank"]

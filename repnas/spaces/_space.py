@@ -262,15 +262,19 @@ class SearchSpace:
                 size = math.inf
         return size
 
-    def architecture(self, point: dict[str, Any]) -> Architecture:
-        """Resolve a point (searched knobs) plus the fixed values and defaults into an Architecture."""
+    def point_values(self, point: dict[str, Any]) -> dict[str, Any]:
+        """``point`` (exactly the searched knobs, else ``UserError``) plus the space's fixed values."""
         unknown = set(point) - set(self.knobs)
         if unknown:
             raise UserError(f"space {self.name!r}: point has unknown knobs {sorted(unknown)}")
         missing = set(self.knobs) - set(point)
         if missing:
             raise UserError(f"space {self.name!r}: point lacks knobs {sorted(missing)}")
-        values = {**self.fixed, **point}
+        return {**self.fixed, **point}
+
+    def architecture(self, point: dict[str, Any]) -> Architecture:
+        """Resolve a point (searched knobs) plus the fixed values and defaults into an Architecture."""
+        values = self.point_values(point)
 
         def get(name: str, stage: int | None = None) -> Any:
             if stage is not None and f"{name}.{stage}" in values:
