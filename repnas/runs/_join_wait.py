@@ -14,8 +14,8 @@ import sys
 import time
 
 from repnas.errors import UserError
+from repnas.runs._study import SEARCH_ATTR
 
-SEARCH_ATTR = "repnas.search"
 DEFAULT_JOIN_TIMEOUT = 600.0
 
 
@@ -31,14 +31,16 @@ def study_config(storage: str, study_name: str):
     return None if summary is None else summary.user_attrs.get(SEARCH_ATTR)
 
 
-def wait_for_study(storage: str, study_name: str, timeout: float, poll: float = 1.0) -> None:
-    """Return once ``study_name`` exists in ``storage`` with its config; waits up to ``timeout`` s."""
+def wait_for_study(storage: str, study_name: str, timeout: float, poll: float = 1.0) -> dict:
+    """The config recorded on ``study_name`` in ``storage``, once the study exists with it; waits up
+    to ``timeout`` s."""
     deadline = time.monotonic() + max(0.0, timeout)
     said = False
     while True:
         try:
-            if study_config(storage, study_name) is not None:
-                return
+            recorded = study_config(storage, study_name)
+            if recorded is not None:
+                return recorded
         except UserError:
             raise
         except Exception as exc:  # the server not up yet either: wait for it too

@@ -60,7 +60,7 @@ def check_storage(search: SearchConfig, resume: bool, out: str | Path | None = N
     if out is not None and not resume and abandoned_study(search, out):
         return
     try:
-        _check_study(search, resume)
+        check_study(search, resume)
     except UserError:
         raise
     except Exception as exc:  # a storage that opens but cannot be read
@@ -69,9 +69,10 @@ def check_storage(search: SearchConfig, resume: bool, out: str | Path | None = N
                         f"{text[0] if text else ''})") from None
 
 
-def _check_study(search: SearchConfig, resume: bool) -> None:
+def check_study(search: SearchConfig, resume: bool) -> None:
     """Refuse a storage that holds other studies, a new search over an existing study, or a
-    ``--resume`` of a study that does not exist."""
+    ``--resume`` of a study that does not exist. A driver started without :func:`check_storage`
+    (the Python API's drivers) asks only this; the storage's files were inspected before."""
     import optuna
 
     if not storage_exists(search.storage):

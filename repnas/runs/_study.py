@@ -8,11 +8,14 @@ from repnas.errors import UserError
 from repnas.runs._rundir import SearchConfig
 from repnas.runs._storage import open_storage
 
+#: the study user attribute holding the search's config (what ``--join`` and job arrays read)
+SEARCH_ATTR = "repnas.search"
+
 
 def open_study(search: SearchConfig, create: bool = False, sampler=None):
-    """Create (``create=True``) or load the study of ``search``, with worker ``worker``'s sampler
-    (``sampler``: the search's sampler, :func:`repnas.search._samplers.make_sampler`; None, Optuna's
-    default, for a study opened only to be created or read)."""
+    """Create (``create=True``) or load the study of ``search``, with ``sampler`` (the worker's
+    sampler, :func:`repnas.search._samplers.search_sampler`; None, Optuna's default, for a study
+    opened only to be created or read)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -23,7 +26,7 @@ def open_study(search: SearchConfig, create: bool = False, sampler=None):
         with warnings.catch_warnings():  # experimental in Optuna, but what readers of the study use
             warnings.simplefilter("ignore")
             study.set_metric_names(search.objective_names)
-        study.set_user_attr("repnas.search", search.to_dict())
+        study.set_user_attr(SEARCH_ATTR, search.to_dict())
         return study
     study = optuna.load_study(study_name=search.study, storage=storage, sampler=sampler)
     directions = [d.name.lower() for d in study.directions]

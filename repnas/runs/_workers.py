@@ -224,24 +224,11 @@ def join_search_config(storage: str, study_name: str, overrides: dict[str, Any],
 
     from repnas.runs._join_wait import wait_for_study
     from repnas.runs._rundir import SearchConfig
-    from repnas.runs._storage import open_storage
 
     if not is_server_storage(storage):
         raise UserError(f"--join needs a database server --storage (postgresql://...), got {storage!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    wait_for_study(storage, study_name, timeout, poll)
-    try:
-        names = optuna.get_all_study_names(open_storage(storage, heartbeat=False))
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"storage {storage} is unreachable ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if study_name not in names:
-        raise UserError(f"no study {study_name!r} in {storage}; start it first with "
-                        f"repnas search --space ... --storage {storage} --study {study_name}")
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat=False))
-    saved = study.user_attrs.get("repnas.search")
+    saved = wait_for_study(storage, study_name, timeout, poll)  # the study exists and carries it
     if not isinstance(saved, dict):
         raise UserError(f"study {study_name!r} was not made by repnas search (no repnas.search attribute)")
     search = SearchConfig.from_dict(dict(saved))

@@ -26,7 +26,7 @@ from typing import Any
 from repnas import _faults
 from repnas._procs import die_with_parent, exit_description, sigint_ignored, stop
 from repnas.runs._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
-from repnas.runs._start import check_storage
+from repnas.runs._start import check_study
 from repnas.runs._study import open_study, trial_id_of
 from repnas.runs._workers import recover_interrupted
 from repnas.search._progress import SearchProgress
@@ -326,7 +326,7 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
     deadline = time.time() + timeout if timeout is not None else None
     run = RunDir(root)
     if not join:
-        check_storage(search, resume)
+        check_study(search, resume)
     run.create()
     search.to_yaml(run.search_yaml)
     if join:

@@ -97,13 +97,13 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     except ImportError as exc:  # pragma: no cover - ray is a dependency, but keep the message clear
         raise UserError(f"--backend ray needs ray[tune] ({exc})") from None
 
-    from repnas.runs._start import check_storage
+    from repnas.runs._start import check_study
     from repnas.runs._study import open_study
     from repnas.search._samplers import spread_budgets
 
     check_ray_early_stop(search)  # before anything is written (a caller without validate_search)
     run = RunDir(root)
-    check_storage(search, resume)
+    check_study(search, resume)
     run.create()
     search.to_yaml(run.search_yaml)
     knobs = search.knob_names()
