@@ -20,7 +20,12 @@ other processes on a loaded machine do not inflate. On a CPU the arithmetic is n
 model whose physical weight is large (VGG11's 9.4M: the optimizer and the weight generation pass
 over it several times per step); ``--device meta`` runs the same step on shape-only tensors, which
 leaves exactly the host's work (dispatch, autograd, Python; meta kernels are partly Python, so the
-absolute milliseconds are higher than a GPU's host cost).
+absolute milliseconds are higher than a GPU's host cost), and by default with the weight generation
+a GPU runs (``--weights group``), so it is the CPU's view of a GPU step's host work.
+
+``--weights`` picks how repeated weights are generated: ``default`` (what the device runs: the
+model-wide group of ``repnas.rescale._group`` on CUDA and meta, the reference ops on a CPU),
+``reference``, ``fused`` (one fused function per layer) or ``group``.
 
 On CUDA it uses bf16 autocast and channels_last (as the trainer does). The extra work of a repeated
 layer is generating its weight (a repeat and a few elementwise ops over the physical weight) once per
@@ -38,7 +43,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from repnas.rescale import count_params
+from repnas.rescale import RepeatWeight, count_params
+from repnas.rescale._group import WeightGroup
 from repnas.spaces import create_model
 from repnas.train._trainer import channels_last
 
@@ -86,7 +92,14 @@ def main() -> None:
                         help="only this repeated model's pair (repeatable; default: every pair)")
     parser.add_argument("--host", action="store_true",
                         help="host work per step: batch 2, 8x8 inputs (overrides --batch-size)")
+    parser.add_argument("--weights", choices=["default", "reference", "fused", "group"], default="default",
+                        help="how repeated weights are generated (default: as the device runs them; meta: as CUDA)")
     args = parser.parse_args()
+    weights = args.weights
+    if weights == "default":
+        weights = "reference" if args.device == "cpu" else "group"
+    RepeatWeight.use_fused = weights != "reference"
+    WeightGroup.enabled = weights == "group"
     image = 8 if args.host else 32
     # host work is CPU time: the process's, so that other processes on a loaded machine do not count
     clock = time.process_time if args.host else time.perf_counter
@@ -94,8 +107,9 @@ def main() -> None:
         args.batch_size = 2
     device = torch.device(args.device)
     torch.manual_seed(0)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device {name}, batch {args.batch_size}, {image}x{image} inputs, "
+    name = (torch.cuda.get_device_name() if device.type == "cuda"
+            else f"{device.type} ({torch.get_num_threads()} threads)")
+    print(f"device {name}, batch {args.batch_size}, {image}x{image} inputs, weights {weights}, "
           f"median of {args.rounds} alternating rounds x {args.steps} steps")
     print(f"{'repeated':<12} {'params':>10} {'ms/step':>9} | {'plain':<8} {'params':>10} {'ms/step':>9} | ratio")
     rows = []
@@ -118,7 +132,7 @@ def main() -> None:
         from repnas._io import atomic_write_text
 
         record = {"benchmark": "repeat_overhead_host" if args.host else "repeat_overhead", "device": name,
-                  "torch": torch.__version__,
+                  "weights": weights, "torch": torch.__version__,
                   "cuda": torch.version.cuda, "batch_size": args.batch_size, "steps": args.steps,
                   "rounds": args.rounds, "image": image,
                   "target": "ratio <= 1.3" if args.host else "ratio <= 1.05", "pairs": rows,

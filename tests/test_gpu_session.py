@@ -16,6 +16,7 @@ import pytest
 
 from repnas.experiments import _gpu, _gpu_queue
 from repnas.experiments._gpu import bench_tasks, check_tasks, pack_of, plan_queue, session_for
+from repnas.experiments._gpu_queue import SPEED_REVISION, bench_path
 from repnas.experiments._schedule import Task, run_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,11 +171,21 @@ def test_skips_what_is_done(session, monkeypatch):
     assert _names(tasks) == ["check/search", "check/report"] and tasks[1].needs == ["check/search"]
     (checks / "search.json").write_text(json.dumps({"pass": True}))  # passed, but its run is not here:
     assert _names(check_tasks(session)) == ["check/search", "check/report"]  # the report needs it again
-    (session.gpu_dir / "bench" / "packed_trials.json").write_text("{}")
-    assert _names(bench_tasks(session)) == ["bench/repeat_overhead", "bench/repeat_overhead_host",
-                                            "bench/step_profile", "bench/trainer_throughput"]
+    every = ["bench/repeat_overhead", "bench/repeat_overhead_per_layer", "bench/repeat_overhead_host",
+             "bench/step_profile", "bench/trainer_throughput", "bench/packed_trials", "bench/vgg11_15ep"]
+    # the fixture's vgg11_15ep.json is speed revision 1's: this revision measures it again
+    assert _names(bench_tasks(session)) == every
+    current = bench_path(session.gpu_dir, "packed_trials")
+    assert current.parent.name == f"rev{SPEED_REVISION}" and SPEED_REVISION >= 2
+    current.parent.mkdir(parents=True)
+    current.write_text("{}")
+    assert _names(bench_tasks(session)) == [n for n in every if n != "bench/packed_trials"]
     host = next(t for t in bench_tasks(session) if t.name == "bench/repeat_overhead_host")
     assert "repeat_overhead.py" in " ".join(host.argv) and "--host" in host.argv
+    ab = next(t for t in bench_tasks(session) if t.name == "bench/repeat_overhead_per_layer")
+    assert "repeat_overhead.py" in " ".join(ab.argv) and ab.argv[-4:-2] == ["--weights", "fused"]
+    # planning reads the newest revision that has a file, older ones before a declared figure
+    assert session.bench("vgg11_15ep")["seconds"] == 15.0
 
 
 def test_gpu_minute_cap_and_packing_rule(session, monkeypatch):

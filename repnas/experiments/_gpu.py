@@ -44,8 +44,10 @@ from repnas.errors import UserError
 from repnas.experiments._gpu_queue import (
     DECLARED,
     SMOKE_DECLARED,
+    SPEED_REVISION,
     GpuQueue,
     QueueItem,
+    bench_path,
     blocked_reason,
     item_runs,
     queue_experiment,
@@ -57,7 +59,7 @@ __all__ = ["DECLARED", "PHASES", "Assumed", "GpuSession", "device_slug", "is_res
            "run_gpu_session", "write_archive"]
 
 #: benchmarks whose script is another's in a different mode (issue 18: ``--host``)
-_BENCH_SCRIPT = {"bench/repeat_overhead_host": "repeat_overhead"}
+_BENCH_SCRIPT = {"bench/repeat_overhead_host": "repeat_overhead", "bench/repeat_overhead_per_layer": "repeat_overhead"}
 #: measured estimates are multiplied by this before a start is decided (machines vary between leases)
 SAFETY = 1.15
 #: seconds a search chunk spends before its first trial (processes, imports, data)
@@ -146,8 +148,13 @@ class GpuSession:
         return float(self.declared[name]), "declared"
 
     def bench(self, name: str) -> dict[str, Any] | None:
-        data = _read_json(self.gpu_dir / "bench" / f"{name}.json")
-        return data if isinstance(data, dict) else None
+        """Benchmark ``name`` on this GPU: the newest speed revision's that exists (an older one still
+        plans better than a declared figure)."""
+        for revision in range(SPEED_REVISION, 0, -1):
+            data = _read_json(bench_path(self.gpu_dir, name, revision))
+            if isinstance(data, dict):
+                return data
+        return None
 
     def ledger(self) -> dict[str, float]:
         data = _read_json(self.results / "gpu" / "ledger.json")
@@ -227,12 +234,14 @@ def check_tasks(s: GpuSession) -> list[Task]:
 
 # ------------------------------------------------------------------------------ b. benchmarks
 def bench_tasks(s: GpuSession) -> list[Task]:
-    bench_dir = s.gpu_dir / "bench"
+    """Every benchmark that this speed revision (``SPEED_REVISION``) lacks on this GPU."""
     scripts = s.root / "benchmarks"
     data = ["--data-dir", s.data_dir] if s.data_dir else []
     if s.smoke:
         argv = {
             "bench/repeat_overhead": ["--batch-size", "2", "--steps", "1", "--warmup", "0", "--rounds", "1"],
+            "bench/repeat_overhead_per_layer": ["--batch-size", "2", "--steps", "1", "--warmup", "0", "--rounds", "1",
+                                                "--pair", "rep_wrn16_4", "--weights", "fused"],
             # smoke: the WRN pair only (building VGG11's 9.4M weights costs seconds on a CPU)
             "bench/repeat_overhead_host": ["--host", "--steps", "1", "--warmup", "0", "--rounds", "1",
                                            "--pair", "rep_wrn16_4"],
@@ -243,13 +252,15 @@ def bench_tasks(s: GpuSession) -> list[Task]:
                                     "--packs", "2"],
         }
     else:
+        # the per-layer fused weight in the same session: the A/B of the model-wide groups
         argv = {"bench/repeat_overhead": ["--batch-size", "256"],
+                "bench/repeat_overhead_per_layer": ["--batch-size", "256", "--weights", "fused"],
                 "bench/repeat_overhead_host": ["--host", "--steps", "50", "--warmup", "10"],
                 "bench/step_profile": [], "bench/trainer_throughput": [*data],
                 "bench/packed_trials": [*data]}
     tasks = []
     for name, extra in argv.items():
-        result = bench_dir / f"{name.split('/')[1]}.json"
+        result = bench_path(s.gpu_dir, name.split("/")[1])
         if s.has(result):
             continue
         estimate, basis = s.estimate(name)
@@ -258,7 +269,7 @@ def bench_tasks(s: GpuSession) -> list[Task]:
                    "--out", str(result)]
         tasks.append(s.task(name, command, estimate, basis))
         tasks[-1].info["produces"] = [result]
-    result = bench_dir / "vgg11_15ep.json"
+    result = bench_path(s.gpu_dir, "vgg11_15ep")
     if not s.has(result):
         recipe_exp = queue_experiment(s.root / "experiments" / "c1c2_vgg_depth.yaml", s.smoke)
         recipe = {**recipe_exp.recipe, "epochs": 1 if s.smoke else 15}

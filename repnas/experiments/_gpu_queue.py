@@ -34,14 +34,31 @@ _TOP_KEYS = {"queue", "max_pack", "search_workers", "search_gpus_per_trial", "de
 _SMOKE_KEYS = {"runs_per_item", "search_trials", "search_workers", "default_run_seconds", "search", "items",
                "item_models"}
 
+#: the speed code the benchmarks measure, by revision (issue 18.6): bump ``SPEED_REVISION`` and add a
+#: line when a change is meant to move a benchmark. A session measures every benchmark the current
+#: revision lacks on its GPU; the files of older revisions stay, and docs/results.md shows the
+#: revisions side by side. Revision 1's files sit in ``bench/`` itself, later ones in ``bench/revN/``.
+SPEED_REVISIONS = {
+    1: "before issue 18: per-layer reference ops (measured at b0d9b33, 9c0fd04)",
+    2: "issue 18: fused weight, whole-model weight groups, captured step (from COMMIT)",
+}
+SPEED_REVISION = max(SPEED_REVISIONS)
+
+
+def bench_path(gpu_dir: Path, name: str, revision: int = SPEED_REVISION) -> Path:
+    """Where benchmark ``name`` of ``revision`` is kept for one kind of GPU."""
+    folder = gpu_dir / "bench" if revision == 1 else gpu_dir / "bench" / f"rev{revision}"
+    return folder / f"{name}.json"
+
+
 #: seconds, planning figures for a task nothing was measured for on this kind of GPU (not results): the
 #: issue's own budget ("checks about a minute, benchmarks about two"), with room for the first CIFAR-10
 #: decode and process starts; after a session, the measured times (timings.json) replace them.
 DECLARED = {"check/train": 45, "check/search": 60, "check/report": 15, "bench/repeat_overhead": 30,
-            "bench/repeat_overhead_host": 15, "bench/step_profile": 20,
+            "bench/repeat_overhead_per_layer": 20, "bench/repeat_overhead_host": 15, "bench/step_profile": 20,
             "bench/trainer_throughput": 45, "bench/packed_trials": 90, "bench/vgg11_15ep": 60}
 SMOKE_DECLARED = {"check/train": 20, "check/search": 30, "check/report": 12, "bench/repeat_overhead": 12,
-                  "bench/repeat_overhead_host": 8, "bench/step_profile": 10,
+                  "bench/repeat_overhead_per_layer": 8, "bench/repeat_overhead_host": 8, "bench/step_profile": 10,
                   "bench/trainer_throughput": 15, "bench/packed_trials": 25, "bench/vgg11_15ep": 12}
 
 

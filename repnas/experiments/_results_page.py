@@ -89,32 +89,73 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{float(value):.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
-def _bench_rows(kind: Path) -> list[list[str]]:
-    name = kind.name
+def _check_rows(kind: Path) -> list[list[str]]:
     rows = []
     for check, what in _CHECKS:
         r = _read(kind / "checks" / f"{check}.json")
         rows.append([f"check: {what}", NOT_MEASURED if r is None else
                      (f"pass ({_fmt(r.get('seconds'), 0)} s)" if r.get("pass") else f"FAIL: {r.get('error')}"),
-                     "", name, "" if r is None else str(r.get("torch", ""))])
-    over = _read(kind / "bench" / "repeat_overhead.json")
-    for pair in (over or {}).get("pairs", []) or [{"repeated": "rep_vgg6", "plain": "vgg11"},
-                                                  {"repeated": "rep_wrn16_4", "plain": "wrn16_4"}]:
-        figure = f"{_fmt(pair['ratio'], 3)}x" if "ratio" in pair else NOT_MEASURED
-        rows.append([f"repeat overhead {pair['repeated']} / {pair['plain']}, batch 256", figure, "<= 1.03",
-                     name, (over or {}).get("torch", "")])
-    thr = _read(kind / "bench" / "trainer_throughput.json")
-    rows.append(["repnas trainer / torchvision DataLoader loop (img/s)",
-                 f"{_fmt(thr['ratio'])}x" if thr else NOT_MEASURED, ">= 10", name, (thr or {}).get("torch", "")])
-    packed = _read(kind / "bench" / "packed_trials.json")
-    rows.append(["packed trials: 4 at once / serial (trials per hour)",
-                 f"{_fmt(packed['ratio'])}x" if packed and packed.get("ratio") else NOT_MEASURED, ">= 3", name,
-                 (packed or {}).get("torch", "")])
-    vgg = _read(kind / "bench" / "vgg11_15ep.json")
-    rows.append(["one 15-epoch VGG11 CIFAR-10 run (s, whole process; train steps only)",
-                 f"{_fmt(vgg['seconds'], 1)} s; {_fmt(vgg['train_seconds'], 1)} s" if vgg else NOT_MEASURED,
-                 "(airbench: ~16 s on an H100)", name, (vgg or {}).get("torch", "")])
+                     kind.name, "" if r is None else str(r.get("torch", ""))])
     return rows
+
+
+_PAIRS = [("rep_vgg6", "vgg11"), ("rep_wrn16_4", "wrn16_4")]
+
+
+def _pair_figure(record: dict | None, repeated: str, key: str = "ratio", digits: int = 3) -> str | None:
+    pair = next((p for p in (record or {}).get("pairs", []) if p.get("repeated") == repeated), None)
+    return f"{_fmt(pair[key], digits)}x" if pair and key in pair else None
+
+
+def _bench_figures(kind: Path, revision: int) -> list[tuple[str, str, str | None]]:
+    """(what, target, figure or None) of every benchmark of one speed revision on one kind of GPU."""
+    from repnas.experiments._gpu_queue import bench_path
+
+    def read(name: str) -> dict | None:
+        data = _read(bench_path(kind, name, revision))
+        return data if isinstance(data, dict) else None
+
+    def torch_of(record: dict | None) -> str:
+        return f" (torch {record['torch']})" if record and record.get("torch") else ""
+
+    rows: list[tuple[str, str, str | None]] = []
+    for name, what, target, key in (
+            ("repeat_overhead", "step time {r} / {p}, batch 256", "<= 1.05", "ratio"),
+            ("repeat_overhead_per_layer", "the same, per-layer fused weights (A/B of the groups)", "", "ratio"),
+            ("repeat_overhead_host", "host work per step {r} / {p} (batch 2, 8x8)", "<= 1.3", "ratio"),
+            ("step_profile", "operators per step {r} / {p} (device-free count)", "", "step_ratio")):
+        record = read(name)
+        for rep, plain in _PAIRS:
+            figure = _pair_figure(record, rep, key, 2 if key == "step_ratio" else 3)
+            rows.append((what.format(r=rep, p=plain) if "{r}" in what else f"{what}: {rep}", target,
+                         figure and figure + torch_of(record)))
+    thr = read("trainer_throughput")
+    rows.append(("repnas trainer / torchvision DataLoader loop (img/s)", ">= 3",
+                 thr and f"{_fmt(thr.get('ratio'))}x" + torch_of(thr)))
+    packed = read("packed_trials")
+    rows.append(("packed trials: 4 at once / serial (trials per hour)", ">= 3",
+                 f"{_fmt(packed['ratio'])}x" + torch_of(packed) if packed and packed.get("ratio") else None))
+    vgg = read("vgg11_15ep")
+    rows.append(("one 15-epoch VGG11 CIFAR-10 run (s, whole process; train steps only)", "<= 12 s; <= 8 s",
+                 vgg and f"{_fmt(vgg.get('seconds'), 1)} s; {_fmt(vgg.get('train_seconds'), 1)} s"))
+    return rows
+
+
+def _bench_table(kind: Path | None) -> str:
+    """One kind of GPU's benchmarks, one column per speed revision (old and new side by side)."""
+    from repnas.experiments._gpu_queue import SPEED_REVISIONS
+
+    revisions = sorted(SPEED_REVISIONS)
+    columns = [[f for _, _, f in _bench_figures(kind, r)] if kind else None for r in revisions]
+    base = _bench_figures(kind, revisions[-1]) if kind else _bench_figures(Path("/nonexistent"), revisions[-1])
+    rows = []
+    for k, (what, target, _) in enumerate(base):
+        rows.append([what, target, *[(col[k] if col and col[k] else NOT_MEASURED) if col else NOT_MEASURED
+                                     for col in columns]])
+    headers = ["what", "target", *[f"rev {r}" for r in revisions]]
+    legend = "; ".join(f"rev {r}: {label}" for r, label in sorted(SPEED_REVISIONS.items()))
+    title = f"Benchmarks on {kind.name}" if kind else "Benchmarks"
+    return f"{title} ({legend}):\n\n" + _table(headers, rows)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -130,18 +171,17 @@ def _gpu_section(results: Path) -> str:
              "Filled by steps a and b of `python -m repnas.experiments gpu`, once per kind of GPU. GPU minutes: "
              "at most 8 (one command's `--time-limit 480`; a step starts only if its planning time fits, and "
              f"the planning times of all {len(DECLARED)} sum to {sum(DECLARED.values()) / 60:.2f} minutes, "
-             "`DECLARED` in `repnas/experiments/_gpu_queue.py`). Files: `results/gpu/<gpu>/{checks,bench}/*.json`.", ""]
+             "`DECLARED` in `repnas/experiments/_gpu_queue.py`). Files: `results/gpu/<gpu>/{checks,bench}/*.json`. "
+             "Benchmarks are kept per speed revision (`SPEED_REVISIONS` in the same file): a session measures "
+             "what the current revision lacks, so the figures before and after a speed change stand side by side.",
+             ""]
     kinds = _gpu_kinds(results)
-    rows = [r for kind in kinds for r in _bench_rows(kind)]
+    rows = [r for kind in kinds for r in _check_rows(kind)]
     if not rows:
-        rows = [[f"check: {what}", NOT_MEASURED, "", "", ""] for _, what in _CHECKS]
-        rows += [[what, NOT_MEASURED, target, "", ""] for what, target in (
-            ("repeat overhead rep_vgg6 / vgg11, batch 256", "<= 1.03"),
-            ("repeat overhead rep_wrn16_4 / wrn16_4, batch 256", "<= 1.03"),
-            ("repnas trainer / torchvision DataLoader loop (img/s)", ">= 10"),
-            ("packed trials: 4 at once / serial (trials per hour)", ">= 3"),
-            ("one 15-epoch VGG11 CIFAR-10 run (s)", "(airbench: ~16 s on an H100)"))]
-    parts.append(_table(["what", "figure", "target", "GPU", "torch"], rows))
+        rows = [[f"check: {what}", NOT_MEASURED, "", ""] for _, what in _CHECKS]
+    parts.append(_table(["what", "figure", "GPU", "torch"], rows))
+    for kind in kinds or [None]:
+        parts += ["", _bench_table(kind)]
     for kind in kinds:
         sessions = sorted((kind / "sessions").glob("*.json"))
         last = _read(sessions[-1]) if sessions else None

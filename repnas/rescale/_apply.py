@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from repnas.rescale._bank import TemplateBank
+from repnas.rescale._group import attach_weight_groups, detach_weight_groups
 from repnas.rescale._plan import RepetitionPlan
 from repnas.rescale._repeat import RepeatWeight
 
@@ -161,6 +162,7 @@ def rescale(model: nn.Module, plan: RepetitionPlan | dict, inplace: bool = False
 
     for name, param in parametrizations.items():
         parametrize.register_parametrization(convs[name], "weight", param)
+    attach_weight_groups(target, list(parametrizations.values()))
     with torch.no_grad():
         for name in plan.layers:
             if convs[name].bias is not None and plan.option("bias_init", name) == "zeros":
@@ -186,6 +188,7 @@ def materialize(model: nn.Module) -> nn.Module:
     property from that shared class, which breaks the original model. Fresh convs avoid that.
     """
     plain = copy.deepcopy(model)
+    detach_weight_groups(plain)
     for name, conv, _ in list(repeated_layers(plain)):
         with torch.no_grad():
             weight = conv.weight.detach().clone()

@@ -83,8 +83,10 @@ def training_step_ops(model: torch.nn.Module, batch: int = 2, image: int = 32, i
 
 def weight_generation_ops(model: torch.nn.Module) -> Counter[str]:
     """Launching operators of generating every repeated layer's weight once and back-propagating a
-    fixed gradient through it: what repetition adds to a step, and nothing else."""
+    fixed gradient through it: what repetition adds to a step, and nothing else. The weights come
+    from the model's weight groups where those serve (``_group``), as in a forward."""
     from repnas.rescale._apply import repeated_layers
+    from repnas.rescale._group import generated_together
 
     params = [p for _, _, p in repeated_layers(model)]
     leaves = [t for t in model.parameters()]
@@ -93,6 +95,8 @@ def weight_generation_ops(model: torch.nn.Module) -> Counter[str]:
     def generate() -> None:
         for t in leaves:
             t.grad = None
-        torch.autograd.backward([p() for p in params], grads)
+        with generated_together(model):
+            weights = [p() for p in params]
+        torch.autograd.backward(weights, grads)
 
     return count_ops(generate)

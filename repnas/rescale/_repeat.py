@@ -158,14 +158,29 @@ class RepeatWeight(nn.Module):
     #: committed CPU runs bit for bit (the README search's front changed); on a GPU, where the
     #: kernels it saves are the cost, runs are not bitwise reproducible across kernels anyway.
     use_fused: bool | None = None
+    #: the model-wide group this layer's weight is generated in (``_group``), if any
+    _group = None
+    _group_slot = 0
 
     def forward(self) -> Tensor:
-        """The conv's weight: :meth:`emit` where a fused layout exists and is used, else :meth:`reference`."""
+        """The conv's weight: where a fused layout exists and is used, from the model's weight group
+        (inside the model's forward) or :meth:`emit`; else :meth:`reference`."""
         if self._fused is not None:
             use = self.use_fused if self.use_fused is not None else _FUSED_ENV
             if use if use is not None else self.bank.templates.is_cuda:
+                group = self._group
+                if group is not None and group.serves():
+                    return group.weight(self, *self._conv_format(self.bank.templates))
                 return self.emit()
         return self.reference()
+
+    @staticmethod
+    def _conv_format(source: Tensor) -> tuple[torch.dtype, torch.memory_format]:
+        """What the conv consumes: bf16 (the autocast dtype) channels_last under CUDA autocast (the
+        trainer's setting), else the source's dtype, contiguous."""
+        if source.is_cuda and torch.is_autocast_enabled("cuda"):
+            return torch.get_autocast_dtype("cuda"), torch.channels_last
+        return source.dtype, torch.contiguous_format
 
     def emit(self, memory_format: torch.memory_format | None = None, dtype: torch.dtype | None = None) -> Tensor:
         """The weight from the fused function, in ``dtype`` and ``memory_format``. By default: what
@@ -175,11 +190,9 @@ class RepeatWeight(nn.Module):
         if self._fused is None:
             raise ValueError(f"{self.extra_repr()}: no fused layout (untiled, or map 'none')")
         if memory_format is None or dtype is None:
-            autocast = source.is_cuda and torch.is_autocast_enabled("cuda")
-            if memory_format is None:
-                memory_format = torch.channels_last if autocast else torch.contiguous_format
-            if dtype is None:
-                dtype = torch.get_autocast_dtype("cuda") if autocast else source.dtype
+            conv_dtype, conv_format = self._conv_format(source)
+            memory_format = conv_format if memory_format is None else memory_format
+            dtype = conv_dtype if dtype is None else dtype
         return fused_weight(source, self.alpha, self.beta, self._fused, dtype, memory_format)
 
     def reference(self) -> Tensor:

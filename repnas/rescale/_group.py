@@ -1,0 +1,301 @@
+"""Whole-model weight generation: every eligible repeated layer of a model in one autograd call.
+
+Why: the fused function (``_fused``) made a layer's weight cost ~8 operators per step, but a model
+has many repeated layers (RepWRN-16-4: 15), and at CIFAR sizes a GPU step costs what the host spends
+launching operators, not what they compute. Here the weights of all of a model's eligible layers
+are one flat tensor computed by gathers, so weight generation costs a fixed ~20 operators per step
+however many layers there are (``benchmarks/step_profile.py``):
+
+* forward: the distinct sources and all scalars are concatenated (2 ops), each weight element
+  gathers its source element and its scalar pair through index tensors built once per device and
+  memory format (2 ops), then the map (``glu`` of ``(alpha s, -beta s)`` for swish, ``alpha s``
+  for linear) writes every layer's weight, in the memory order the conv reads (channels_last under
+  CUDA autocast), so each layer's weight is a view of the flat result;
+* backward: the layers' gradients are concatenated (1 op), the map's backward is elementwise, and
+  the sums over tiles (source gradient) and within tiles (scalar gradient) are segment sums over
+  pre-sorted indices (``segment_reduce``): no atomics, so the result is deterministic on a GPU too,
+  and no pair's thousands of elements queue on one address.
+
+Eligible layers are those whose every element is *one* map of a source element: whole tiles (any
+remainder rule) and the ``source`` rule's remainders. The ``paper`` rule's remainders (maps of maps)
+keep the per-layer fused function. The group only runs inside the forward of the model it was
+attached to (a forward pre-hook turns it on, a forward hook that always runs turns it off), so a
+layer called on its own, ``materialize`` and every tool that reads ``conv.weight`` outside a forward
+get the per-layer weight: the same values (the same elementwise ops on the same numbers; the
+gradients are the same sums in another order).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from repnas.rescale._repeat import _tile_index
+
+__all__ = ["WeightGroup", "attach_weight_groups", "detach_weight_groups", "generated_together"]
+
+_GROUP_ENV = {"1": True, "0": False}.get(os.environ.get("REPNAS_WEIGHT_GROUP", ""))
+
+
+class _GroupRepeat(torch.autograd.Function):
+    """All of a group's weights from its sources and scalars (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, group: WeightGroup, dtype: torch.dtype, memory_format: torch.memory_format,
+                *tensors: Tensor) -> tuple[Tensor, ...]:
+        n_src = len(group.sources)
+        sources, scalars = tensors[:n_src], tensors[n_src:]
+        index = group.index(sources[0].device, memory_format)
+        flat_source = torch.cat([s.reshape(-1) for s in sources])
+        # (J, pairs): row 0 alpha, row 1 -beta (swish), so the map is glu over rows
+        coef = torch.cat(scalars).view(group.rows, -1)
+        if group.rows == 2:
+            coef = coef * group.sign(coef)
+        s = flat_source.index_select(0, index.source)
+        c = coef.index_select(1, index.pair)
+        x = c * s
+        flat = (torch._C._nn.glu(x, 0) if group.rows == 2 else x)[0]
+        if flat.dtype != dtype:
+            flat = flat.to(dtype)
+        ctx.group, ctx.source_shapes = group, [t.shape for t in sources]
+        ctx.memory_format, ctx.index = memory_format, index
+        ctx.save_for_backward(s, c, x if group.rows == 2 else None)
+        ctx.set_materialize_grads(False)
+        return tuple(_layer_view(flat, start, shape, memory_format)
+                     for start, shape in zip(group.starts, group.shapes, strict=True))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Tensor | None):
+        group: WeightGroup = ctx.group
+        s, c, x = ctx.saved_tensors
+        index: _Index = ctx.index
+        order = (0, 2, 3, 1) if ctx.memory_format == torch.channels_last else (0, 1, 2, 3)
+        pieces = [g.permute(order).reshape(-1) if g is not None else s.new_zeros(n)
+                  for g, n in zip(grads, group.sizes, strict=True)]
+        g = torch.cat(pieces)
+        if g.dtype != s.dtype:
+            g = g.to(s.dtype)
+        g = g.view(1, -1)
+        dx = torch.ops.aten.glu_backward(g, x, 0) if group.rows == 2 else g
+        # source: the sum over every element that copies it (elements sorted by source element)
+        d_s = (dx * c).sum(0) if group.rows == 2 else dx[0] * c[0]
+        d_source = torch.segment_reduce(d_s.index_select(0, index.by_source), "sum", lengths=index.source_counts)
+        # scalars: the sum over each tile, as sums over runs of one pair (contiguous in memory), then
+        # over the runs of each pair (runs sorted by pair); no atomics, so deterministic everywhere
+        runs = torch.segment_reduce(dx * s, "sum", lengths=index.run_lengths, axis=1)
+        d_coef = torch.segment_reduce(runs.index_select(1, index.runs_by_pair), "sum",
+                                      lengths=index.runs_per_pair, axis=1)
+        if group.rows == 2:
+            d_coef = d_coef * group.sign(d_coef)
+        d_sources = [d.view(shape) for d, shape in
+                     zip(d_source.split(group.source_sizes), ctx.source_shapes, strict=True)]
+        d_scalars = list(d_coef.reshape(-1).split(group.scalar_sizes))
+        return (None, None, None, *d_sources, *d_scalars)
+
+
+@dataclass(frozen=True)
+class _Index:
+    """A group's index tensors on one device, for one memory format (built once, so a step neither
+    copies them to the device nor breaks a CUDA graph capture)."""
+
+    source: Tensor  # (N,) the source element of each weight element, in memory order
+    pair: Tensor  # (N,) its scalar pair
+    by_source: Tensor  # (N,) weight elements sorted by source element
+    source_counts: Tensor  # (M,) how many weight elements copy each source element
+    run_lengths: Tensor  # (rows, R) lengths of the runs of one pair in memory order (per row)
+    runs_by_pair: Tensor  # (R,) runs sorted by pair
+    runs_per_pair: Tensor  # (rows, P) how many runs each pair has
+
+
+def _index_to(index: _Index, device: torch.device) -> _Index:
+    return _Index(**{f.name: getattr(index, f.name).to(device) for f in fields(index)})
+
+
+def _layer_view(flat: Tensor, start: int, shape: tuple[int, ...], memory_format: torch.memory_format) -> Tensor:
+    """Layer weight (O, I, k, k) as a view of its span of ``flat``, laid out in ``memory_format``."""
+    big_o, big_i, k1, k2 = shape
+    span = flat[start: start + big_o * big_i * k1 * k2]
+    if memory_format == torch.channels_last:
+        return span.view(big_o, k1, k2, big_i).permute(0, 3, 1, 2)
+    return span.view(shape)
+
+
+def _eligible(layer) -> bool:
+    """One map of one source element per weight element (see the module docstring)."""
+    fused = layer._fused
+    return fused is not None and not fused.stages
+
+
+class WeightGroup:
+    """The eligible repeated layers of one model that share a scalar map, generated together.
+
+    Not an ``nn.Module``: it owns no parameters (it reads the layers' banks and scalars at every
+    forward, so ``load_state_dict``, ``functional_call`` and optimizers see nothing new) and must not
+    appear in ``state_dict`` or ``modules()``.
+    """
+
+    #: None (default): groups run on CUDA only (where the launches they save are the cost; on a CPU
+    #: the gathers cost more arithmetic than the per-layer broadcast, ``docs/results.md``); True /
+    #: False: everywhere / nowhere (tests, benchmarks; ``REPNAS_WEIGHT_GROUP=1`` / ``0`` does the same).
+    #: A group only serves layers that use the fused function (``RepeatWeight.use_fused``).
+    enabled: bool | None = None
+
+    def __init__(self, layers: list):
+        self.layers = list(layers)
+        self.rows = 2 if self.layers[0].map.name == "swish" else 1
+        keys: dict[tuple[int, int], tuple] = {}
+        for layer in self.layers:
+            keys.setdefault((id(layer.bank), id(layer.coefficients)), (layer.bank, layer.coefficients))
+        self.sources = list(keys.values())
+        slot = {key: k for k, key in enumerate(keys)}
+        self._source_of = [slot[(id(la.bank), id(la.coefficients))] for la in self.layers]
+        self.source_shapes = [bank.source_shape for bank, _ in self.sources]
+        self.source_sizes = [_numel(shape) for shape in self.source_shapes]
+        self.source_numel = sum(self.source_sizes)
+        self.shapes = [tuple(la.target_shape) for la in self.layers]
+        self.sizes = [_numel(shape) for shape in self.shapes]
+        self.starts = list(itertools.accumulate([0, *self.sizes[:-1]]))
+        self.pair_counts = [la.n_pairs for la in self.layers]
+        self.n_pairs = sum(self.pair_counts)
+        self.scalar_sizes = self.pair_counts * self.rows  # alphas, then betas
+        for k, layer in enumerate(self.layers):
+            layer._group, layer._group_slot = self, k
+        self._index: dict = {}
+        self._sign: dict = {}
+        self._active = False
+        self._weights: tuple[Tensor, ...] | None = None
+
+    # -- the hooks on the model ------------------------------------------------------------------
+    def _begin(self, module: nn.Module, args) -> None:
+        self._active, self._weights = True, None
+
+    def _end(self, module: nn.Module, args, output) -> None:
+        self._active, self._weights = False, None
+
+    # -- what a layer asks -----------------------------------------------------------------------
+    def serves(self) -> bool:
+        """True inside the model's forward, where the group generates its layers' weights."""
+        if not self._active:
+            return False
+        use = WeightGroup.enabled if WeightGroup.enabled is not None else _GROUP_ENV
+        return use if use is not None else self.layers[0].bank.templates.is_cuda
+
+    def weight(self, layer, dtype: torch.dtype, memory_format: torch.memory_format) -> Tensor:
+        """``layer``'s weight, every layer's computed on the first request of this forward."""
+        if self._weights is None:
+            sources = [bank.templates if coefficients is None and bank.rank == 1 else bank.mix(coefficients)
+                       for bank, coefficients in self.sources]
+            scalars = [la.alpha for la in self.layers]
+            if self.rows == 2:
+                scalars += [la.beta for la in self.layers]
+            self._weights = _GroupRepeat.apply(self, dtype, memory_format, *sources, *scalars)
+        return self._weights[layer._group_slot]
+
+    # -- index tensors, made once per device and memory format --------------------------------
+    def sign(self, like: Tensor) -> Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._sign:
+            self._sign[key] = torch.tensor([[1.0], [-1.0]], device=like.device, dtype=like.dtype)
+        return self._sign[key]
+
+    def index(self, device: torch.device, memory_format: torch.memory_format) -> _Index:
+        """Where every weight element of every layer comes from, in memory order (see :class:`_Index`)."""
+        key = (device, memory_format)
+        if key not in self._index:
+            self._index[key] = _index_to(self._build_index(memory_format), device)
+        return self._index[key]
+
+    def _build_index(self, memory_format: torch.memory_format) -> _Index:
+        source_starts = list(itertools.accumulate([0, *self.source_sizes[:-1]]))
+        pair_starts = list(itertools.accumulate([0, *self.pair_counts[:-1]]))
+        src, pair = [], []
+        for layer, k, p0 in zip(self.layers, self._source_of, pair_starts, strict=True):
+            big_o, big_i, k1, k2 = layer.target_shape
+            o, i = layer.bank.source_shape[:2]
+            rows = torch.arange(big_o).view(-1, 1, 1, 1) % o
+            cols = torch.arange(big_i).view(1, -1, 1, 1) % i
+            kernel = torch.arange(k1 * k2).view(1, 1, k1, k2)
+            s = source_starts[k] + (rows * i + cols) * (k1 * k2) + kernel
+            tiles = _tile_index((o, i), (big_o, big_i))[0]  # on the CPU: the layer's may be on meta
+            t = (p0 + tiles.view(big_o, big_i, 1, 1)).expand(big_o, big_i, k1, k2)
+            if memory_format == torch.channels_last:
+                s, t = s.permute(0, 2, 3, 1), t.permute(0, 2, 3, 1)
+            src.append(s.reshape(-1))
+            pair.append(t.reshape(-1))
+        source, pair_of = torch.cat(src), torch.cat(pair)
+        run_pairs, run_lengths = torch.unique_consecutive(pair_of, return_counts=True)
+        dtype = torch.int32 if source.numel() < 2**31 else torch.int64
+        return _Index(
+            source=source.to(dtype), pair=pair_of.to(dtype),
+            by_source=torch.argsort(source, stable=True).to(dtype),
+            source_counts=torch.bincount(source, minlength=self.source_numel),
+            run_lengths=run_lengths.expand(self.rows, -1).contiguous(),
+            runs_by_pair=torch.argsort(run_pairs, stable=True).to(dtype),
+            runs_per_pair=torch.bincount(run_pairs, minlength=self.n_pairs).expand(self.rows, -1).contiguous(),
+        )
+
+    def __getstate__(self) -> dict:
+        # index tensors are rebuilt on demand; a pickled or copied model does not carry them
+        return {**self.__dict__, "_index": {}, "_sign": {}, "_active": False, "_weights": None}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def attach_weight_groups(model: nn.Module, layers: list) -> list[WeightGroup]:
+    """Group ``layers`` (the model's repeated layers' parametrizations) by scalar map and attach each
+    group to ``model``'s forward. Layers that are not eligible keep the per-layer path."""
+    by_map: dict[str, list] = {}
+    for layer in layers:
+        if _eligible(layer):
+            by_map.setdefault(layer.map.name, []).append(layer)
+    groups = [WeightGroup(members) for members in by_map.values()]
+    for group in groups:
+        model.register_forward_pre_hook(group._begin)
+        model.register_forward_hook(group._end, always_call=True)
+    return groups
+
+
+def detach_weight_groups(model: nn.Module) -> None:
+    """Remove the groups' hooks from ``model`` and unlink every layer of it from its group (found by
+    the hooks themselves, not by stored handles, so this also works on a copy or an unpickled model)."""
+    for hooks in (model._forward_pre_hooks, model._forward_hooks):
+        for key, hook in list(hooks.items()):
+            if isinstance(getattr(hook, "__self__", None), WeightGroup):
+                del hooks[key]
+                model._forward_hooks_always_called.pop(key, None)
+    for module in model.modules():
+        if module.__dict__.get("_group") is not None:
+            module._group = None
+
+
+def model_groups(model: nn.Module) -> list[WeightGroup]:
+    """The weight groups of ``model``'s repeated layers."""
+    groups = {id(m._group): m._group for m in model.modules() if getattr(m, "_group", None) is not None}
+    return list(groups.values())
+
+
+@contextmanager
+def generated_together(model: nn.Module) -> Iterator[None]:
+    """Inside, ``model``'s layers get their weights from their groups, as inside ``model``'s forward
+    (for code that reads the weights without calling the model: op counts, benchmarks)."""
+    groups = model_groups(model)
+    for group in groups:
+        group._begin(model, ())
+    try:
+        yield
+    finally:
+        for group in groups:
+            group._end(model, (), None)
