@@ -23,6 +23,11 @@ leaves exactly the host's work (dispatch, autograd, Python; meta kernels are par
 absolute milliseconds are higher than a GPU's host cost), and by default with the weight generation
 a GPU runs (``--weights group``), so it is the CPU's view of a GPU step's host work.
 
+Timing: the two models alternate per round (``--rounds`` blocks of ``--steps`` steps, caches warm
+within a block, as in training); with ``--host`` they take turns every step instead
+(``--every-step``), which holds the ratio steady against a shared machine's drift where the
+arithmetic, and so the caches, do not matter.
+
 ``--weights`` picks how repeated weights are generated: ``default`` (what the device runs: the
 model-wide group of ``repnas.rescale._group`` on CUDA and meta, the reference ops on a CPU),
 ``reference``, ``fused`` (one fused function per layer) or ``group``.
@@ -51,9 +56,8 @@ from repnas.train._trainer import channels_last
 PAIRS = [("rep_vgg6", "vgg11"), ("rep_wrn16_4", "wrn16_4")]
 
 
-def step_seconds(model: nn.Module, batch: int, device: torch.device, steps: int, warmup: int,
-                 image: int = 32, clock=time.perf_counter) -> float:
-    """Median time of one training step (forward, backward, SGD update) by ``clock``."""
+def make_step(model: nn.Module, batch: int, device: torch.device, image: int = 32):
+    """One training step (forward, backward, SGD update) of ``model`` as a function, on a fixed batch."""
     model = model.to(device).train()
     cuda = device.type == "cuda"
     if cuda:
@@ -63,21 +67,49 @@ def step_seconds(model: nn.Module, batch: int, device: torch.device, steps: int,
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    times = []
-    for i in range(warmup + steps):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = clock()
+
+    def step() -> None:
         with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
             loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    return step
+
+
+def paired_step_seconds(step_fns: list, device: torch.device, steps: int, warmup: int, rounds: int,
+                        clock=time.perf_counter, every_step: bool = False) -> list[float]:
+    """Median step time of each function. The models take turns so that drift in the machine's
+    load (a shared 2-core VM has plenty) hits all alike: ``rounds`` blocks of ``steps`` steps each
+    (a model's caches stay warm within a block, as in training), or, with ``every_step``, one step
+    each in turn, the order reversed every turn (finer against drift, but every step starts with
+    the other model's data in the caches: for host work, where the arithmetic is ~0, not for
+    arithmetic-bound figures)."""
+    cuda = device.type == "cuda"
+    times: list[list[float]] = [[] for _ in step_fns]
+
+    def timed(k: int) -> float:
         if cuda:
             torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(clock() - t0)
-    return statistics.median(times)
+        t0 = clock()
+        step_fns[k]()
+        if cuda:
+            torch.cuda.synchronize()
+        return clock() - t0
+
+    if every_step:
+        for turn in range(warmup + rounds * steps):
+            for k in list(range(len(step_fns)))[:: 1 if turn % 2 == 0 else -1]:
+                t = timed(k)
+                if turn >= warmup:
+                    times[k].append(t)
+        return [statistics.median(t) for t in times]
+    for _ in range(rounds):
+        for k in range(len(step_fns)):
+            block = [timed(k) for _ in range(warmup + steps)][warmup:]
+            times[k].append(statistics.median(block))
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -87,6 +119,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="alternate the two models this many times")
+    parser.add_argument("--every-step", action=argparse.BooleanOptionalAction, default=None,
+                        help="the models take turns every step (default: with --host only)")
     parser.add_argument("--out", type=Path, help="also write the figures as one JSON file here")
     parser.add_argument("--pair", action="append", choices=[r for r, _ in PAIRS],
                         help="only this repeated model's pair (repeatable; default: every pair)")
@@ -106,21 +140,20 @@ def main() -> None:
     if args.host:
         args.batch_size = 2
     device = torch.device(args.device)
+    every_step = args.host if args.every_step is None else args.every_step
     torch.manual_seed(0)
     name = (torch.cuda.get_device_name() if device.type == "cuda"
             else f"{device.type} ({torch.get_num_threads()} threads)")
     print(f"device {name}, batch {args.batch_size}, {image}x{image} inputs, weights {weights}, "
-          f"median of {args.rounds} alternating rounds x {args.steps} steps")
+          f"median of {args.rounds} x {args.steps} steps, "
+          + ("the two models taking turns every step" if every_step else "the two models alternating per round"))
     print(f"{'repeated':<12} {'params':>10} {'ms/step':>9} | {'plain':<8} {'params':>10} {'ms/step':>9} | ratio")
     rows = []
     for rep_name, plain_name in [p for p in PAIRS if not args.pair or p[0] in args.pair]:
         rep, plain = create_model(rep_name), create_model(plain_name)
-        # Alternate the two models so drift in machine load hits both alike.
-        plain_times, rep_times = [], []
-        for _ in range(args.rounds):
-            plain_times.append(step_seconds(plain, args.batch_size, device, args.steps, args.warmup, image, clock))
-            rep_times.append(step_seconds(rep, args.batch_size, device, args.steps, args.warmup, image, clock))
-        t_plain, t_rep = statistics.median(plain_times), statistics.median(rep_times)
+        t_plain, t_rep = paired_step_seconds(
+            [make_step(plain, args.batch_size, device, image), make_step(rep, args.batch_size, device, image)],
+            device, args.steps, args.warmup, args.rounds, clock, every_step)
         print(
             f"{rep_name:<12} {count_params(rep):>10,} {1e3 * t_rep:>9.1f} | {plain_name:<8} "
             f"{count_params(plain):>10,} {1e3 * t_plain:>9.1f} | {t_rep / t_plain:.3f}x"

@@ -40,7 +40,7 @@ _SMOKE_KEYS = {"runs_per_item", "search_trials", "search_workers", "default_run_
 #: revisions side by side. Revision 1's files sit in ``bench/`` itself, later ones in ``bench/revN/``.
 SPEED_REVISIONS = {
     1: "before issue 18: per-layer reference ops (measured at b0d9b33, 9c0fd04)",
-    2: "issue 18: fused weight, whole-model weight groups, captured step (from COMMIT)",
+    2: "issue 18: fused weight, whole-model weight groups, captured step (from c8737f7)",
 }
 SPEED_REVISION = max(SPEED_REVISIONS)
 

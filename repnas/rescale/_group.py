@@ -87,12 +87,12 @@ class _GroupRepeat(torch.autograd.Function):
         dx = torch.ops.aten.glu_backward(g, x, 0) if group.rows == 2 else g
         # source: the sum over every element that copies it (elements sorted by source element)
         d_s = (dx * c).sum(0) if group.rows == 2 else dx[0] * c[0]
-        d_source = torch.segment_reduce(d_s.index_select(0, index.by_source), "sum", lengths=index.source_counts)
+        d_source = torch.segment_reduce(d_s.index_select(0, index.by_source), "sum", offsets=index.source_offsets)
         # scalars: the sum over each tile, as sums over runs of one pair (contiguous in memory), then
         # over the runs of each pair (runs sorted by pair); no atomics, so deterministic everywhere
-        runs = torch.segment_reduce(dx * s, "sum", lengths=index.run_lengths, axis=1)
+        runs = torch.segment_reduce(dx * s, "sum", offsets=index.run_offsets, axis=1)
         d_coef = torch.segment_reduce(runs.index_select(1, index.runs_by_pair), "sum",
-                                      lengths=index.runs_per_pair, axis=1)
+                                      offsets=index.pair_offsets, axis=1)
         if group.rows == 2:
             d_coef = d_coef * group.sign(d_coef)
         d_sources = [d.view(shape) for d, shape in
@@ -108,11 +108,12 @@ class _Index:
 
     source: Tensor  # (N,) the source element of each weight element, in memory order
     pair: Tensor  # (N,) its scalar pair
+    # segments as offsets, not lengths: a CUDA segment_reduce of lengths runs a cumsum every call
     by_source: Tensor  # (N,) weight elements sorted by source element
-    source_counts: Tensor  # (M,) how many weight elements copy each source element
-    run_lengths: Tensor  # (rows, R) lengths of the runs of one pair in memory order (per row)
+    source_offsets: Tensor  # (M + 1,) where each source element's copies start in that order
+    run_offsets: Tensor  # (rows, R + 1) where each run of one pair starts, in memory order (per row)
     runs_by_pair: Tensor  # (R,) runs sorted by pair
-    runs_per_pair: Tensor  # (rows, P) how many runs each pair has
+    pair_offsets: Tensor  # (rows, P + 1) where each pair's runs start in that order
 
 
 def _index_to(index: _Index, device: torch.device) -> _Index:
@@ -233,13 +234,18 @@ class WeightGroup:
         source, pair_of = torch.cat(src), torch.cat(pair)
         run_pairs, run_lengths = torch.unique_consecutive(pair_of, return_counts=True)
         dtype = torch.int32 if source.numel() < 2**31 else torch.int64
+
+        def offsets(lengths: Tensor) -> Tensor:
+            return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+
+        per_row = (self.rows, -1)
         return _Index(
             source=source.to(dtype), pair=pair_of.to(dtype),
             by_source=torch.argsort(source, stable=True).to(dtype),
-            source_counts=torch.bincount(source, minlength=self.source_numel),
-            run_lengths=run_lengths.expand(self.rows, -1).contiguous(),
+            source_offsets=offsets(torch.bincount(source, minlength=self.source_numel)),
+            run_offsets=offsets(run_lengths).expand(per_row).contiguous(),
             runs_by_pair=torch.argsort(run_pairs, stable=True).to(dtype),
-            runs_per_pair=torch.bincount(run_pairs, minlength=self.n_pairs).expand(self.rows, -1).contiguous(),
+            pair_offsets=offsets(torch.bincount(run_pairs, minlength=self.n_pairs)).expand(per_row).contiguous(),
         )
 
     def __getstate__(self) -> dict:
