@@ -172,7 +172,8 @@ def test_skips_what_is_done(session, monkeypatch):
     (checks / "search.json").write_text(json.dumps({"pass": True}))  # passed, but its run is not here:
     assert _names(check_tasks(session)) == ["check/search", "check/report"]  # the report needs it again
     every = ["bench/repeat_overhead", "bench/repeat_overhead_per_layer", "bench/repeat_overhead_host",
-             "bench/step_profile", "bench/trainer_throughput", "bench/packed_trials", "bench/vgg11_15ep"]
+             "bench/step_profile", "bench/trainer_throughput", "bench/packed_trials", "bench/batched_seeds",
+             "bench/vgg11_15ep"]
     # the fixture's vgg11_15ep.json is speed revision 1's: this revision measures it again
     assert _names(bench_tasks(session)) == every
     current = bench_path(session.gpu_dir, "packed_trials")

@@ -61,12 +61,17 @@ def test_eager_step_gives_the_textbook_loss_trajectory_for_20_steps():
 def test_trainer_metrics_are_those_before_the_step_moved():
     """20 steps of a repeated ResNet on digits; the numbers were printed by the trainer of commit
     f87819d (before the fused weight and the step module) with the same config. The plan says
-    ``version: 1``: what a plan without a version meant at f87819d (now it means version 2)."""
+    ``version: 1``: what a plan without a version meant at f87819d (now it means version 2).
+
+    Not bitwise: CPUs of different vendors run different oneDNN/MKL kernels, and 20 steps amplify
+    their rounding (an AMD EPYC gives loss 2.08179, train 0.33359, val 0.39583 at f87819d's code as
+    at today's, the machine that printed the figures 2.08223, 0.33516, 0.40278); a changed recipe,
+    schedule or step moves the loss far more than the 1e-3 allowed."""
     r = train(RunConfig(model=MODEL, recipe={"batch_size": 64, "steps": 20}, device="cpu"), progress=False)
     assert r["steps"] == 20
-    assert r["train_loss"] == pytest.approx(2.082234573364258, rel=1e-6)
-    assert r["train_accuracy"] == pytest.approx(0.33515625, abs=1e-9)
-    assert r["val_accuracy"] == pytest.approx(0.4027777777777778, abs=1e-9)
+    assert r["train_loss"] == pytest.approx(2.082234573364258, rel=1e-3)
+    assert r["train_accuracy"] == pytest.approx(0.33515625, abs=0.005)  # 6 of 1,280 training predictions
+    assert r["val_accuracy"] == pytest.approx(0.4027777777777778, abs=0.015)  # 2 of 144 validation images
 
 
 def test_graph_path_sgd_update_equals_torch_sgd():

@@ -204,3 +204,29 @@ def test_group_ops_do_not_grow_with_the_layers(name, plain, monkeypatch):
     step = sum(training_step_ops(model, image=8).values())
     step_plain = sum(training_step_ops(create_model(plain), image=8).values())
     assert step <= 1.3 * step_plain, (step, step_plain)
+
+
+def test_seeds_stacked_under_vmap_get_each_models_gradients(monkeypatch):
+    """benchmarks/batched_seeds.py's batched model: under a torch.func transform the layers take the
+    reference ops (the fused function and the groups have no vmap rule), per seed exactly as alone."""
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    monkeypatch.setattr(WeightGroup, "enabled", True)
+    monkeypatch.setattr(RepeatWeight, "use_fused", True)
+    models = [_repeated("source") for _ in range(2)]
+    with torch.no_grad():
+        for p in models[1].parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    xs = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0])  # on the device: a meta copy computes wrong values with parametrized convs
+
+    def loss(p, b, x):
+        return functional_call(base, (p, b), (x,)).square().sum()
+
+    grads = vmap(grad(loss))(params, buffers, xs)
+    for k, model in enumerate(models):
+        model.zero_grad(set_to_none=True)
+        model(xs[k]).square().sum().backward()
+        for name, p in model.named_parameters():
+            assert (grads[name][k] - p.grad).abs().max().item() <= 1e-10 * max(1.0, p.grad.abs().max().item()), name

@@ -6,9 +6,11 @@ what ``results/`` does not hold yet for this kind of GPU, and starts nothing tha
 
 a. CUDA checks: ``repnas train`` (bf16, channels_last, materialized == repeated), a packed Optuna
    search (``--workers 4 --gpus-per-trial 0.25``), ``repnas report``; one JSON each.
-b. benchmarks: ``benchmarks/repeat_overhead.py`` (and its ``--host`` mode), ``step_profile.py``,
-   ``trainer_throughput.py``, ``packed_trials.py`` and
-   the seconds of one 15-epoch VGG11 run; one JSON each, with the GPU's name and torch version.
+b. benchmarks: ``benchmarks/repeat_overhead.py`` (and its ``--host`` mode, and with per-layer
+   fused weights: the A/B of the weight groups), ``step_profile.py``, ``trainer_throughput.py``,
+   ``packed_trials.py``, ``batched_seeds.py`` and the seconds of one 15-epoch VGG11 run; one JSON
+   each, with the GPU's name and torch version, per speed revision (``SPEED_REVISIONS``: a new
+   revision measures them all again and the old figures stay beside the new).
 c. the experiment queue (``experiments/gpu_queue.yaml``), runs packed several at once on the GPU.
 d. tables, ``docs/results.md`` and one ``results.tgz`` of every file the command wrote.
 
@@ -250,6 +252,8 @@ def bench_tasks(s: GpuSession) -> list[Task]:
                                          "--workers", "0"],
             "bench/packed_trials": ["--dataset", "digits", "--models", "vgg4", "--steps", "2", "--trials", "1",
                                     "--packs", "2"],
+            "bench/batched_seeds": ["--models", "vgg4", "--seeds", "2", "--batch-size", "8", "--image", "8",
+                                    "--steps", "1", "--warmup", "0", "--rounds", "1"],
         }
     else:
         # the per-layer fused weight in the same session: the A/B of the model-wide groups
@@ -257,7 +261,7 @@ def bench_tasks(s: GpuSession) -> list[Task]:
                 "bench/repeat_overhead_per_layer": ["--batch-size", "256", "--weights", "fused"],
                 "bench/repeat_overhead_host": ["--host", "--steps", "50", "--warmup", "10"],
                 "bench/step_profile": [], "bench/trainer_throughput": [*data],
-                "bench/packed_trials": [*data]}
+                "bench/packed_trials": [*data], "bench/batched_seeds": []}
     tasks = []
     for name, extra in argv.items():
         result = bench_path(s.gpu_dir, name.split("/")[1])

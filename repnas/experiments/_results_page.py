@@ -135,6 +135,11 @@ def _bench_figures(kind: Path, revision: int) -> list[tuple[str, str, str | None
     packed = read("packed_trials")
     rows.append(("packed trials: 4 at once / serial (trials per hour)", ">= 3",
                  f"{_fmt(packed['ratio'])}x" + torch_of(packed) if packed and packed.get("ratio") else None))
+    seeds = read("batched_seeds")
+    for row in (seeds or {}).get("rows") or [{"model": "wrn16_1", "k": 4}]:
+        figure = f"{_fmt(row['speedup'])}x" + torch_of(seeds) if "speedup" in row else None
+        rows.append((f"{row['k']} seeds of {row['model']}: one vmapped model / {row['k']} models in turn (steps)",
+                     "> 1: one model for the seeds", figure))
     vgg = read("vgg11_15ep")
     rows.append(("one 15-epoch VGG11 CIFAR-10 run (s, whole process; train steps only)", "<= 12 s; <= 8 s",
                  vgg and f"{_fmt(vgg.get('seconds'), 1)} s; {_fmt(vgg.get('train_seconds'), 1)} s"))

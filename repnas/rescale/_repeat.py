@@ -165,7 +165,9 @@ class RepeatWeight(nn.Module):
     def forward(self) -> Tensor:
         """The conv's weight: where a fused layout exists and is used, from the model's weight group
         (inside the model's forward) or :meth:`emit`; else :meth:`reference`."""
-        if self._fused is not None:
+        # under a torch.func transform (vmap of stacked seeds, benchmarks/batched_seeds.py) the
+        # reference ops: the fused function and the groups are autograd Functions without vmap rules
+        if self._fused is not None and not torch._C._are_functorch_transforms_active():
             use = self.use_fused if self.use_fused is not None else _FUSED_ENV
             if use if use is not None else self.bank.templates.is_cuda:
                 group = self._group
