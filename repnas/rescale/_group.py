@@ -28,6 +28,7 @@ gradients are the same sums in another order).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,10 +160,10 @@ class WeightGroup:
         slot = {key: k for k, key in enumerate(keys)}
         self._source_of = [slot[(id(la.bank), id(la.coefficients))] for la in self.layers]
         self.source_shapes = [bank.source_shape for bank, _ in self.sources]
-        self.source_sizes = [_numel(shape) for shape in self.source_shapes]
+        self.source_sizes = [math.prod(shape) for shape in self.source_shapes]
         self.source_numel = sum(self.source_sizes)
         self.shapes = [tuple(la.target_shape) for la in self.layers]
-        self.sizes = [_numel(shape) for shape in self.shapes]
+        self.sizes = [math.prod(shape) for shape in self.shapes]
         self.starts = list(itertools.accumulate([0, *self.sizes[:-1]]))
         self.pair_counts = [la.n_pairs for la in self.layers]
         self.n_pairs = sum(self.pair_counts)
@@ -251,13 +252,6 @@ class WeightGroup:
     def __getstate__(self) -> dict:
         # index tensors are rebuilt on demand; a pickled or copied model does not carry them
         return {**self.__dict__, "_index": {}, "_sign": {}, "_active": False, "_weights": None}
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def attach_weight_groups(model: nn.Module, layers: list) -> list[WeightGroup]:
