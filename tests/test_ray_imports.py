@@ -47,11 +47,15 @@ def editable_install(tmp_path) -> tuple[str, Path]:
     editable_wheel = pytest.importorskip("setuptools.command.editable_wheel")
     if not hasattr(editable_wheel, "_finder_template"):
         pytest.skip("this setuptools has no editable finder template")
-    outer = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    user_site = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []
+    outer = [p for p in [*site.getsitepackages(), *user_site] if Path(p).is_dir()]
     if any((Path(p) / "repnas" / "__init__.py").is_file() for p in outer):
         pytest.skip("repnas is installed as a regular package here: an editable install cannot be imitated")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True,
+                          text=True, timeout=120)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a virtual environment: {(made.stderr or made.stdout).strip()[-160:]}")
     python = venv / "bin" / "python"
     inner = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                 capture_output=True, text=True, check=True).stdout.strip())
