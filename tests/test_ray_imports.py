@@ -125,3 +125,34 @@ def test_a_worker_that_cannot_import_repnas_stops_the_search_in_one_line(editabl
     assert f"their repnas was {stray / '__init__.py'}" in err and f"({parent})" in err, err
     assert "--resume --out ray-test" in err, err
     assert not (parent / "ray-test" / "trials.parquet").exists()
+
+
+def test_worker_runtime_env_puts_an_editable_install_first(tmp_path, monkeypatch):
+    """Found on a path entry (site-packages, PYTHONPATH): Ray's default environment. Found only by a
+    meta-path finder: the package's folder first on the workers' PYTHONPATH, the node's own after it
+    where it may have one (never an empty entry: Python reads that as the working directory)."""
+    from ray._private.utils import update_envs
+
+    from repnas.search.ray import _imports
+
+    root = _imports.package_root()
+    assert root == PACKAGE.parent
+    shadow = tmp_path / "repnas"  # a checkout named repnas: a namespace package for the path search
+    (shadow / "runs").mkdir(parents=True)
+    assert _imports.found_on_path(root, [str(root)])
+    assert not _imports.found_on_path(root, [str(tmp_path)])
+    assert not _imports.found_on_path(root, [str(tmp_path / "elsewhere")])
+    assert _imports.found_on_path(root, [str(tmp_path), str(root)])  # a regular package beats the namespace
+
+    monkeypatch.setattr(_imports, "found_on_path", lambda root, path=None: True)
+    assert _imports.worker_runtime_env(None) is None and _imports.worker_runtime_env("auto") is None
+    monkeypatch.setattr(_imports, "found_on_path", lambda root, path=None: False)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    assert _imports.worker_runtime_env(None) == {"env_vars": {"PYTHONPATH": str(root)}}
+    joined = _imports.worker_runtime_env("10.0.0.1:6379")["env_vars"]["PYTHONPATH"]
+    assert joined == f"{root}{os.pathsep}${{PYTHONPATH}}"
+    monkeypatch.setenv("PYTHONPATH", "/node/lib")  # what a node's worker sees (Ray's update_envs)
+    update_envs({"PYTHONPATH": joined})
+    assert os.environ["PYTHONPATH"] == f"{root}{os.pathsep}/node/lib"
+    monkeypatch.setenv("PYTHONPATH", "/driver/lib")
+    assert _imports.worker_runtime_env(None)["env_vars"]["PYTHONPATH"] == f"{root}{os.pathsep}${{PYTHONPATH}}"
