@@ -33,6 +33,7 @@ from repnas.errors import UserError
 from repnas.runs._rundir import RunDir, SearchConfig, rows_frame
 from repnas.search._early_stop import MultiObjectiveASHA
 from repnas.search.ray._checks import check_ray_early_stop
+from repnas.search.ray._imports import check_worker_imports, worker_runtime_env
 from repnas.search.ray._results import (
     experiment_paths,
     number_trials,
@@ -112,7 +113,8 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
         spread_budgets(study, search)  # OptunaSearch's ask takes the enqueued points first
 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
-             log_to_driver=progress, logging_level="ERROR")
+             log_to_driver=progress, logging_level="ERROR", runtime_env=worker_runtime_env(address))
+    check_worker_imports(trainable.__module__, root)  # one line, not a failed trial per retry
     storage = tune_storage(search, run)
     resources = trial_resources(search, ray.cluster_resources().get("GPU", 0.0))
     missing = sorted(k for k, v in resources.items() if k not in ("cpu", "gpu") and v > 0
