@@ -374,6 +374,9 @@ def test_forecast_fills_sessions_in_order_and_adds_search_chunks_up(tmp_path, mo
         b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))
     for session in f.sessions:  # nothing ends past the deadline; the first session starts at 0 s
         assert session.busy_until <= 480 - 25 + 1e-9 and session.tasks[0].start == 0
+        # every session starts with the self-check, on its declared time (nothing measured here)
+        assert (session.tasks[0].name, session.tasks[0].estimate) == ("selfcheck", _gpu.DECLARED["selfcheck"])
+        assert [t.name for t in session.tasks].count("selfcheck") == 1 and session.tasks[1].start == 45
     assert len(f.sessions) >= 2  # checks, benchmarks and two 100 s runs do not fit one 455 s command
     assert f.remaining[0]["left"] == 2 and f.remaining[1]["left"] == 4
     assert not (results / "c1c2_vgg_depth").exists() and not (results / "search").exists()  # nothing written
