@@ -158,6 +158,47 @@ def test_the_compile_check_fails_on_a_graph_break(tmp_path):
     assert detail["graph_breaks"] == 0 and detail["values_error"] < 1e-6
 
 
+def test_the_graph_and_bf16_checks_compare_as_they_should(monkeypatch):
+    """Their CUDA parts cannot run here: a stand-in for ``GraphStep`` (eager, as a capture should
+    behave; or one that keeps the first LR, as a capture that baked it in would; or one whose capture
+    failed) and CPU autocast for bf16 drive the same comparisons."""
+    import repnas.train
+    from repnas.train import EagerStep
+
+    class Captured(EagerStep):
+        def __init__(self, *args, warmup: int = 3, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.graph, self.failed = object(), None
+
+    class StaleLR(Captured):
+        def __call__(self, x, y):
+            lr = [g["lr"] for g in self.optimizer.param_groups]
+            self.first = getattr(self, "first", lr)
+            for g, first in zip(self.optimizer.param_groups, self.first, strict=True):
+                g["lr"] = first
+            return super().__call__(x, y)
+
+    class Uncaptured(Captured):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.graph, self.failed = None, "RuntimeError: operation not permitted when stream is capturing"
+
+    case = _selfcheck._Case(torch.device("cpu"))
+    monkeypatch.setattr(repnas.train, "GraphStep", Captured)
+    detail = _selfcheck.check_graph(case)
+    assert detail["values_error"] == 0 and detail["gradients_error"] == 0 and detail["steps"] == 3
+    monkeypatch.setattr(repnas.train, "GraphStep", StaleLR)
+    # the third step's loss already differs (the second is the same: its LR was the first's anyway)
+    with pytest.raises(_selfcheck.CheckFailed, match=r"^losses differ from the reference: relative error"):
+        _selfcheck.check_graph(case)
+    monkeypatch.setattr(repnas.train, "GraphStep", Uncaptured)
+    with pytest.raises(_selfcheck.CheckFailed, match="not captured: RuntimeError: operation not permitted"):
+        _selfcheck.check_graph(case)
+
+    detail = _selfcheck.check_bf16(case)  # CPU autocast, the reference ops: bf16 rounding only
+    assert 1e-4 < detail["values_error"] < 1e-2 and detail["gradients_error"] == 0
+
+
 def test_switches_and_their_defaults():
     assert speed_env({"fused": "passed", "graph": "failed: x", "compile": "failed: y", "group": "turned off: z"}) \
         == {"REPNAS_CUDA_GRAPH": "0", "REPNAS_COMPILE": "0"}
