@@ -363,8 +363,9 @@ def test_forecast_fills_sessions_in_order_and_adds_search_chunks_up(tmp_path, mo
     s = forecast_session(results, queue, work=tmp_path / "work")
     f = forecast(s, time_limit=480, reserve=25)
     assert f.finished and f.hardware == "unknown GPU"
-    names = [t.name for session in f.sessions for t in session.tasks]
-    assert len(names) == len(set(names))  # no task twice (a search's chunks are named by their trials)
+    # no task twice (a search's chunks are named by their trials) but the self-check, once per session
+    names = [t.name for session in f.sessions for t in session.tasks if t.name != "selfcheck"]
+    assert len(names) == len(set(names))
     checks_and_benches = [n for n in names if n.startswith(("check/", "bench/"))]
     assert checks_and_benches == [t.name for t in _gpu.check_tasks(s) + _gpu.bench_tasks(s)]  # once, in order
     assert [n for n in names if n.startswith("queue/runs/")] == ["queue/runs/vgg4/seed0", "queue/runs/vgg4/seed1"]
@@ -374,6 +375,9 @@ def test_forecast_fills_sessions_in_order_and_adds_search_chunks_up(tmp_path, mo
         b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))
     for session in f.sessions:  # nothing ends past the deadline; the first session starts at 0 s
         assert session.busy_until <= 480 - 25 + 1e-9 and session.tasks[0].start == 0
+        # every session starts with the self-check, on its declared time (nothing measured here)
+        assert (session.tasks[0].name, session.tasks[0].estimate) == ("selfcheck", _gpu.DECLARED["selfcheck"])
+        assert [t.name for t in session.tasks].count("selfcheck") == 1 and session.tasks[1].start == 45
     assert len(f.sessions) >= 2  # checks, benchmarks and two 100 s runs do not fit one 455 s command
     assert f.remaining[0]["left"] == 2 and f.remaining[1]["left"] == 4
     assert not (results / "c1c2_vgg_depth").exists() and not (results / "search").exists()  # nothing written

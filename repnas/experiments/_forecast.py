@@ -178,7 +178,9 @@ def forecast(s: GpuSession, time_limit: float = 480.0, reserve: float = 25.0, ma
                 session.tasks.append(PlannedTask(task.name, phase, start, task.estimate, task.basis, task.share,
                                                  owner.get(task.name)))
                 _assume(s, task, owner)
-        if not session.tasks:  # nothing fits any more (done, waiting, capped, or a task longer than a session)
+        # nothing fits any more (done, waiting, capped, or a task longer than a session): the self-check,
+        # which every session runs first, does not make a session worth a device command on its own
+        if not any(t.phase != "selfcheck" for t in session.tasks):
             break
         sessions.append(session)
     _, _, notes = phase_tasks(s, "queue", lambda _: None)

@@ -4,6 +4,10 @@ A lent GPU is rare and short (one command of at most 10 minutes), so one command
 what ``results/`` does not hold yet for this kind of GPU, and starts nothing that would end after
 ``--time-limit``:
 
+0. the self-check (``_selfcheck``, every session): each speed path (fused weights, weight groups,
+   bf16 + channels_last, CUDA-graph capture, torch.compile) on a tiny repeated model against the
+   reference; a path that fails is switched off (its environment variable) for every later task,
+   and the benchmarks that measure it wait for a later session.
 a. CUDA checks: ``repnas train`` (bf16, channels_last, materialized == repeated), a packed Optuna
    search (``--workers 4 --gpus-per-trial 0.25``), ``repnas report``; one JSON each.
 b. benchmarks: ``benchmarks/repeat_overhead.py`` (and its ``--host`` mode, and with per-layer
@@ -60,6 +64,14 @@ from repnas.experiments._schedule import Task, run_tasks
 __all__ = ["DECLARED", "PHASES", "Assumed", "GpuSession", "device_slug", "is_result_file", "phase_tasks", "plan_queue",
            "run_gpu_session", "write_archive"]
 
+#: speed paths each benchmark measures on CUDA (on a CPU only the per-layer A/B forces one): while
+#: the self-check has one of them off, the benchmark waits for a later session (its figure would be
+#: of a path no run uses, and it is kept for the whole speed revision)
+_BENCH_PATHS = {"bench/repeat_overhead": ("fused", "group", "bf16_channels_last"),
+                "bench/repeat_overhead_per_layer": ("fused", "bf16_channels_last"),
+                "bench/repeat_overhead_host": ("fused", "group", "bf16_channels_last"),
+                "bench/trainer_throughput": ("bf16_channels_last",), "bench/batched_seeds": ("bf16_channels_last",)}
+_BENCH_PATHS_CPU = {"bench/repeat_overhead_per_layer": ("fused",)}
 #: benchmarks whose script is another's in a different mode (issue 18: ``--host``)
 _BENCH_SCRIPT = {"bench/repeat_overhead_host": "repeat_overhead", "bench/repeat_overhead_per_layer": "repeat_overhead"}
 #: measured estimates are multiplied by this before a start is decided (machines vary between leases)
@@ -104,6 +116,10 @@ class GpuSession:
     assumed: Assumed | None = None
     #: FLOPs per image of the queue's models, by model config and dataset (see ``_flops_of``)
     flops_cache: dict[str, int] = field(default_factory=dict, repr=False)
+    #: switches every task gets after the self-check (``REPNAS_FUSED=0`` for a failed fused path, ...)
+    speed_env: dict[str, str] = field(default_factory=dict)
+    #: speed paths the self-check did not pass (name -> verdict): benchmarks of them wait
+    paths_off: dict[str, str] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
@@ -191,7 +207,7 @@ class GpuSession:
 
     def task(self, name: str, argv: list[str], estimate: float, basis: str, share: float = 1.0) -> Task:
         env = {"PYTHONPATH": os.pathsep.join(p for p in (str(self.root), os.environ.get("PYTHONPATH")) if p),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **self.speed_env}
         threads = self.cpu_threads(share)
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -273,6 +289,7 @@ def bench_tasks(s: GpuSession) -> list[Task]:
                    "--out", str(result)]
         tasks.append(s.task(name, command, estimate, basis))
         tasks[-1].info["produces"] = [result]
+        tasks[-1].info["paths"] = (_BENCH_PATHS if s.device.startswith("cuda") else _BENCH_PATHS_CPU).get(name, ())
     result = bench_path(s.gpu_dir, "vgg11_15ep")
     if not s.has(result):
         recipe_exp = queue_experiment(s.root / "experiments" / "c1c2_vgg_depth.yaml", s.smoke)
@@ -421,7 +438,8 @@ def _plan_runs(s: GpuSession, item: QueueItem, plan: QueuePlan, cap: float | Non
         name = f"queue/{item.name}/{entry.file_stem}/seed{seed}"
         spec = {"kind": "run", "experiment": str(item.experiment), "model": entry.name, "seed": seed,
                 "out": str(out), "data_dir": s.data_dir,
-                "extra": {"queue_item": item.name, "gpu_share": 1.0 / k, "pack_speedup": speedup}}
+                "extra": {"queue_item": item.name, "gpu_share": 1.0 / k, "pack_speedup": speedup,
+                          **({"speed_switches": dict(s.speed_env)} if s.speed_env else {})}}
         basis = f"{basis}; {k} at once" if k > 1 else basis
         plan.tasks.append(s.job(name, spec, estimate, basis, share=1.0 / k))
         plan.tasks[-1].info["produces"] = [path]
@@ -527,12 +545,29 @@ def write_archive(results: Path, since_ns: int, archive: Path, max_bytes: int = 
 # ------------------------------------------------------------------------------ the session
 #: a session's phases, in order: each is planned when the one before it has run (the queue's packing
 #: reads the benchmarks just measured)
-PHASES = ("checks", "benchmarks", "queue")
+PHASES = ("selfcheck", "checks", "benchmarks", "queue")
+
+
+def selfcheck_task(s: GpuSession, paths: list[str] | None = None, known: dict[str, str] | None = None,
+                   result: Path | None = None) -> Task:
+    """The self-check's process on ``paths`` (default: all); every session runs it (``_selfcheck``)."""
+    from repnas.experiments._selfcheck import PATHS
+
+    specs = s.work / "specs"
+    specs.mkdir(parents=True, exist_ok=True)
+    spec = {"paths": paths or [p.name for p in PATHS], "off": known or {}, "device": s.device,
+            "result": str(result or s.work / "selfcheck" / "selfcheck-1.json"), "threads": s.cpu_threads(1.0)}
+    path = specs / "selfcheck.json"
+    atomic_write_text(path, json.dumps(spec, indent=1) + "\n")
+    estimate, basis = s.estimate("selfcheck")
+    return s.task("selfcheck", [s.python, "-m", "repnas.experiments._selfcheck", str(path)], estimate, basis)
 
 
 def phase_tasks(s: GpuSession, phase: str, log: Callable[[str], None] = print
                 ) -> tuple[list[Task], dict[str, str], list[dict[str, Any]]]:
     """(tasks, task name -> queue item, the queue's notes) of one phase, as results/ stands now."""
+    if phase == "selfcheck":
+        return [selfcheck_task(s)], {}, []
     if phase == "checks":
         return check_tasks(s), {}, []
     if phase == "benchmarks":
@@ -558,10 +593,19 @@ def run_gpu_session(s: GpuSession, time_limit: float, archive: Path, *, reserve:
     queue_notes: list[dict[str, Any]] = []
     for phase in PHASES:
         log(f"[{clock() - t0:5.0f} s] {phase}")
+        if phase == "selfcheck":
+            record["selfcheck"], record["phases"][phase] = _selfcheck_phase(s, deadline, only, log, schedule)
+            continue
         tasks, owner, notes = phase_tasks(s, phase, log)
         queue_notes = notes or queue_notes
         if only is not None:
             tasks = [t for t in tasks if only(t.name)]
+        waiting = [t for t in tasks if any(p in s.paths_off for p in t.info.get("paths", ()))]
+        for t in waiting:
+            off = [p for p in t.info["paths"] if p in s.paths_off]
+            log(f"  not started: {t.name} (measures {', '.join(off)}, which the self-check did not pass); "
+                "a later session measures it")
+        tasks = [t for t in tasks if t not in waiting]
         if not tasks:
             log("  nothing to do (all done or waiting)")
             record["phases"][phase] = {"done": [], "left": [], "wall_seconds": 0.0}
@@ -575,8 +619,8 @@ def run_gpu_session(s: GpuSession, time_limit: float, archive: Path, *, reserve:
                 spent[owner[r["task"]]] = spent.get(owner[r["task"]], 0.0) + r["seconds"] * r["share"]
             s.add_to_ledger(spent)
         record["phases"][phase] = {"done": outcome.done, "failed": outcome.failed, "killed": outcome.killed,
-                                   "left": outcome.left, "wall_seconds": round(outcome.wall_seconds, 1),
-                                   "tasks": outcome.records}
+                                   "left": outcome.left + [t.name for t in waiting],
+                                   "wall_seconds": round(outcome.wall_seconds, 1), "tasks": outcome.records}
     record["queue"] = queue_notes
     record["packing"] = _packing_summary(record["phases"].get("queue", {}))
     log(f"[{clock() - t0:5.0f} s] tables")
@@ -592,6 +636,45 @@ def run_gpu_session(s: GpuSession, time_limit: float, archive: Path, *, reserve:
     log(f"[{clock() - t0:5.0f} s] wrote {archive} ({len(files)} files); unpack with "
         f"`experiments/device.sh unpack DIR` (or tar xzf {archive.name} -C results)")
     return record
+
+
+def _selfcheck_phase(s: GpuSession, deadline: float, only: Callable[[str], bool] | None,
+                     log: Callable[[str], None], schedule: dict[str, Any]) -> tuple[dict[str, Any] | None, dict]:
+    """Run the self-check (one process, again after a crash for the paths left), switch off what did
+    not pass for the rest of the session, write ``selfcheck.json``; (its record, the phase's)."""
+    from repnas.experiments._selfcheck import run_selfcheck
+
+    if only is not None and not only("selfcheck"):
+        log("  not run (--only leaves it out): the speed paths keep their defaults, unchecked")
+        return None, {"done": [], "left": [], "wall_seconds": 0.0}
+    clock = schedule.get("clock", time.monotonic)
+    t0, records = clock(), []
+
+    def start(paths: list[str], known: dict[str, str], result: Path) -> tuple[int | None, str]:
+        task = selfcheck_task(s, paths, known, result)
+        outcome = run_tasks([task], deadline, log=log, max_running=1, **schedule)
+        records.extend(outcome.records)
+        if outcome.left:
+            return None, "no time left in the command"
+        if outcome.killed:
+            return -9, "killed at the command's deadline"
+        code = outcome.records[-1]["rc"]
+        return code, f"exit {code}"
+
+    (s.work / "selfcheck").mkdir(parents=True, exist_ok=True)
+    checked = run_selfcheck(s.device, s.work / "selfcheck", start, log=log)
+    s.speed_env = dict(checked["env"])
+    s.paths_off = {name: v["verdict"] for name, v in checked["paths"].items()
+                   if v["verdict"].startswith(("failed", "turned off"))}
+    wall = round(clock() - t0, 1)
+    checked["wall_seconds"] = wall
+    checked["session_started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_text(s.gpu_dir / "selfcheck.json", json.dumps(checked, indent=1, default=float) + "\n")
+    log(f"  self-check: {wall:.1f} s (wall, the process's start included)")
+    if len(records) == 1 and records[0]["rc"] == 0:
+        s.record_timings(records)
+    phase = {"done": ["selfcheck"], "left": [], "wall_seconds": wall, "tasks": records}
+    return {"verdicts": {n: v["verdict"] for n, v in checked["paths"].items()}, "env": s.speed_env}, phase
 
 
 def _packing_summary(queue_phase: dict[str, Any]) -> dict[str, Any]:

@@ -173,13 +173,15 @@ def _gpu_section(results: Path) -> str:
     from repnas.experiments._gpu_queue import DECLARED
 
     parts = ["## GPU checks and benchmarks, per kind of GPU",
-             "Filled by steps a and b of `python -m repnas.experiments gpu`, once per kind of GPU. GPU minutes: "
+             "Filled by steps 0, a and b of `python -m repnas.experiments gpu`, once per kind of GPU. GPU minutes: "
              "at most 8 (one command's `--time-limit 480`; a step starts only if its planning time fits, and "
              f"the planning times of all {len(DECLARED)} sum to {sum(DECLARED.values()) / 60:.2f} minutes, "
-             "`DECLARED` in `repnas/experiments/_gpu_queue.py`). Files: `results/gpu/<gpu>/{checks,bench}/*.json`. "
+             "`DECLARED` in `repnas/experiments/_gpu_queue.py`). Files: `results/gpu/<gpu>/selfcheck.json`, "
+             "`results/gpu/<gpu>/{checks,bench}/*.json`. "
              "Benchmarks are kept per speed revision (`SPEED_REVISIONS` in the same file): a session measures "
              "what the current revision lacks, so the figures before and after a speed change stand side by side.",
              ""]
+    parts += [_selfcheck_section(results), ""]
     kinds = _gpu_kinds(results)
     rows = [r for kind in kinds for r in _check_rows(kind)]
     if not rows:
@@ -197,6 +199,33 @@ def _gpu_section(results: Path) -> str:
                       f"(mean concurrency {_fmt(packing['mean_concurrency'])}, at most {packing['max_concurrency']} "
                       "at once); the speed-up over one at a time is the packed-trials ratio above."]
     return "\n".join(parts) + "\n"
+
+
+def _selfcheck_section(results: Path) -> str:
+    """The self-check's verdict per speed path, per kind of machine (its latest session's)."""
+    from repnas.experiments._selfcheck import PATHS
+
+    parts = ["Speed paths: the self-check each session runs first (step 0; `repnas/experiments/_selfcheck.py`) "
+             "compares every path with the reference on a tiny repeated model, in fp32 (TF32 off; bf16 for "
+             "bf16 + channels_last): values and every parameter's gradient. A path that did not pass is switched "
+             "off for the rest of that session (its variable set to 0 for every task) and the benchmarks of it "
+             "wait. \"this run\": whether that session's tasks used the path.", ""]
+    kinds = sorted(p.parent for p in (results / "gpu").glob("*/selfcheck.json"))
+    rows = []
+    for kind in kinds:
+        record = _read(kind / "selfcheck.json") or {}
+        for path in PATHS:
+            v = (record.get("paths") or {}).get(path.name) or {}
+            detail = v.get("detail") or {}
+            errors = ", ".join(f"{k.split('_')[0]} {detail[k]:.1e}" for k in ("values_error", "gradients_error")
+                               if isinstance(detail.get(k), (int, float)))
+            rows.append([f"{path.name} ({path.what})", str(v.get("verdict", "not checked")).replace("|", "/"),
+                         "on" if v.get("in_use") else "off", f"`{path.env}`", errors or "-", kind.name,
+                         str(record.get("torch", ""))])
+    if not rows:
+        rows = [[f"{path.name} ({path.what})", NOT_MEASURED, "", f"`{path.env}`", "", "", ""] for path in PATHS]
+    return "\n".join(parts) + "\n" + _table(["path", "verdict", "this run", "switch", "relative error",
+                                             "machine", "torch"], rows)
 
 
 def _experiment_files(queue: GpuQueue) -> dict[str, list]:

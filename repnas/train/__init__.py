@@ -6,17 +6,22 @@ use it directly. Nothing here knows about searches, studies or run directories.
 
 from repnas.train._config import DatasetConfig, Recipe, RunConfig
 from repnas.train._data import DataSplits, Split, list_datasets, load_dataset
-from repnas.train._trainer import TrainResult, resolve_device, train
+from repnas.train._step import EagerStep, GraphStep, mixed_precision
+from repnas.train._trainer import TrainResult, channels_last, resolve_device, train
 
 __all__ = [
     "DataSplits",
     "DatasetConfig",
+    "EagerStep",
+    "GraphStep",
     "Recipe",
     "RunConfig",
     "Split",
     "TrainResult",
+    "channels_last",
     "list_datasets",
     "load_dataset",
+    "mixed_precision",
     "resolve_device",
     "train",
 ]

@@ -16,7 +16,8 @@ once and replays them with one launch, so the host's work per step no longer gro
 that fails falls back to eager with one log line saying why. ``compile=True`` wraps the model in
 ``torch.compile`` (off by default: its compile seconds must pay back within a trial). Neither switch
 is a recipe field, so neither enters the fingerprint of a committed run; both default from the
-environment (``REPNAS_CUDA_GRAPH=0`` disables capture, ``REPNAS_COMPILE=1`` enables compile).
+environment (``REPNAS_CUDA_GRAPH=0`` disables capture, ``REPNAS_COMPILE=1`` enables compile), as does
+bf16 autocast with channels_last (:func:`mixed_precision`, ``REPNAS_BF16=0`` disables it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 
 log = logging.getLogger("repnas.train")
 
-__all__ = ["EagerStep", "GraphStep", "make_step", "switches"]
+__all__ = ["EagerStep", "GraphStep", "make_step", "mixed_precision", "switches"]
 
 
 def switches(capture: bool | None = None, compile: bool | None = None) -> tuple[bool, bool]:
@@ -42,6 +43,13 @@ def switches(capture: bool | None = None, compile: bool | None = None) -> tuple[
     if compile is None:
         compile = os.environ.get("REPNAS_COMPILE", "0") == "1"
     return capture, compile
+
+
+def mixed_precision(device: torch.device) -> bool:
+    """Whether the trainer runs bf16 autocast and channels_last on ``device``: on CUDA, unless
+    ``REPNAS_BF16=0`` (the GPU procedure's self-check sets it when that path disagrees with fp32;
+    then a run trains in fp32, contiguous)."""
+    return device.type == "cuda" and os.environ.get("REPNAS_BF16", "1") != "0"
 
 
 class EagerStep:
@@ -143,7 +151,7 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
     cuda = device.type == "cuda"
     if compile:
         model = torch.compile(model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mixed_precision(device) else nullcontext()
     if capture and cuda and not compile:
         return GraphStep(model, optimizer, scheduler, label_smoothing, autocast)
     if capture and cuda and compile:

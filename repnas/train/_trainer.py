@@ -2,7 +2,8 @@
 
 Modelled on airbench94: no DataLoader and no workers; images stay uint8 on the device and every
 batch is cropped/flipped/rotated by batched tensor ops (``_augment``); bf16 autocast and
-channels_last on CUDA, plain fp32 with the same semantics on CPU. What one run does:
+channels_last on CUDA (unless ``REPNAS_BF16=0``), plain fp32 with the same semantics on CPU. What one
+run does:
 
 1. seed torch, build the model (``repnas.spaces.build_model``) and count params/FLOPs
    (``repnas.rescale.describe``, on CPU before the move to the device);
@@ -41,7 +42,7 @@ from repnas.errors import UserError
 from repnas.train._augment import AugmentSpec, augment, normalize
 from repnas.train._config import RunConfig
 from repnas.train._data import DataSplits, Split, load_dataset
-from repnas.train._step import make_step
+from repnas.train._step import make_step, mixed_precision
 
 __all__ = ["TrainResult", "evaluate", "param_groups", "resolve_device", "train"]
 
@@ -170,11 +171,10 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / _CONFIG, cfg.to_yaml())
 
+    mixed = mixed_precision(device)  # bf16 autocast + channels_last on CUDA unless REPNAS_BF16=0
     if cuda:
         torch.backends.cudnn.benchmark = True
-        model = channels_last(model.to(device))
-    else:
-        model = model.to(device)
+    model = channels_last(model.to(device)) if mixed else model.to(device)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     val = Split(data.val.x.to(device), data.val.y.to(device))  # evaluated every epoch: copy it once
     mean = torch.tensor(data.mean, device=device)
@@ -228,7 +228,7 @@ def _train(
             for i in range(steps):
                 idx = order[i * batch : (i + 1) * batch]
                 x = normalize(augment(train_x[idx], spec, generator), mean, std)
-                if cuda:
+                if mixed:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = train_y[idx]
                 loss, logits = train_step(x, y)
@@ -300,15 +300,15 @@ def evaluate(model: nn.Module, split: Split, mean: torch.Tensor, std: torch.Tens
     if len(split) == 0:
         return math.nan, math.nan
     device = mean.device
-    cuda = device.type == "cuda"
+    mixed = mixed_precision(device)
     was_training = model.training
     model.eval()
     loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mixed else nullcontext()
     for xb, yb in zip(split.x.split(_EVAL_BATCH), split.y.split(_EVAL_BATCH), strict=True):
         x = normalize(xb.to(device, non_blocking=True), mean, std)
-        if cuda:
+        if mixed:
             x = x.contiguous(memory_format=torch.channels_last)
         y = yb.to(device, non_blocking=True)
         with autocast:
