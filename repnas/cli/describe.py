@@ -136,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
         name = (config.get("family") or config.get("base")) if isinstance(config, dict) else config
         dataset = spaces.default_dataset(name) if isinstance(name, str) else "cifar10"
     overrides = (args.num_classes, args.in_channels, args.image_size)
-    if None in overrides:  # an imagefolder dataset has no static shape: all three must be given
-        info = spaces.dataset_info(dataset)
+    if None in overrides:  # a named dataset's shape, or an imagefolder's read from its files
+        from repnas.train import dataset_shape
+
+        size = args.image_size if args.image_size is not None and args.image_size >= 1 else None
+        info = dataset_shape(dataset, image_size=size)
         overrides = tuple(known if given is None else given for given, known in zip(
             overrides, (info.num_classes, info.in_channels, info.image_size), strict=True))
     num_classes, in_channels, image_size = overrides
