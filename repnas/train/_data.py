@@ -450,7 +450,7 @@ def _decode_imagefolder(files: list[tuple[str, bytes]], where: str, image_size: 
     if resized:
         if image_size is None:
             raise UserError(_mixed_sizes(files, images, where))
-        x = np.concatenate([_resize(torch.from_numpy(_chw(im[None])), image_size).numpy() for im in images])
+        x = np.concatenate([_resize(torch.tensor(_chw(im[None])), image_size).numpy() for im in images])
     else:
         x = _chw(np.stack(images))
     split = np.array([layout[n][0] for n, _ in files])
