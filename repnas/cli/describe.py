@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=plain_text(__doc__))
     parser.add_argument("model", nargs="?", help="model name, or a run-config YAML with a `model` key")
     parser.add_argument("--dataset", help="decides classes, channels and input size "
-                        "(cifar10, cifar100, mnist, fashionmnist, rotmnist, digits; default: the "
-                        "model's own, cifar10 or rotmnist)")
+                        "(cifar10, cifar100, mnist, fashionmnist, rotmnist, digits, or imagefolder:PATH, whose "
+                        "shape is read from its files; default: the model's own, cifar10 or rotmnist)")
     parser.add_argument("--num-classes", type=int, help="override the dataset's class count")
     parser.add_argument("--in-channels", type=int, help="override the dataset's channel count")
     parser.add_argument("--image-size", type=int, help="override the dataset's input size")
