@@ -87,8 +87,11 @@ def test_search_report_and_export_on_an_image_folder(kind, tmp_path, monkeypatch
         assert len(entry["normalization"]["mean"]) == channels
         assert entry["torchscript_max_abs_diff"] <= 1e-4
 
-    if kind == "folder":  # --resume from another directory reads the same images
+    if kind == "folder":  # --resume from another directory reads the same images (named relative to it)
         monkeypatch.chdir(run)
         capsys.readouterr()
-        assert main(["search", "--resume", "--out", str(run), "--trials", "3", "--quiet"]) == 0
+        assert main(["search", "--resume", "--out", str(run), "--dataset", "imagefolder:../pets", "--trials", "3",
+                     "--quiet"]) == 0
         assert len(pd.read_parquet(run / "trials.parquet")) == 3
+        assert main(["search", "--resume", "--out", str(run), "--image-size", "10"]) == 2
+        assert "--image-size 10 differs from the run's None" in capsys.readouterr().err
