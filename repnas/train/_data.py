@@ -134,7 +134,7 @@ def load_dataset(
     if key == "digits":
         raw = _load_digits()
     elif key in _TORCHVISION:
-        raw = _load_named(key, root, download)
+        raw = _load_named(key, root, download, image_size)
     elif key == "rotmnist":
         raw = _load_rotmnist(root, download)
     elif key.startswith("imagefolder:"):
@@ -225,14 +225,14 @@ def _load_digits() -> _Raw:
     return _as_raw(tr_x, tr_y, te_x, te_y, [str(i) for i in range(10)], "sklearn.datasets.load_digits")
 
 
-def _load_named(name: str, root: Path, download: bool) -> _Raw:
+def _load_named(name: str, root: Path, download: bool, image_size: int | None = None) -> _Raw:
     """``<name>.tar.gz`` or ``<name>/`` (ImageFolder) in root, else a torchvision root."""
     archive = root / f"{name}.tar.gz"
     if archive.is_file():
-        return _load_imagefolder(archive, name)
+        return _load_imagefolder(archive, name, image_size)
     folder = root / name
     if (folder / "train").is_dir() and (folder / "test").is_dir():
-        return _load_imagefolder(folder, name)
+        return _load_imagefolder(folder, name, image_size)
     return _load_torchvision(name, root, download)
 
 
