@@ -136,11 +136,24 @@ def test_corrupt_archive_and_image_are_user_errors(tmp_path):
         load_dataset(f"imagefolder:{tmp_path / 'toy'}")
 
 
-def test_mixed_image_sizes_are_rejected(tmp_path):
+def test_mixed_image_sizes_are_rejected_or_each_resized(tmp_path, monkeypatch):
     _write_imagefolder(tmp_path)
-    Image.new("RGB", (9, 9)).save(tmp_path / "toy" / "train" / "cat" / "odd.png")
-    with pytest.raises(UserError, match="different sizes"):
-        load_dataset(f"imagefolder:{tmp_path / 'toy'}")
+    uniform = load_dataset(f"imagefolder:{tmp_path / 'toy'}", val_fraction=0.0, image_size=6)
+    Image.new("RGB", (9, 7), (250, 0, 0)).save(tmp_path / "toy" / "train" / "cat" / "odd.png")
+    name = f"imagefolder:{tmp_path / 'toy'}"
+    with pytest.raises(UserError, match=r"train/cat/odd\.png is 9x7, test/cat/0\.png is 8x8 "
+                                        r"\(sizes seen: 8x8, 9x7\); pass --image-size N"):
+        load_dataset(name)
+    mixed = load_dataset(name, val_fraction=0.0, image_size=6)
+    assert mixed.train.x.shape == (19, 3, 6, 6) and mixed.test.x.shape == (6, 3, 6, 6)
+    # every other image is resized exactly as a folder of one size is (one batch), the odd one too
+    odd = mixed.train.x[mixed.train.x[:, 0, 3, 3] > 240]
+    assert odd.shape[0] == 1 and odd[0, 1:].max() == 0
+    rest = mixed.train.x[mixed.train.x[:, 0, 3, 3] <= 240]
+    assert torch.equal(rest, uniform.train.x) and torch.equal(mixed.test.x, uniform.test.x)
+    # cached under a key naming the size: the next load decodes nothing
+    monkeypatch.setattr(data_module, "_decode_imagefolder", lambda *a: pytest.fail("decoded again"))
+    assert torch.equal(load_dataset(name, val_fraction=0.0, image_size=6).train.x, mixed.train.x)
 
 
 def test_flat_imagefolder_holds_out_a_fixed_test_share(tmp_path):
@@ -152,6 +165,62 @@ def test_flat_imagefolder_holds_out_a_fixed_test_share(tmp_path):
             (tmp_path / "flat" / c / f"{i}.png").write_bytes(buf.getvalue())
     d = load_dataset(f"imagefolder:{tmp_path / 'flat'}", val_fraction=0.0)
     assert (len(d.train), len(d.test), d.in_channels) == (16, 4, 1)
+
+
+# ------------------------------------------------------------------------- shape, not loading
+@pytest.mark.parametrize("as_archive", [False, True])
+def test_dataset_shape_matches_the_loaded_data_without_decoding_it(tmp_path, monkeypatch, as_archive):
+    from repnas.train import _shape as shape_module
+    from repnas.train import dataset_shape
+
+    _write_imagefolder(tmp_path, sizes=(10, 10))
+    Image.new("L", (10, 10)).save(tmp_path / "toy" / "test" / "cat" / "0.png")  # the first: grayscale
+    path = _tar(tmp_path, tmp_path / "toy.tar.gz") if as_archive else tmp_path / "toy"
+    name = f"imagefolder:{path}"
+    shape_module._inspect.cache_clear()
+    opened = []
+    real_probe = shape_module._probe
+    monkeypatch.setattr(shape_module, "_probe", lambda *a: opened.append(1) or real_probe(*a))
+    monkeypatch.setattr(data_module, "_decode_imagefolder", lambda *a: pytest.fail("decoded"))
+    info = dataset_shape(name)
+    assert (info.num_classes, info.in_channels, info.image_size) == (3, 1, 10) and opened == [1]
+    assert dataset_shape(name, image_size=6).input_shape == (1, 6, 6)  # same files: remembered
+    assert opened == [1]
+    monkeypatch.undo()
+    data = load_dataset(name)  # the loader agrees: the first image in natural order decides the mode
+    assert (data.num_classes, data.in_channels, data.image_size) == (3, 1, (10, 10))
+    # once decoded, the shape comes from the cache's headers: the archive is not listed again
+    shape_module._inspect.cache_clear()
+    monkeypatch.setattr(data_module, "_is_image", lambda name: pytest.fail("listed"))
+    assert dataset_shape(name) == info
+
+
+def test_dataset_shape_of_named_datasets_and_absolute_paths(tmp_path, monkeypatch):
+    from repnas.train import absolute_dataset, dataset_shape
+
+    assert dataset_shape("cifar10").input_shape == (3, 32, 32)
+    assert dataset_shape("digits", image_size=16).input_shape == (1, 16, 16)
+    with pytest.raises(UserError, match="unknown dataset 'cifar11'"):
+        dataset_shape("cifar11")
+    with pytest.raises(UserError, match="--image-size must be an integer >= 1, got 0"):
+        dataset_shape("digits", image_size=0)
+    monkeypatch.chdir(tmp_path)
+    assert absolute_dataset("imagefolder:data/x.tar.gz") == f"imagefolder:{tmp_path}/data/x.tar.gz"
+    assert absolute_dataset("cifar10") == "cifar10"
+    with pytest.raises(UserError, match=r"no such dataset folder or archive: data/x\.tar\.gz"):
+        dataset_shape("imagefolder:data/x.tar.gz")
+
+
+def test_dataset_shape_of_the_cifar10_archive_decodes_one_image(shared_datasets, tmp_path, monkeypatch):
+    """60,000 JPEGs: the member list is read and one image opened (1.8 s on 2 idle cores), never decoded."""
+    from repnas.train import _shape as shape_module
+    from repnas.train import dataset_shape
+
+    monkeypatch.setenv("REPNAS_CACHE", str(tmp_path))  # no decoded cache: the archive is listed
+    monkeypatch.setattr(data_module, "_decode_imagefolder", lambda *a: pytest.fail("decoded"))
+    shape_module._inspect.cache_clear()
+    info = dataset_shape(f"imagefolder:{shared_datasets / 'cifar10.tar.gz'}")
+    assert info.input_shape == (3, 32, 32) and info.num_classes == 10
 
 
 # ------------------------------------------------------------------------------- augmentation

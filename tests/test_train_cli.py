@@ -155,12 +155,19 @@ def test_imagefolder_archive_through_the_cli(tmp_path, capsys):
             folder.mkdir(parents=True)
             for i in range(8):
                 Image.new("L", (8, 8), 200 * c + i).save(folder / f"{i}.png")
+    Image.new("L", (10, 10), 90).save(tmp_path / "two" / "train" / "c0" / "odd.png")
     archive = tmp_path / "two.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "two", arcname="two")
-    code, stdout, _ = _run(capsys, "train", "vgg4", "--dataset", f"imagefolder:{archive}", "--steps", "1",
-                           "--batch-size", "8", "--json", "--quiet", "--device", "cpu")
-    assert code == 0 and json.loads(stdout.splitlines()[-1])["dataset"].startswith("imagefolder:")
+    args = ["train", "vgg4", "--dataset", f"imagefolder:{archive}", "--steps", "1", "--batch-size", "8",
+            "--json", "--quiet", "--device", "cpu", "--out", str(tmp_path / "run")]
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and "two/train/c0/odd.png is 10x10, two/test/c0/0.png is 8x8" in err
+    assert not (tmp_path / "run").exists()
+    code, stdout, _ = _run(capsys, *args, "--image-size", "12")  # every image resized to 12x12
+    assert code == 0 and json.loads(stdout.splitlines()[-1])["dataset"] == f"imagefolder:{archive}"
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["dataset"]["name"] == f"imagefolder:{archive}" and config["dataset"]["image_size"] == 12
 
 
 def test_train_takes_any_device_runconfig_takes(capsys):

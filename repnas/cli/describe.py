@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=plain_text(__doc__))
     parser.add_argument("model", nargs="?", help="model name, or a run-config YAML with a `model` key")
     parser.add_argument("--dataset", help="decides classes, channels and input size "
-                        "(cifar10, cifar100, mnist, fashionmnist, rotmnist, digits; default: the "
-                        "model's own, cifar10 or rotmnist)")
+                        "(cifar10, cifar100, mnist, fashionmnist, rotmnist, digits, or imagefolder:PATH, whose "
+                        "shape is read from its files; default: the model's own, cifar10 or rotmnist)")
     parser.add_argument("--num-classes", type=int, help="override the dataset's class count")
     parser.add_argument("--in-channels", type=int, help="override the dataset's channel count")
     parser.add_argument("--image-size", type=int, help="override the dataset's input size")
@@ -136,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
         name = (config.get("family") or config.get("base")) if isinstance(config, dict) else config
         dataset = spaces.default_dataset(name) if isinstance(name, str) else "cifar10"
     overrides = (args.num_classes, args.in_channels, args.image_size)
-    if None in overrides:  # an imagefolder dataset has no static shape: all three must be given
-        info = spaces.dataset_info(dataset)
+    if None in overrides:  # a named dataset's shape, or an imagefolder's read from its files
+        from repnas.train import dataset_shape
+
+        size = args.image_size if args.image_size is not None and args.image_size >= 1 else None
+        info = dataset_shape(dataset, image_size=size)
         overrides = tuple(known if given is None else given for given, known in zip(
             overrides, (info.num_classes, info.in_channels, info.image_size), strict=True))
     num_classes, in_channels, image_size = overrides

@@ -32,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "e.g. '{width_mult: 0.5}'")
     p.add_argument("--stem", help="with --model: the conv adapted to the dataset's channels (default: the first)")
     p.add_argument("--head", help="with --model: the linear adapted to the class count (default: the last)")
-    p.add_argument("--dataset", help="dataset name (default: the space's)")
+    p.add_argument("--dataset", help="digits, mnist, fashionmnist, cifar10, cifar100, rotmnist, or imagefolder:PATH "
+                   "(your images: a folder or .tar.gz of [train/,test/]<class>/<image>; classes and image "
+                   "shape are read from it) (default: the space's)")
+    p.add_argument("--image-size", type=int, metavar="N", help="resize every image to NxN when it is loaded "
+                   "(images of mixed or non-square sizes need it; recorded in search.yaml and each trial's config)")
     p.add_argument("--budget", help="parameter budget: one (600k, 1.5M), a range searched log-uniformly "
                    "(50k:2M) or levels (100k,300k,1M) (default: the space's)")
     p.add_argument("--trials", type=int, help="distinct models to try (default 12): failed and infeasible ones "
@@ -80,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 #: flags that are SearchConfig keys of the same name (what --config may also give)
 _CONFIG_FLAGS = ("space", "dataset", "budget", "trials", "epochs", "seed", "objectives", "sampler", "backend",
-                 "storage", "study", "workers", "gpus_per_trial", "early_stop", "device", "data_dir")
+                 "storage", "study", "workers", "gpus_per_trial", "early_stop", "device", "data_dir", "image_size")
 
 
 def build_search_config(args: argparse.Namespace):
@@ -122,7 +126,7 @@ def resume_search_config(args: argparse.Namespace):
         raise UserError("--config starts a new search; --resume continues the run's own search.yaml")
     changes = {name: getattr(args, name) for name in (
         "space", "dataset", "study", "seed", "epochs", "sampler", "budget", "objectives",
-        "trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir")}
+        "trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir", "image_size")}
     changes["storage"] = absolute_storage(args.storage) if args.storage is not None else None  # relative: to the cwd
     _check_counts(args.trials if args.trials is not None else 1, None, args.workers, args.gpus_per_trial)
     search = resume_config(args.out, **changes)
@@ -144,7 +148,7 @@ def joined_search_config(args: argparse.Namespace):
     if not args.storage or not args.study:
         raise UserError("--join needs --storage (the database server's URL) and --study (the search's name)")
     given = [name for name in ("space", "dataset", "budget", "trials", "epochs", "seed", "sampler",
-                               "objectives", "early_stop") if getattr(args, name) is not None]
+                               "objectives", "early_stop", "image_size") if getattr(args, name) is not None]
     if given or args.backend == "ray":
         names = ", ".join("--" + n.replace("_", "-") for n in given) or "--backend ray"
         raise UserError(f"--join takes the search's config from the study; drop {names}")

@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "imagefolder:PATH")
     p.add_argument("--data-dir", help="torchvision root or a folder holding <name>.tar.gz "
                    "(default $REPNAS_DATA)")
+    p.add_argument("--image-size", type=int, metavar="N", help="resize every image to NxN when it is loaded "
+                   "(dataset.image_size; images of mixed sizes need it)")
     p.add_argument("--val-fraction", type=float, help="share of train held out for validation (default 0.1)")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--steps", type=int, help="step budget (overrides --epochs)")
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repnas.train import RunConfig, train
+    from repnas.train import RunConfig, absolute_dataset, train
 
     source = Path(args.model)
     if source.suffix in (".yaml", ".yml") or source.is_file():
@@ -51,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = RunConfig(model={"family": args.model})
     overrides = {
-        "dataset.name": args.dataset,
+        "dataset.name": absolute_dataset(args.dataset) if args.dataset else None,  # --out's config: any cwd
         "dataset.data_dir": args.data_dir,
         "dataset.val_fraction": args.val_fraction,
+        "dataset.image_size": args.image_size,
         "recipe.epochs": args.epochs,
         "recipe.steps": args.steps,
         "recipe.batch_size": args.batch_size,

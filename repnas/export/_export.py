@@ -139,9 +139,11 @@ def _write_materialized(run_config, checkpoint: Path, out: Path, stem: str) -> d
 
     from repnas.export._deploy import write_deployables
     from repnas.rescale import materialize
-    from repnas.spaces import build_model, dataset_info
+    from repnas.spaces import build_model
+    from repnas.train import dataset_shape
 
-    info = dataset_info(run_config.dataset.name)
+    dataset = run_config.dataset
+    info = dataset_shape(dataset.name, dataset.data_dir, dataset.image_size)  # an image folder's: read from it
     model = build_model(run_config.model, info.num_classes, info.in_channels)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)

@@ -91,6 +91,7 @@ class SearchConfig:
     early_stop: str = "none"
     device: str = "auto"
     data_dir: str | None = None
+    image_size: int | None = None  # every image resized to this square side on load (None: as stored)
     recipe: dict[str, Any] = field(default_factory=dict)
     space_name: str = ""
     # --backend ray: storage (Tune's storage_path or URI), resources (per trial), max_failures
@@ -108,6 +109,13 @@ class SearchConfig:
         from repnas.spaces import SearchSpace
 
         return SearchSpace.from_dict(self.space, f"space {self.space_name or 'of search.yaml'}")
+
+    def dataset_shape(self):
+        """The :class:`~repnas.spaces.DatasetInfo` the search's candidates are built for: a named
+        dataset's, or the one read from an ``imagefolder:PATH`` (:func:`repnas.train.dataset_shape`)."""
+        from repnas.train import dataset_shape
+
+        return dataset_shape(self.dataset, self.data_dir, self.image_size)
 
     @property
     def budget_spec(self):

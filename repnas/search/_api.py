@@ -105,14 +105,18 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
                   population_size: int | None = None, backend: str | None = None, storage: str | None = None,
                   study: str | None = None, workers: int | None = None, gpus_per_trial: float | None = None,
                   early_stop: str | None = None, device: str | None = None, data_dir: str | None = None,
-                  recipe: dict | None = None, ray: dict | None = None) -> tuple[SearchConfig, Path]:
+                  image_size: int | None = None, recipe: dict | None = None,
+                  ray: dict | None = None) -> tuple[SearchConfig, Path]:
     """A validated ``(SearchConfig, run directory)`` of a new search; ``None`` = the default.
 
     Checks everything a new search needs (space, dataset, budget against the space's smallest
-    candidate, counts) before anything is written.
+    candidate, counts) before anything is written. ``dataset`` may be ``imagefolder:PATH`` (a
+    folder or ``.tar.gz``): its shape is read from the files (class folders, one image's header)
+    and its path recorded absolute; ``image_size`` resizes every image to a square of that side.
     """
     from repnas.search._samplers import default_population
-    from repnas.spaces import dataset_info, parse_budget, smallest_candidate
+    from repnas.spaces import parse_budget, smallest_candidate
+    from repnas.train import absolute_dataset, dataset_shape
 
     if space is None:
         raise UserError("--space is required for a new search (space=; or --resume an existing one)")
@@ -120,15 +124,12 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
     from repnas.spaces._depth_limit import check_stage_depths
 
     check_stage_depths(space)  # a 100000-conv stage made the first trial's solve hang
-    dataset = dataset or space.dataset
-    if dataset.lower().startswith("imagefolder:"):  # dataset_info's advice names describe's options
-        raise UserError(f"--dataset {dataset}: repnas search needs a dataset whose shape is known before "
-                        "loading (the budget solver sizes candidates first); imagefolder works with repnas train")
-    dataset_info(dataset)  # unknown dataset -> UserError
+    dataset = absolute_dataset(dataset or space.dataset)
+    shape = dataset_shape(dataset, data_dir, image_size)  # an unknown name or unreadable folder -> UserError
     budget = parse_budget(budget if budget is not None else space.budget, "--budget")
     trials = DEFAULTS["trials"] if trials is None else int(trials)
     check_counts(trials, epochs, workers, gpus_per_trial)
-    minimum = smallest_candidate(space, dataset)
+    minimum = smallest_candidate(space, shape)
     if budget.largest < minimum:
         raise UserError(f"budget {budget.describe()} is below the smallest candidate of space {space.name!r} on "
                         f"{dataset} ({minimum:,} params); use --budget {minimum:,} or more")
@@ -152,6 +153,7 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
         study=study or out.name, workers=workers,
         gpus_per_trial=gpus_per_trial or DEFAULTS["gpus_per_trial"],
         early_stop=early_stop or default_early_stop(backend), device=device or DEFAULTS["device"], data_dir=data_dir,
+        image_size=image_size,
     )
     if recipe:
         config.recipe = dict(recipe)
@@ -304,6 +306,10 @@ def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
                 raise UserError(f"--objectives {','.join(o['name'] for o in value)} differs from the run's "
                                 f"{','.join(search.objective_names)}; a resumed search keeps its config")
             continue
+        if name == "dataset":
+            from repnas.train import absolute_dataset
+
+            value = absolute_dataset(value)  # as search.yaml records it
         if name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir"):
             setattr(search, name, value)
         elif name == "storage" and absolute_storage(str(value)) == search.storage:

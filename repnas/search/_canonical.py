@@ -96,12 +96,13 @@ def canonical_plan(plan: dict | None, shapes: dict[str, tuple[int, int]]) -> dic
 
 def canonical_run(config: dict[str, Any]) -> dict[str, Any]:
     """What identifies a trial's training: canonical model, dataset (not its folder), recipe, seed."""
-    from repnas.spaces import dataset_info
+    from repnas.train import dataset_shape
 
     run = {k: v for k, v in config.items() if k not in _NOT_TRAINING}
     model = dict(run.get("model") or {})
     if "base" in model:
-        info = dataset_info(run["dataset"]["name"])
+        dataset = run["dataset"]
+        info = dataset_shape(dataset["name"], dataset.get("data_dir"), dataset.get("image_size"))
         shapes = _conv_shapes(model["base"], json.dumps(model.get("kwargs") or {}, sort_keys=True),
                               info.num_classes, info.in_channels)
         plan = canonical_plan(model.get("plan"), shapes)

@@ -31,18 +31,19 @@ def dry_run_rows(search: SearchConfig, count: int, sampler=None) -> list[dict[st
     if sampler is None:
         sampler = make_sampler(search.sampler, search.seed, search_population(search))
     study = optuna.create_study(directions=search.directions, sampler=sampler)
+    shape = search.dataset_shape()
     rows = []
     for _ in range(count):
         point = study.ask(fixed_distributions=distributions).params
         row: dict[str, Any] = {"point": dict(point)}
         try:
-            solution = space.solve(point, search.budget, search.dataset)
+            solution = space.solve(point, search.budget, shape)
         except InfeasibleError as exc:
             row["infeasible"] = str(exc)
         else:
             row.update(source_widths=list(solution.source_widths), physical_widths=list(solution.physical_widths),
                        params=int(solution.params), fill=float(solution.fill),
-                       flops=_flops(solution.model_config, search.dataset), notes=list(solution.notes))
+                       flops=_flops(solution.model_config, shape), notes=list(solution.notes))
         rows.append(row)
     return rows
 
@@ -54,7 +55,7 @@ def dry_run_text(search: SearchConfig, count: int) -> str:
              f"the {search.sampler} sampler's first {count} point(s), nothing trained"]
     space = search.search_space()
     if hasattr(space, "reference_line"):  # a model space: the plain model the candidates repeat
-        lines.append(space.reference_line(search.dataset))
+        lines.append(space.reference_line(search.dataset_shape()))
     for k, row in enumerate(rows):
         knobs = " ".join(f"{name}={value}" for name, value in row["point"].items())
         lines.append(f"[{k}] {knobs}")

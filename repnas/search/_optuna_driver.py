@@ -267,7 +267,9 @@ def _load_data(search: SearchConfig):
     from repnas.train._data import load_dataset
 
     data = loaded_data(search)  # the validation before the search loaded it already
-    return data if data is not None else load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed)
+    if data is not None:
+        return data
+    return load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed, image_size=search.image_size)
 
 
 def _tell(study, trial, row: dict[str, Any], search: SearchConfig) -> None:

@@ -16,11 +16,14 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from repnas.runs._rundir import SearchConfig
+
+if TYPE_CHECKING:
+    from repnas.spaces import DatasetInfo
 
 #: report(epoch, metrics) -> True to stop the trial early (the early-stopping rule's verdict).
 Report = Callable[[int, dict[str, Any]], bool]
@@ -36,10 +39,13 @@ def trial_run_config(search: SearchConfig, model_config: dict, device: str, spac
     """
     space = space if space is not None else search.search_space()
     recipe = {**space.recipe, **search.recipe, "epochs": int(search.epochs)}
+    dataset: dict[str, Any] = {"name": search.dataset, "data_dir": search.data_dir}
+    if search.image_size is not None:  # left out otherwise: the configs of earlier searches stay as they were
+        dataset["image_size"] = int(search.image_size)
     return {
         "version": 1,
         "model": model_config,
-        "dataset": {"name": search.dataset, "data_dir": search.data_dir},
+        "dataset": dataset,
         "recipe": recipe,
         "seed": int(search.seed),
         "device": device,
@@ -92,11 +98,12 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
     try:
         print(f"point: {point} budget: {budget:,}", file=log, flush=True)
         space = search.search_space()
+        shape = search.dataset_shape()
         try:
-            solution = space.solve(point, budget, search.dataset)
+            solution = space.solve(point, budget, shape)
         except InfeasibleError as exc:
             row.update(status="infeasible", error=str(exc), params=exc.min_params,
-                       **_smallest_costs(space, point, search.dataset))
+                       **_smallest_costs(space, point, shape))
             print(f"infeasible: {exc}", file=log, flush=True)
             return row
         print(f"widths: source {solution.source_widths} physical {solution.physical_widths} "
@@ -119,7 +126,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
         cost: dict[str, Any] = {}
         if report is not None and getattr(report, "wants_flops", False):
             cost["params"] = int(solution.params)
-            cost["flops"] = _flops(solution.model_config, search.dataset, data)
+            cost["flops"] = _flops(solution.model_config, shape, data)
 
         def callback(epoch: int, metrics: dict[str, Any]) -> bool:
             metrics = {**metrics, **cost}
@@ -178,7 +185,7 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
 
 
-def _smallest_costs(space, point: dict[str, Any], dataset: str) -> dict[str, Any]:
+def _smallest_costs(space, point: dict[str, Any], dataset: str | DatasetInfo) -> dict[str, Any]:
     """FLOPs and physical parameters of ``point`` at the smallest widths: what an infeasible trial
     tells the sampler for its cost objectives (it was never built at a width that fits)."""
     from repnas.rescale import count_flops, count_physical_params
@@ -195,10 +202,10 @@ def _smallest_costs(space, point: dict[str, Any], dataset: str) -> dict[str, Any
         return {}
 
 
-def _flops(model_config: dict, dataset: str, data=None) -> int:
+def _flops(model_config: dict, dataset: str | DatasetInfo, data=None) -> int:
     """Forward FLOPs per image of a model config (built on CPU: FlopCounterMode needs real kernels),
     on the loaded images' shape where ``data`` is given (as the trainer counts them), else on the
-    dataset's usual shape."""
+    dataset's shape (a name's, or a :class:`~repnas.spaces.DatasetInfo`)."""
     from repnas.rescale import count_flops
     from repnas.spaces import build_model, dataset_info
 

@@ -19,7 +19,7 @@ from repnas.runs._rundir import SearchConfig
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
-#: (dataset, data_dir, seed) -> splits loaded by the check; the search's first worker reuses them.
+#: (dataset, data_dir, seed, image_size) -> splits loaded by the check; the search's first worker reuses them.
 _loaded: dict[tuple, Any] = {}
 
 
@@ -49,7 +49,8 @@ def check_recipe(search: SearchConfig) -> None:
     recipe = {**space.recipe, **search.recipe, "epochs": search.epochs}
     try:
         RunConfig.from_dict({"model": {"family": "vgg4"}, "recipe": recipe,
-                             "dataset": {"name": search.dataset, "data_dir": search.data_dir},
+                             "dataset": {"name": search.dataset, "data_dir": search.data_dir,
+                                         "image_size": search.image_size},
                              "seed": search.seed, "device": "cpu"})
     except UserError as exc:
         raise UserError(f"space {search.space_name or 'of search.yaml'}: {exc}") from None
@@ -67,14 +68,23 @@ def check_data(search: SearchConfig) -> None:
         for parent in where.parents:
             if parent.exists() and not parent.is_dir():
                 raise UserError(f"--data-dir {where}: {parent} is not a folder")
-    key = (search.dataset, search.data_dir, search.seed)
     _loaded.clear()
-    _loaded[key] = load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed)
+    data = load_dataset(search.dataset, data_dir=search.data_dir, seed=search.seed, image_size=search.image_size)
+    if search.dataset.lower().startswith("imagefolder:"):  # the solver's shape is read without loading
+        shape, loaded = search.dataset_shape(), (data.num_classes, data.in_channels, *data.image_size)
+        if (shape.num_classes, shape.in_channels, shape.image_size, shape.image_size) != loaded:
+            raise UserError(f"--dataset {search.dataset}: its files were read as {shape} but loaded as "
+                            f"{loaded} (classes, channels, height, width); has it changed?")
+    _loaded[_data_key(search)] = data
+
+
+def _data_key(search: SearchConfig) -> tuple:
+    return search.dataset, search.data_dir, search.seed, search.image_size
 
 
 def loaded_data(search: SearchConfig):
     """The splits :func:`check_data` loaded for ``search`` (None if it loaded other ones)."""
-    return _loaded.get((search.dataset, search.data_dir, search.seed))
+    return _loaded.get(_data_key(search))
 
 
 def forget_data() -> None:

@@ -34,6 +34,7 @@ from repnas.errors import UserError
 from repnas.spaces._lenders import apply_lenders, drop_misfits
 
 if TYPE_CHECKING:
+    from repnas.spaces._datasets_info import DatasetInfo
     from repnas.spaces._space import Architecture, SearchSpace
 
 
@@ -317,7 +318,7 @@ def _estimate_params(config: dict, family: str, depths: tuple[int, ...], info) -
     return plan_params(config, family, depths, info.in_channels) + _head_delta(config, info.num_classes)
 
 
-def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset: str,
+def solve_point(space: SearchSpace, point: dict[str, Any], budget: int, dataset: str | DatasetInfo,
                 exact: bool = False) -> Solution:
     """Source widths for ``point`` with params <= ``budget`` and as close to it as the widths allow."""
     from repnas.spaces._datasets_info import dataset_info
@@ -379,7 +380,7 @@ def _fixed_widths(space: SearchSpace, physical: tuple[int, ...], scale: float) -
     return tuple(min(p, max(space.min_width, round(scale * p))) for p in physical)
 
 
-def solve_fixed_shape(space: SearchSpace, point: dict[str, Any], budget: int, dataset: str,
+def solve_fixed_shape(space: SearchSpace, point: dict[str, Any], budget: int, dataset: str | DatasetInfo,
                       exact: bool = False) -> Solution:
     """``shape: fixed``: the physical widths are given; pick how large the owned sources are.
 
@@ -433,7 +434,7 @@ def _describe(point: dict[str, Any]) -> str:
     return "candidate " + ", ".join(f"{k}={v}" for k, v in sorted(point.items()))
 
 
-def smallest_candidate(space: SearchSpace, dataset: str | None = None, samples: int = 1024) -> int:
+def smallest_candidate(space: SearchSpace, dataset: str | DatasetInfo | None = None, samples: int = 1024) -> int:
     """The fewest parameters any candidate of ``space`` can have (all at the smallest widths).
 
     The count grows with depth (each layer adds at least its bias and BatchNorm), so depths are

@@ -36,14 +36,22 @@ DATASET_INFO: dict[str, DatasetInfo] = {
 }
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of a named dataset; ``UserError`` listing close names otherwise."""
+def dataset_info(name: str | DatasetInfo) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a named dataset (a ``DatasetInfo`` is its own); ``UserError``
+    listing close names otherwise.
+
+    Every function of this package that takes a ``dataset`` takes either: a name, or the shape
+    of a user's image folder, which ``repnas.train.dataset_shape`` reads from its files (this
+    package reads no files).
+    """
+    if isinstance(name, DatasetInfo):
+        return name
     key = name.lower()
     if key in DATASET_INFO:
         return DATASET_INFO[key]
     if key.startswith("imagefolder:"):
-        raise UserError(f"the shape of {name!r} is only known once it is loaded; "
-                        "give the classes and input size explicitly")
+        raise UserError(f"the shape of {name!r} is read from its files: pass "
+                        "repnas.train.dataset_shape(name) instead of the name")
     close = difflib.get_close_matches(key, DATASET_INFO, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise UserError(f"unknown dataset {name!r}{hint}; known: {', '.join(DATASET_INFO)}")

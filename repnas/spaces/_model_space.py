@@ -38,7 +38,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -54,6 +54,9 @@ from repnas.spaces._budget_spec import parse_budget
 from repnas.spaces._graph import NO_LENDER, SELF_LENDER, ConvNode, Graph, derive_knobs, plain_reasons, trace
 from repnas.spaces._source import EXTERNAL, absolute_spec, build_source, parse_source
 from repnas.spaces._space import Knob, SearchSpace, _plan_options, register_space_kind
+
+if TYPE_CHECKING:
+    from repnas.spaces._datasets_info import DatasetInfo
 
 #: the knobs of a model space that names none (``repnas search --model SPEC``)
 DEFAULT_KNOBS: dict[str, Any] = {
@@ -122,18 +125,18 @@ class ModelSpace(SearchSpace):
         return {"source": self.model, "model_kwargs": dict(self.model_kwargs), "stem": self.stem,
                 "head": self.head}
 
-    def layout(self, dataset: str | None = None) -> Layout:
+    def layout(self, dataset: str | DatasetInfo | None = None) -> Layout:
         from repnas.spaces._datasets_info import dataset_info
 
         info = dataset_info(dataset or self.dataset)
         return _layout(self.model, json.dumps(self.base_kwargs(), sort_keys=True), info.num_classes,
                        info.in_channels, info.image_size, self.settings["grouped"])
 
-    def plain_params(self, dataset: str | None = None) -> int:
+    def plain_params(self, dataset: str | DatasetInfo | None = None) -> int:
         """Trainable parameters of the plain model on ``dataset``: the reference point of a search."""
         return self.layout(dataset).params
 
-    def plain_flops(self, dataset: str | None = None) -> int:
+    def plain_flops(self, dataset: str | DatasetInfo | None = None) -> int:
         """Forward FLOPs per image of the plain model (every candidate has the same)."""
         from repnas.spaces._datasets_info import dataset_info
 
@@ -141,7 +144,7 @@ class ModelSpace(SearchSpace):
         return _plain_flops(self.model, json.dumps(self.base_kwargs(), sort_keys=True), info.num_classes,
                             info.in_channels, info.image_size)
 
-    def reference_line(self, dataset: str | None = None) -> str:
+    def reference_line(self, dataset: str | DatasetInfo | None = None) -> str:
         """What ``--dry-run`` prints first: the plain model every candidate repeats."""
         layout = self.layout(dataset)
         return (f"plain {self.model}: {layout.params:,} params, FLOPs {self.plain_flops(dataset):,} per image, "
@@ -161,7 +164,7 @@ class ModelSpace(SearchSpace):
         return values
 
     def model_config(self, arch: dict[str, Any], widths: tuple[int, ...] = (), in_channels: int = 3,
-                     scale: float | None = None, dataset: str | None = None) -> dict[str, Any]:
+                     scale: float | None = None, dataset: str | DatasetInfo | None = None) -> dict[str, Any]:
         """The ModelConfig of ``arch`` with every owned source at ``scale`` of its conv (the smallest
         rung of the solver's ladder when no scale is given; ``widths`` are ignored: the shape is fixed)."""
         layout = self.layout(dataset)
@@ -268,7 +271,7 @@ class ModelSpace(SearchSpace):
         return released
 
     def solve(self, point: dict[str, Any], budget: int | str | None = None,
-              dataset: str | None = None, exact: bool = False) -> Solution:
+              dataset: str | DatasetInfo | None = None, exact: bool = False) -> Solution:
         """Source sizes for ``point`` with params <= ``budget``, as close to it as one scale allows."""
         from repnas.spaces._budget_spec import parse_count
         from repnas.spaces._datasets_info import dataset_info
@@ -342,7 +345,7 @@ class ModelSpace(SearchSpace):
         notes += [f"plain: {name}: {why}" for name, why in layout.plain.items()]
         return tuple(notes)
 
-    def smallest_params(self, dataset: str | None = None) -> int:
+    def smallest_params(self, dataset: str | DatasetInfo | None = None) -> int:
         """The fewest parameters any candidate can have: the minimum over the ladder of scales of
         the first point, every knob at its last choice, and seeded random points."""
         dataset = dataset or self.dataset
@@ -354,7 +357,7 @@ class ModelSpace(SearchSpace):
         points += [self.sample(rng) for _ in range(_SMALLEST_SAMPLES)]
         return min(self._count(self.architecture(p), layout, t)[0] for p in points for t in _FIXED_SCALES)
 
-    def unrepeatable_params(self, dataset: str | None = None) -> int:
+    def unrepeatable_params(self, dataset: str | DatasetInfo | None = None) -> int:
         """Parameters no repetition can remove: everything but the weights of the convs that repeat."""
         layout = self.layout(dataset)
         weights = sum(o * i * k[0] * k[1] for name, (o, i, k) in layout.shapes.items() if name not in layout.plain)

@@ -63,12 +63,15 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from repnas.errors import UserError
 from repnas.spaces._budget_spec import parse_budget, parse_count
+
+if TYPE_CHECKING:
+    from repnas.spaces._datasets_info import DatasetInfo
 
 FAMILIES = ("vgg", "resnet", "wrn")
 SHARE_MODES = ("own", "borrow", "bank")
@@ -331,7 +334,7 @@ class SearchSpace:
         return config
 
     def to_model_config(self, point: dict[str, Any], budget: int | str | None = None,
-                        dataset: str | None = None) -> dict:
+                        dataset: str | DatasetInfo | None = None) -> dict:
         """The ModelConfig of ``point`` with source widths solved for ``budget`` (deterministic).
 
         Raises :class:`~repnas.spaces._budget.InfeasibleError` when even the smallest widths
@@ -339,7 +342,7 @@ class SearchSpace:
         """
         return self.solve(point, budget, dataset).model_config
 
-    def solve(self, point: dict[str, Any], budget: int | str | None = None, dataset: str | None = None):
+    def solve(self, point: dict[str, Any], budget: int | str | None = None, dataset: str | DatasetInfo | None = None):
         """The budget solver's full answer (:class:`~repnas.spaces._budget.Solution`) for ``point``."""
         from repnas.spaces._budget import solve_point
 

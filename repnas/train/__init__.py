@@ -6,6 +6,7 @@ use it directly. Nothing here knows about searches, studies or run directories.
 
 from repnas.train._config import DatasetConfig, Recipe, RunConfig
 from repnas.train._data import DataSplits, Split, list_datasets, load_dataset
+from repnas.train._shape import absolute_dataset, dataset_shape
 from repnas.train._step import EagerStep, GraphStep, mixed_precision
 from repnas.train._trainer import TrainResult, channels_last, resolve_device, train
 
@@ -18,7 +19,9 @@ __all__ = [
     "RunConfig",
     "Split",
     "TrainResult",
+    "absolute_dataset",
     "channels_last",
+    "dataset_shape",
     "list_datasets",
     "load_dataset",
     "mixed_precision",

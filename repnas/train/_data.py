@@ -26,6 +26,7 @@ source's path, size and modification time: touching the archive invalidates the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -133,15 +134,12 @@ def load_dataset(
     if key == "digits":
         raw = _load_digits()
     elif key in _TORCHVISION:
-        raw = _load_named(key, root, download)
+        raw = _load_named(key, root, download, image_size)
     elif key == "rotmnist":
         raw = _load_rotmnist(root, download)
     elif key.startswith("imagefolder:"):
-        location = name.split(":", 1)[1]
-        if not location:
-            raise UserError("imagefolder needs a path: imagefolder:PATH (a folder or a .tar.gz)")
-        path = Path(location).expanduser()
-        raw = _load_imagefolder(path, f"imagefolder-{path.name}")
+        path = imagefolder_path(name)
+        raw = _load_imagefolder(path, f"imagefolder-{path.name}", image_size)
     else:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
 
@@ -227,14 +225,14 @@ def _load_digits() -> _Raw:
     return _as_raw(tr_x, tr_y, te_x, te_y, [str(i) for i in range(10)], "sklearn.datasets.load_digits")
 
 
-def _load_named(name: str, root: Path, download: bool) -> _Raw:
+def _load_named(name: str, root: Path, download: bool, image_size: int | None = None) -> _Raw:
     """``<name>.tar.gz`` or ``<name>/`` (ImageFolder) in root, else a torchvision root."""
     archive = root / f"{name}.tar.gz"
     if archive.is_file():
-        return _load_imagefolder(archive, name)
+        return _load_imagefolder(archive, name, image_size)
     folder = root / name
     if (folder / "train").is_dir() and (folder / "test").is_dir():
-        return _load_imagefolder(folder, name)
+        return _load_imagefolder(folder, name, image_size)
     return _load_torchvision(name, root, download)
 
 
@@ -297,21 +295,47 @@ def _pad_rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- imagefolder
-def _load_imagefolder(path: Path, cache_name: str) -> _Raw:
+def imagefolder_path(name: str) -> Path:
+    """The folder or archive of ``imagefolder:PATH`` (``~`` expanded; not checked to exist)."""
+    location = name.split(":", 1)[1]
+    if not location:
+        raise UserError("imagefolder needs a path: imagefolder:PATH (a folder or a .tar.gz)")
+    return Path(location).expanduser()
+
+
+def imagefolder_source(path: Path) -> str:
+    """``archive:ABS`` or ``folder:ABS``: what the cache keys on; one line if ``path`` cannot be one."""
     if not path.exists():
         raise UserError(f"no such dataset folder or archive: {path}")
     is_archive = path.is_file()
     if is_archive and not path.name.endswith((".tar.gz", ".tgz", ".tar")):
         raise UserError(f"{path} is a file but not a .tar.gz/.tar archive")
-    source = f"{'archive' if is_archive else 'folder'}:{path.resolve()}"
-    key = _key(f"{source}|{_source_fingerprint(source)}")
-    cached = _cache_load(cache_name, key)
-    if cached is not None:
-        return cached
-    files = _read_archive(path) if is_archive else _read_folder(path)
-    raw = _as_raw(*_decode_imagefolder(files, str(path)), source)
-    _cache_save(cache_name, key, raw)
+    return f"{'archive' if is_archive else 'folder'}:{path.resolve()}"
+
+
+def _load_imagefolder(path: Path, cache_name: str, image_size: int | None = None) -> _Raw:
+    """Decoded (or cached) images of a folder or archive. Images of one size are cached as they
+    are (``load_dataset`` resizes afterwards); images of mixed sizes only load with ``image_size``,
+    each resized on its own, and are cached under a key that names the size."""
+    source = imagefolder_source(path)
+    key = imagefolder_cache_key(source)
+    sized_key = imagefolder_cache_key(source, image_size) if image_size else None
+    for candidate in (key, sized_key):
+        cached = _cache_load(cache_name, candidate) if candidate else None
+        if cached is not None:
+            return cached
+    files = _read_archive(path) if source.startswith("archive:") else _read_folder(path)
+    *decoded, resized = _decode_imagefolder(files, str(path), image_size)
+    raw = _as_raw(*decoded, source)
+    _cache_save(cache_name, sized_key if resized else key, raw)
     return raw
+
+
+def imagefolder_cache_key(source: str, image_size: int | None = None) -> str:
+    """The decode cache's key of a source: its path and fingerprint (and the size its images of
+    mixed sizes were resized to)."""
+    sized = f"|size={image_size}" if image_size else ""
+    return _key(f"{source}|{_source_fingerprint(source)}{sized}")
 
 
 def _is_image(name: str) -> bool:
@@ -319,23 +343,38 @@ def _is_image(name: str) -> bool:
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in _IMAGE_EXTENSIONS
 
 
-def _read_archive(path: Path) -> list[tuple[str, bytes]]:
+@contextlib.contextmanager
+def open_archive(path: Path) -> Iterator[tarfile.TarFile]:
+    """``tarfile.open`` whose read errors (a damaged or foreign file) are one line naming ``path``."""
     try:
         with tarfile.open(path, "r:*") as tar:
-            out = []
-            for member in tar:
-                if member.isfile() and _is_image(member.name):
-                    handle = tar.extractfile(member)
-                    if handle is not None:
-                        out.append((member.name, handle.read()))
-            return out
+            yield tar
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise UserError(f"cannot read archive {path}: {exc or type(exc).__name__}") from None
 
 
+def archive_images(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members of an open archive that are image files (by name), in archive order."""
+    return (m for m in tar if m.isfile() and _is_image(m.name))
+
+
+def _read_archive(path: Path) -> list[tuple[str, bytes]]:
+    with open_archive(path) as tar:
+        out = []
+        for member in archive_images(tar):
+            handle = tar.extractfile(member)
+            if handle is not None:
+                out.append((member.name, handle.read()))
+        return out
+
+
+def folder_images(path: Path) -> list[Path]:
+    """The image files under a folder, sorted (names only: nothing is read)."""
+    return sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p.name))
+
+
 def _read_folder(path: Path) -> list[tuple[str, bytes]]:
-    names = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p.name))
-    return [(p.relative_to(path).as_posix(), p.read_bytes()) for p in names]
+    return [(p.relative_to(path).as_posix(), p.read_bytes()) for p in folder_images(path)]
 
 
 def _layout(names: Iterable[str]) -> dict[str, tuple[str, str]]:
@@ -361,19 +400,40 @@ def _layout(names: Iterable[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _decode_imagefolder(files: list[tuple[str, bytes]], where: str) -> tuple:
-    from PIL import Image, UnidentifiedImageError
-
-    layout = _layout(name for name, _ in files)
-    files = sorted((f for f in files if f[0] in layout), key=lambda f: natural_key(f[0]))
+def imagefolder_classes(names: Iterable[str], where: str) -> tuple[list[str], list[str], dict[str, tuple[str, str]]]:
+    """``(image names in load order, classes, layout)`` of an ImageFolder's member names: the
+    checks that need no pixels (no images, fewer than 2 classes, test classes without train
+    images), shared by the loader and the cheap shape inspection (``_shape``), so both refuse
+    the same data with the same line. The first name decides grayscale or RGB."""
+    layout = _layout(names)
+    files = sorted(layout, key=natural_key)
     if not files:
         raise UserError(f"no images in ImageFolder layout found in {where}")
     classes = sorted({c for s, c in layout.values() if s in ("train", "all")})
     if len(classes) < 2:
         raise UserError(f"{where}: need at least 2 class folders, found {classes}")
+    unknown = sorted({c for s, c in layout.values() if c not in classes})
+    if unknown:
+        raise UserError(f"{where}: test classes {unknown[:5]} have no train images")
+    return files, classes, layout
+
+
+def pil_channels(mode: str) -> int:
+    """1 for a grayscale PIL mode, else 3 (palette, RGBA, CMYK... are converted to RGB)."""
+    return 1 if mode in ("1", "L", "I", "I;16", "F") else 3
+
+
+def _decode_imagefolder(files: list[tuple[str, bytes]], where: str, image_size: int | None = None) -> tuple:
+    """``(train_x, train_y, test_x, test_y, classes, resized)``; ``resized``: images of mixed sizes
+    were each resized to ``image_size`` (without it they are refused, naming a file and the sizes)."""
+    from PIL import Image, UnidentifiedImageError
+
+    order, classes, layout = imagefolder_classes((name for name, _ in files), where)
+    data = dict(files)
+    files = [(name, data[name]) for name in order]
     class_index = {c: i for i, c in enumerate(classes)}
     with Image.open(io.BytesIO(files[0][1])) as probe:
-        mode = "L" if probe.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+        mode = "L" if pil_channels(probe.mode) == 1 else "RGB"
 
     def decode(item: tuple[str, bytes]) -> np.ndarray:
         name, data = item
@@ -386,20 +446,36 @@ def _decode_imagefolder(files: list[tuple[str, bytes]], where: str) -> tuple:
     # Pillow releases the GIL while decoding, so threads give a real speed-up here.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = list(pool.map(decode, files))
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise UserError(f"{where}: images have different sizes {sorted(shapes)[:3]}; resize them first")
-    x = np.stack(images)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    resized = len({im.shape for im in images}) > 1
+    if resized:
+        if image_size is None:
+            raise UserError(_mixed_sizes(files, images, where))
+        x = np.concatenate([_resize(torch.tensor(_chw(im[None])), image_size).numpy() for im in images])
+    else:
+        x = _chw(np.stack(images))
     split = np.array([layout[n][0] for n, _ in files])
-    labels = np.array([class_index.get(layout[n][1], -1) for n, _ in files], dtype=np.int64)
-    if (labels < 0).any():
-        unknown = sorted({layout[n][1] for n, _ in files if layout[n][1] not in class_index})
-        raise UserError(f"{where}: test classes {unknown[:5]} have no train images")
+    labels = np.array([class_index[layout[n][1]] for n, _ in files], dtype=np.int64)
     if (split == "all").any():
-        return (*_fixed_test_split(x, labels), classes)
+        return (*_fixed_test_split(x, labels), classes, resized)
     tr, te = split == "train", split == "test"
-    return x[tr], labels[tr], x[te], labels[te], classes
+    return x[tr], labels[tr], x[te], labels[te], classes, resized
+
+
+def _chw(x: np.ndarray) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) decoded images as (N, C, H, W)."""
+    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+
+
+def _mixed_sizes(files: list[tuple[str, bytes]], images: list[np.ndarray], where: str) -> str:
+    """One line: the first file of another size than the first image, and the sizes seen (WxH)."""
+    def size(im: np.ndarray) -> str:
+        return f"{im.shape[1]}x{im.shape[0]}"
+
+    sizes = sorted({size(im) for im in images})
+    other = next(i for i, im in enumerate(images) if im.shape != images[0].shape)
+    return (f"{where}: images have different sizes: {files[other][0]} is {size(images[other])}, "
+            f"{files[0][0]} is {size(images[0])} (sizes seen: {', '.join(sizes[:5])}"
+            f"{', ...' if len(sizes) > 5 else ''}); pass --image-size N to resize every image to NxN")
 
 
 # ---------------------------------------------------------------------------------------- cache
@@ -442,6 +518,30 @@ def _cache_load(name: str, key: str) -> _Raw | None:
             )
     except Exception:  # a truncated or foreign cache file is rebuilt, never trusted
         return None
+
+
+def cached_shape(name: str, key: str) -> tuple[list[str], int, tuple[int, int]] | None:
+    """``(classes, channels, (height, width))`` of a cached decode, from the ``.npz``'s class list
+    and ``train_x``'s array header only (no pixels are read); None where there is no such cache."""
+    import zipfile
+
+    path = _cache_dir() / f"{name}-{key}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            with archive.open("classes.npy") as handle:
+                classes = [str(c) for c in np.lib.format.read_array(handle, allow_pickle=False)]
+            with archive.open("train_x.npy") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape = read_header(handle)[0]
+    except Exception:  # a truncated or foreign cache file: inspect the source instead
+        return None
+    if len(shape) != 4:
+        return None
+    return classes, int(shape[1]), (int(shape[2]), int(shape[3]))
 
 
 def _cache_save(name: str, key: str, raw: _Raw | tuple) -> None:

@@ -52,6 +52,17 @@ def _other_db(tmp: Path) -> None:
         db.execute("INSERT INTO invoices VALUES (1, 9.5)")
 
 
+def _images(tmp: Path, layout: dict[str, tuple[int, int]], files: int = 3) -> None:
+    """An image folder ``{tmp}/imgs``: ``files`` PNGs of (width, height) per relative folder."""
+    from PIL import Image
+
+    (tmp / "imgs").mkdir()
+    for folder, size in layout.items():
+        (tmp / "imgs" / folder).mkdir(parents=True)
+        for i in range(files):
+            Image.new("RGB", size, (i, 0, 0)).save(tmp / "imgs" / folder / f"{i}.png")
+
+
 def _truncate(path: Path, keep: int) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:keep])
@@ -114,6 +125,18 @@ PREPS = {
     "sampler_corrupt": lambda c, t: (c / "samplers" / "worker0.pkl").write_bytes(bytes(range(256)) * 8),
     "sampler_random": lambda c, t: (c / "samplers" / "worker0.pkl").write_bytes(
         __import__("random").Random(5).randbytes(4096)),
+    "if_empty": lambda c, t: (t / "imgs").mkdir(),
+    "if_one_class": lambda c, t: _images(t, {"train/cat": (6, 6), "test/cat": (6, 6)}),
+    "if_no_images": lambda c, t: (_images(t, {}), (t / "imgs" / "cat").mkdir(), (t / "imgs" / "cat" / "a.txt")
+                                  .write_text("x"), (t / "imgs" / "dog").mkdir(), (t / "imgs" / "dog" / "b.csv")
+                                  .write_text("1")),
+    "if_no_test": lambda c, t: _images(t, {"train/cat": (6, 6), "train/dog": (6, 6)}),
+    "if_mixed_sizes": lambda c, t: _images(t, {"cat": (6, 6), "dog": (7, 6)}),
+    "if_not_square": lambda c, t: _images(t, {"cat": (8, 6), "dog": (8, 6)}),
+    "if_bad_image": lambda c, t: (_images(t, {"cat": (6, 6), "dog": (6, 6)}),
+                                  (t / "imgs" / "cat" / "0.png").write_bytes(b"\x89PNG garbage")),
+    "if_zip": lambda c, t: (t / "imgs.zip").write_bytes(b"PK\x03\x04 not a tar"),
+    "if_square": lambda c, t: _images(t, {"cat": (6, 6), "dog": (6, 6)}),
     "train_cfg_bad_lr": lambda c, t: (t / "cfg.yaml").write_text("model: vgg4\nrecipe: {lr: fast}\n"),
     "train_cfg_binary": lambda c, t: (t / "cfg.yaml").write_bytes(b"\xff\xfe\x00\x01"),
 }
@@ -151,8 +174,23 @@ CASES = [
     ("device-bogus", [*QS, "--device", "bogus"], None, 2, "--device"),
     ("device-cuda-missing", [*QS, "--device", "cuda"], None, 2, "CUDA"),
     ("device-cuda-index", [*QS, "--device", "cuda:99"], None, 2, "cuda:99"),
-    ("imagefolder", [*Q, "--space", "quick", "--dataset", "imagefolder:{tmp}/nowhere"], None, 2,
-     "repnas search needs a dataset whose shape is known"),
+    ("imagefolder-missing", [*Q, "--space", "quick", "--dataset", "imagefolder:{tmp}/nowhere"], None, 2,
+     "no such dataset folder or archive"),
+    # ---- search: a user's image folder (imagefolder:PATH), refused before anything is written
+    ("imagefolder-empty", [*QS, "--dataset", "imagefolder:{tmp}/imgs"], "if_empty", 2, "no images"),
+    ("imagefolder-one-class", [*QS, "--dataset", "imagefolder:{tmp}/imgs"], "if_one_class", 2,
+     "need at least 2 class folders, found ['cat']"),
+    ("imagefolder-no-images", [*QS, "--dataset", "imagefolder:{tmp}/imgs"], "if_no_images", 2, "no images"),
+    ("imagefolder-no-test", [*QS, "--dataset", "imagefolder:{tmp}/imgs"], "if_no_test", 2, "no test/"),
+    ("imagefolder-mixed-sizes", [*QS, "--dataset", "imagefolder:{tmp}/imgs"], "if_mixed_sizes", 2,
+     "dog/0.png is 7x6, cat/0.png is 6x6 (sizes seen: 6x6, 7x6); pass --image-size N"),
+    ("imagefolder-not-square", [*QS, "--dataset", "imagefolder:{tmp}/imgs"], "if_not_square", 2,
+     "images are 8x6 (cat/0.png), not square; pass --image-size N"),
+    ("imagefolder-bad-image", [*QS, "--dataset", "imagefolder:{tmp}/imgs"], "if_bad_image", 2,
+     "cannot decode cat/0.png"),
+    ("imagefolder-zip", [*QS, "--dataset", "imagefolder:{tmp}/imgs.zip"], "if_zip", 2, "not a .tar.gz"),
+    ("imagefolder-image-size-0", [*QS, "--dataset", "imagefolder:{tmp}/imgs", "--image-size", "0"], "if_square",
+     2, "--image-size must be an integer >= 1, got 0"),
     ("out-is-a-file", [*QS[:-4], "--out", "{tmp}/afile", "--space", "quick"], "a_file", 2, "afile"),
     ("out-existing-run", ["search", "--space", "quick", "--trials", "1", "--out", "{run}"], None, 2,
      "already exists"),
