@@ -32,11 +32,11 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from repnas.rescale._repeat import _tile_index
 
@@ -45,65 +45,130 @@ __all__ = ["WeightGroup", "attach_weight_groups", "detach_weight_groups", "gener
 _GROUP_ENV = {"1": True, "0": False}.get(os.environ.get("REPNAS_WEIGHT_GROUP", ""))
 
 
-class _GroupRepeat(torch.autograd.Function):
+@dataclass(frozen=True)
+class _Spans:
+    """The shapes a group's function needs (a constant: hashable, so ``torch.compile`` guards on it
+    instead of tracing through the group object)."""
+
+    rows: int  # J: 2 for swish (alpha, -beta), 1 for linear
+    starts: tuple[int, ...]  # where each layer's weight starts in the flat result
+    shapes: tuple[tuple[int, ...], ...]  # each layer's weight shape
+    sizes: tuple[int, ...]  # each layer's weight numel
+    source_sizes: tuple[int, ...]
+    scalar_sizes: tuple[int, ...]  # alphas, then betas
+
+
+def _generate(spans: _Spans, index: _Index, sign: Tensor, sources, scalars, dtype: torch.dtype,
+              memory_format: torch.memory_format) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """The group's forward in plain autograd ops: (gathered sources, gathered scalars, their product,
+    the layers' weights). ``_GroupRepeat`` runs it without autograd and adds a closed-form backward;
+    a second derivative runs it with autograd (``_differentiable_backward``)."""
+    flat_source = torch.cat([s.reshape(-1) for s in sources])
+    # (J, pairs): row 0 alpha, row 1 -beta (swish), so the map is glu over rows
+    coef = torch.cat(scalars).view(spans.rows, -1)
+    if spans.rows == 2:
+        coef = coef * sign
+    s = flat_source.index_select(0, index.source)
+    c = coef.index_select(1, index.pair)
+    x = c * s
+    flat = (torch._C._nn.glu(x, 0) if spans.rows == 2 else x)[0]
+    if flat.dtype != dtype:
+        flat = flat.to(dtype)
+    weights = tuple(_layer_view(flat, start, shape, memory_format)
+                    for start, shape in zip(spans.starts, spans.shapes, strict=True))
+    return s, c, x, weights
+
+
+_N_INDEX = 7  # tensors of an _Index, passed to the function as inputs (``torch.compile`` sees them)
+
+
+class _GroupRepeat:
     """All of a group's weights from its sources and scalars (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, group: WeightGroup, dtype: torch.dtype, memory_format: torch.memory_format,
-                *tensors: Tensor) -> tuple[Tensor, ...]:
-        n_src = len(group.sources)
-        sources, scalars = tensors[:n_src], tensors[n_src:]
-        index = group.index(sources[0].device, memory_format)
-        flat_source = torch.cat([s.reshape(-1) for s in sources])
-        # (J, pairs): row 0 alpha, row 1 -beta (swish), so the map is glu over rows
-        coef = torch.cat(scalars).view(group.rows, -1)
-        if group.rows == 2:
-            coef = coef * group.sign(coef)
-        s = flat_source.index_select(0, index.source)
-        c = coef.index_select(1, index.pair)
-        x = c * s
-        flat = (torch._C._nn.glu(x, 0) if group.rows == 2 else x)[0]
-        if flat.dtype != dtype:
-            flat = flat.to(dtype)
-        ctx.group, ctx.source_shapes = group, [t.shape for t in sources]
-        ctx.memory_format, ctx.index = memory_format, index
-        ctx.save_for_backward(s, c, x if group.rows == 2 else None)
-        ctx.set_materialize_grads(False)
-        return tuple(_layer_view(flat, start, shape, memory_format)
-                     for start, shape in zip(group.starts, group.shapes, strict=True))
+    def apply(group: WeightGroup, dtype: torch.dtype, memory_format: torch.memory_format,
+              *tensors: Tensor) -> tuple[Tensor, ...]:
+        """``tensors``: the group's sources, then its scalars (alphas, then betas). The group's index
+        tensors go to the function as inputs, so ``torch.compile`` sees tensors, not their making."""
+        device, dtype_in = tensors[0].device, tensors[0].dtype
+        return _GroupFunction.apply(group.spans, dtype, memory_format, *group.index(device, memory_format),
+                                    group.sign(device, dtype_in), *tensors)
+
+
+class _GroupFunction(torch.autograd.Function):
+    """:class:`_GroupRepeat`'s function. Inputs: the index tensors (``_Index``'s fields in order),
+    the sign, the sources, the scalars."""
 
     @staticmethod
-    @once_differentiable
+    def forward(ctx, spans: _Spans, dtype: torch.dtype, memory_format: torch.memory_format,
+                *tensors: Tensor) -> tuple[Tensor, ...]:
+        index, sign, sources, scalars = _split_inputs(spans, tensors)
+        s, c, x, weights = _generate(spans, index, sign, sources, scalars, dtype, memory_format)
+        ctx.spans, ctx.dtype, ctx.memory_format = spans, dtype, memory_format
+        ctx.save_for_backward(s, c, x if spans.rows == 2 else None, *tensors)
+        ctx.set_materialize_grads(False)
+        return weights
+
+    @staticmethod
     def backward(ctx, *grads: Tensor | None):
-        group: WeightGroup = ctx.group
-        s, c, x = ctx.saved_tensors
-        index: _Index = ctx.index
+        if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable itself
+            return _differentiable_backward(ctx, grads)
+        spans: _Spans = ctx.spans
+        s, c, x, *tensors = ctx.saved_tensors
+        index, sign, sources, _ = _split_inputs(spans, tensors)
         order = (0, 2, 3, 1) if ctx.memory_format == torch.channels_last else (0, 1, 2, 3)
         pieces = [g.permute(order).reshape(-1) if g is not None else s.new_zeros(n)
-                  for g, n in zip(grads, group.sizes, strict=True)]
+                  for g, n in zip(grads, spans.sizes, strict=True)]
         g = torch.cat(pieces)
         if g.dtype != s.dtype:
             g = g.to(s.dtype)
         g = g.view(1, -1)
-        dx = torch.ops.aten.glu_backward(g, x, 0) if group.rows == 2 else g
+        dx = torch.ops.aten.glu_backward(g, x, 0) if spans.rows == 2 else g
         # source: the sum over every element that copies it (elements sorted by source element)
-        d_s = (dx * c).sum(0) if group.rows == 2 else dx[0] * c[0]
+        d_s = (dx * c).sum(0) if spans.rows == 2 else dx[0] * c[0]
         d_source = torch.segment_reduce(d_s.index_select(0, index.by_source), "sum", offsets=index.source_offsets)
         # scalars: the sum over each tile, as sums over runs of one pair (contiguous in memory), then
         # over the runs of each pair (runs sorted by pair); no atomics, so deterministic everywhere
         runs = torch.segment_reduce(dx * s, "sum", offsets=index.run_offsets, axis=1)
         d_coef = torch.segment_reduce(runs.index_select(1, index.runs_by_pair), "sum",
                                       offsets=index.pair_offsets, axis=1)
-        if group.rows == 2:
-            d_coef = d_coef * group.sign(d_coef)
-        d_sources = [d.view(shape) for d, shape in
-                     zip(d_source.split(group.source_sizes), ctx.source_shapes, strict=True)]
-        d_scalars = list(d_coef.reshape(-1).split(group.scalar_sizes))
-        return (None, None, None, *d_sources, *d_scalars)
+        if spans.rows == 2:
+            d_coef = d_coef * sign
+        d_sources = [d.view(t.shape) for d, t in zip(d_source.split(spans.source_sizes), sources, strict=True)]
+        d_scalars = list(d_coef.reshape(-1).split(spans.scalar_sizes))
+        return (None, None, None, *[None] * (_N_INDEX + 1), *d_sources, *d_scalars)
 
 
-@dataclass(frozen=True)
-class _Index:
+def _split_inputs(spans: _Spans, tensors) -> tuple[_Index, Tensor, tuple, tuple]:
+    n_src = len(spans.source_sizes)
+    index = _Index(*tensors[:_N_INDEX])
+    rest = tensors[_N_INDEX + 1:]
+    return index, tensors[_N_INDEX], rest[:n_src], rest[n_src:]
+
+
+def _differentiable_backward(ctx, grads) -> tuple:
+    """The gradients as a function autograd can differentiate again (a gradient penalty, a
+    Hessian-vector product): the weights recomputed from the saved inputs by :func:`_generate` and
+    back-propagated with ``create_graph``. Exact, and only when asked: a first-order backward keeps
+    the closed form."""
+    spans: _Spans = ctx.spans
+    _, _, _, *tensors = ctx.saved_tensors
+    index, sign, sources, scalars = _split_inputs(spans, tensors)
+    first = 3 + _N_INDEX + 1
+    wanted = [k for k in range(len(sources) + len(scalars)) if ctx.needs_input_grad[first + k]]
+    inputs = [(*sources, *scalars)[k] for k in wanted]
+    used = [(w, g) for w, g in zip(range(len(grads)), grads, strict=True) if g is not None]
+    with torch.enable_grad():
+        weights = _generate(spans, index, sign, sources, scalars, ctx.dtype, ctx.memory_format)[3]
+        d_inputs = torch.autograd.grad([weights[w] for w, _ in used], inputs, [g for _, g in used],
+                                       create_graph=True, allow_unused=True)
+    result: list = [None] * (first + len(sources) + len(scalars))
+    for k, d in zip(wanted, d_inputs, strict=True):
+        result[first + k] = d if d is not None else torch.zeros_like((*sources, *scalars)[k])
+    return tuple(result)
+
+
+class _Index(NamedTuple):
     """A group's index tensors on one device, for one memory format (built once, so a step neither
     copies them to the device nor breaks a CUDA graph capture)."""
 
@@ -118,7 +183,7 @@ class _Index:
 
 
 def _index_to(index: _Index, device: torch.device) -> _Index:
-    return _Index(**{f.name: getattr(index, f.name).to(device) for f in fields(index)})
+    return _Index(*(t.to(device) for t in index))
 
 
 def _layer_view(flat: Tensor, start: int, shape: tuple[int, ...], memory_format: torch.memory_format) -> Tensor:
@@ -168,6 +233,9 @@ class WeightGroup:
         self.pair_counts = [la.n_pairs for la in self.layers]
         self.n_pairs = sum(self.pair_counts)
         self.scalar_sizes = self.pair_counts * self.rows  # alphas, then betas
+        self.spans = _Spans(self.rows, tuple(self.starts), tuple(self.shapes), tuple(self.sizes),
+                            tuple(self.source_sizes),
+                            tuple(self.scalar_sizes))
         for k, layer in enumerate(self.layers):
             layer._group, layer._group_slot = self, k
         self._index: dict = {}
@@ -202,10 +270,11 @@ class WeightGroup:
         return self._weights[layer._group_slot]
 
     # -- index tensors, made once per device and memory format --------------------------------
-    def sign(self, like: Tensor) -> Tensor:
-        key = (like.device, like.dtype)
+    def sign(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(2, 1): +1 for the alphas, -1 for the betas (swish: glu of (alpha s, -beta s))."""
+        key = (device, dtype)
         if key not in self._sign:
-            self._sign[key] = torch.tensor([[1.0], [-1.0]], device=like.device, dtype=like.dtype)
+            self._sign[key] = torch.tensor([[1.0], [-1.0]], device=device, dtype=dtype)
         return self._sign[key]
 
     def index(self, device: torch.device, memory_format: torch.memory_format) -> _Index:
