@@ -285,9 +285,12 @@ class WeightGroup:
         return self._index[key]
 
     def _build_index(self, memory_format: torch.memory_format) -> _Index:
+        """Every tensor's shape follows from the layers' shapes alone (no ``unique``/``bincount``:
+        were this traced by ``torch.compile``, a data-dependent shape would break the graph)."""
         source_starts = list(itertools.accumulate([0, *self.source_sizes[:-1]]))
         pair_starts = list(itertools.accumulate([0, *self.pair_counts[:-1]]))
-        src, pair = [], []
+        channels_last = memory_format == torch.channels_last
+        src, pair, run_lengths, run_pairs = [], [], [], []
         for layer, k, p0 in zip(self.layers, self._source_of, pair_starts, strict=True):
             big_o, big_i, k1, k2 = layer.target_shape
             o, i = layer.bank.source_shape[:2]
@@ -295,27 +298,40 @@ class WeightGroup:
             cols = torch.arange(big_i).view(1, -1, 1, 1) % i
             kernel = torch.arange(k1 * k2).view(1, 1, k1, k2)
             s = source_starts[k] + (rows * i + cols) * (k1 * k2) + kernel
-            tiles = _tile_index((o, i), (big_o, big_i))[0]  # on the CPU: the layer's may be on meta
-            t = (p0 + tiles.view(big_o, big_i, 1, 1)).expand(big_o, big_i, k1, k2)
-            if memory_format == torch.channels_last:
+            tiles = p0 + _tile_index((o, i), (big_o, big_i))[0]  # on the CPU: the layer's may be on meta
+            t = tiles.view(big_o, big_i, 1, 1).expand(big_o, big_i, k1, k2)
+            # runs of one pair in memory order: a column tile of one output row (contiguous), or of
+            # one output row and kernel position (channels_last); neighbours may share a pair
+            col_starts = list(range(0, big_i, i))
+            widths = torch.tensor([min(i, big_i - c) for c in col_starts])
+            pairs = tiles[:, col_starts]  # (O, column tiles)
+            if channels_last:
                 s, t = s.permute(0, 2, 3, 1), t.permute(0, 2, 3, 1)
+                run_lengths.append(widths.repeat(big_o * k1 * k2))
+                run_pairs.append(pairs.repeat_interleave(k1 * k2, dim=0).reshape(-1))
+            else:
+                run_lengths.append((widths * (k1 * k2)).repeat(big_o))
+                run_pairs.append(pairs.reshape(-1))
             src.append(s.reshape(-1))
             pair.append(t.reshape(-1))
         source, pair_of = torch.cat(src), torch.cat(pair)
-        run_pairs, run_lengths = torch.unique_consecutive(pair_of, return_counts=True)
+        run_pair = torch.cat(run_pairs)
         dtype = torch.int32 if source.numel() < 2**31 else torch.int64
 
         def offsets(lengths: Tensor) -> Tensor:
             return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
 
+        def counts(values: Tensor, n: int) -> Tensor:
+            return torch.zeros(n, dtype=values.dtype).index_add_(0, values, torch.ones_like(values))
+
         per_row = (self.rows, -1)
         return _Index(
             source=source.to(dtype), pair=pair_of.to(dtype),
             by_source=torch.argsort(source, stable=True).to(dtype),
-            source_offsets=offsets(torch.bincount(source, minlength=self.source_numel)),
-            run_offsets=offsets(run_lengths).expand(per_row).contiguous(),
-            runs_by_pair=torch.argsort(run_pairs, stable=True).to(dtype),
-            pair_offsets=offsets(torch.bincount(run_pairs, minlength=self.n_pairs)).expand(per_row).contiguous(),
+            source_offsets=offsets(counts(source, self.source_numel)),
+            run_offsets=offsets(torch.cat(run_lengths)).expand(per_row).contiguous(),
+            runs_by_pair=torch.argsort(run_pair, stable=True).to(dtype),
+            pair_offsets=offsets(counts(run_pair, self.n_pairs)).expand(per_row).contiguous(),
         )
 
     def __getstate__(self) -> dict:
