@@ -20,6 +20,11 @@ region it read; the ``source`` rule maps the raw source over a grid of ceil(O/o)
 whose scalar pair is gathered per tile, and crops. ``linear`` (``alpha w``) is the same with one
 coefficient and no glu. Values equal the reference to rounding (tests: fp64 to 1e-12 and
 ``gradcheck`` on every layout).
+
+Second derivatives (issue 27.1): the closed-form backward is not itself differentiable (in-place
+adds, saved intermediates), so a backward run with ``create_graph=True`` recomputes the weight by
+:func:`plain_weight` (the same ops, out of place) and differentiates that: exact
+(``gradgradcheck`` on every layout), and a first-order step launches what it did.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ however many layers there are (``benchmarks/step_profile.py``):
 * backward: the layers' gradients are concatenated (1 op), the map's backward is elementwise, and
   the sums over tiles (source gradient) and within tiles (scalar gradient) are segment sums over
   pre-sorted indices (``segment_reduce``): no atomics, so the result is deterministic on a GPU too,
-  and no pair's thousands of elements queue on one address.
+  and no pair's thousands of elements queue on one address. A backward with ``create_graph=True``
+  (second derivatives) differentiates the forward's plain ops instead, recomputed from the inputs.
 
 Eligible layers are those whose every element is *one* map of a source element: whole tiles (any
 remainder rule) and the ``source`` rule's remainders. The ``paper`` rule's remainders (maps of maps)
@@ -177,6 +178,8 @@ class _Index(NamedTuple):
     # segments as offsets, not lengths: a CUDA segment_reduce of lengths runs a cumsum every call
     by_source: Tensor  # (N,) weight elements sorted by source element
     source_offsets: Tensor  # (M + 1,) where each source element's copies start in that order
+    # runs of one pair in memory order: one column tile of one output row (and kernel position, in
+    # channels_last); made from the shapes, not found by ``unique_consecutive`` (a static shape)
     run_offsets: Tensor  # (rows, R + 1) where each run of one pair starts, in memory order (per row)
     runs_by_pair: Tensor  # (R,) runs sorted by pair
     pair_offsets: Tensor  # (rows, P + 1) where each pair's runs start in that order
