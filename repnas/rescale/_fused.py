@@ -20,12 +20,16 @@ region it read; the ``source`` rule maps the raw source over a grid of ceil(O/o)
 whose scalar pair is gathered per tile, and crops. ``linear`` (``alpha w``) is the same with one
 coefficient and no glu. Values equal the reference to rounding (tests: fp64 to 1e-12 and
 ``gradcheck`` on every layout).
+
+Second derivatives (issue 27.1): the closed-form backward is not itself differentiable (in-place
+adds, saved intermediates), so a backward run with ``create_graph=True`` recomputes the weight by
+:func:`plain_weight` (the same ops, out of place) and differentiates that: exact
+(``gradgradcheck`` on every layout), and a first-order step launches what it did.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -41,29 +45,24 @@ class FusedLayout:
     target: tuple[int, int]  # (O, I)
     map: str  # swish | linear
     rule: str  # paper | source
-    # the tile -> pair index on each device it was needed on (source rule with remainders): made
-    # once, so a step neither copies it to the device nor breaks a CUDA graph capture
-    _index: dict = field(default_factory=dict, compare=False, repr=False)
+    # derived values, computed once when the layout is made (host work per step is what this module
+    # exists to cut; and not as ``cached_property``, whose first call under ``torch.compile`` takes
+    # a lock that dynamo cannot trace)
+    tiles: tuple[int, int, int, int] = field(init=False, compare=False, repr=False)
+    #: tiles of the first stage: whole tiles, or (source rule with remainders) every tile that the
+    #: weight touches, the last row/column cropped
+    grid: tuple[int, int] = field(init=False, compare=False, repr=False)
+    cropped: bool = field(init=False, compare=False, repr=False)
+    stages: tuple = field(init=False, compare=False, repr=False)
 
-    # derived values are cached (host work per step is what this module exists to cut)
-    @cached_property
-    def tiles(self) -> tuple[int, int, int, int]:
+    def __post_init__(self) -> None:
         (o, i), (big_o, big_i) = self.source, self.target
-        return big_o // o, big_i // i, big_o % o, big_i % i
-
-    @cached_property
-    def grid(self) -> tuple[int, int]:
-        """Tiles of the first stage: whole tiles, or (source rule with remainders) every tile that
-        the weight touches, the last row/column cropped."""
-        r0, r1, e0, e1 = self.tiles
-        if self.rule == "source" and (e0 or e1):
-            return r0 + (1 if e0 else 0), r1 + (1 if e1 else 0)
-        return r0, r1
-
-    @cached_property
-    def cropped(self) -> bool:
-        _, _, e0, e1 = self.tiles
-        return self.rule == "source" and bool(e0 or e1)
+        r0, r1, e0, e1 = big_o // o, big_i // i, big_o % o, big_i % i
+        cropped = self.rule == "source" and bool(e0 or e1)
+        object.__setattr__(self, "tiles", (r0, r1, e0, e1))
+        object.__setattr__(self, "grid", (r0 + (1 if e0 else 0), r1 + (1 if e1 else 0)) if cropped else (r0, r1))
+        object.__setattr__(self, "cropped", cropped)
+        object.__setattr__(self, "stages", _regions(self))
 
     def tile_pairs(self) -> list[int]:
         """The scalar pair of each first-stage tile (row-major): whole tiles 0..r0*r1-1; under the
@@ -82,15 +81,6 @@ class FusedLayout:
                     pairs.append(a * r1 + b)
         return pairs
 
-    def index(self, device: torch.device) -> Tensor:
-        if device not in self._index:
-            self._index[device] = torch.tensor(self.tile_pairs(), device=device)
-        return self._index[device]
-
-    @cached_property
-    def stages(self) -> list:
-        return _regions(self)
-
 
 def _tile_view(t: Tensor, r0: int, r1: int) -> Tensor:
     """(r0*o, r1*i, k, k) -> the tile-major view (r0, r1, o, i, k, k), whatever ``t``'s strides."""
@@ -98,25 +88,63 @@ def _tile_view(t: Tensor, r0: int, r1: int) -> Tensor:
 
 
 def _regions(layout: FusedLayout):
-    """The stages after the first (paper rule only): (source region, target region, pair) as slices
-    of the weight, in forward order."""
+    """The stages after the first (paper rule only): (source region, target region, pair, the dim it
+    appends to) as slices of the weight, in forward order."""
     (o, i) = layout.source
     r0, r1, e0, e1 = layout.tiles
     stages = []
     if layout.rule == "paper":
         pair = r0 * r1
         if e0:
-            stages.append(((slice(0, e0), slice(0, r1 * i)), (slice(r0 * o, None), slice(0, r1 * i)), pair))
+            stages.append(((slice(0, e0), slice(0, r1 * i)), (slice(r0 * o, None), slice(0, r1 * i)), pair, 0))
             pair += 1
         if e1:
-            stages.append(((slice(None), slice(0, e1)), (slice(None), slice(r1 * i, None)), pair))
-    return stages
+            stages.append(((slice(None), slice(0, e1)), (slice(None), slice(r1 * i, None)), pair, 1))
+    return tuple(stages)
+
+
+def _glu_into(x: Tensor, dst: Tensor) -> None:
+    """``dst = glu(x, 0)`` written in place. Eagerly by ``out=`` (into a strided view of the weight:
+    no copy kernel); under ``torch.compile`` as a copy of the result, because dynamo refuses ``out=``
+    into a non-contiguous tensor and breaks the graph there (inductor fuses the copy anyway)."""
+    if torch.compiler.is_compiling():
+        dst.copy_(torch._C._nn.glu(x, 0))
+    else:
+        torch._C._nn.glu(x, 0, out=dst)
+
+
+def _mul_into(a: Tensor, b: Tensor, dst: Tensor) -> None:
+    """``dst = a * b`` written in place (as :func:`_glu_into`)."""
+    if torch.compiler.is_compiling():
+        dst.copy_(a * b)
+    else:
+        torch.mul(a, b, out=dst)
+
+
+def plain_weight(source: Tensor, alpha: Tensor, beta: Tensor | None, layout: FusedLayout,
+                 index: Tensor | None = None) -> Tensor:
+    """The fused function's forward in plain, twice-differentiable autograd ops, in the source's
+    dtype, contiguous: the same values (the same elementwise ops on the same numbers), for the
+    backward when a second derivative is asked for (``create_graph=True``)."""
+    swish = layout.map == "swish"
+    coef = torch.stack((alpha, beta.neg())) if swish else alpha.view(1, -1)
+    o, i, *kernel = source.shape
+    big_o, big_i = layout.target
+    r0, r1 = layout.grid
+    tile_coef = coef.index_select(1, index) if layout.cropped else coef[:, : r0 * r1]
+    j = coef.shape[0]
+    x = tile_coef.reshape(j, r0, 1, r1, 1, 1, 1) * source[:, None]  # (j, r0, o, r1, i, k, k)
+    weight = (torch._C._nn.glu(x, 0) if swish else x)[0].reshape(r0 * o, r1 * i, *kernel)
+    for src, _, pair, dim in layout.stages:
+        x = coef[:, pair].view(j, 1, 1, 1, 1) * weight[src]
+        weight = torch.cat([weight, (torch._C._nn.glu(x, 0) if swish else x)[0]], dim=dim)
+    return weight[:big_o, :big_i] if layout.cropped else weight
 
 
 class _FusedRepeat(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, source: Tensor, alpha: Tensor, beta: Tensor | None, layout: FusedLayout,
-                dtype: torch.dtype, memory_format: torch.memory_format) -> Tensor:
+    def forward(ctx, source: Tensor, alpha: Tensor, beta: Tensor | None, index: Tensor | None,
+                layout: FusedLayout, dtype: torch.dtype, memory_format: torch.memory_format) -> Tensor:
         swish = layout.map == "swish"
         coef = torch.stack((alpha, beta.neg())) if swish else alpha.view(1, -1)  # (J, pairs)
         o, i, *kernel = source.shape
@@ -127,12 +155,7 @@ class _FusedRepeat(torch.autograd.Function):
         exact = dtype == source.dtype and not stages and not layout.cropped
         shape = (r0 * o, r1 * i) if layout.cropped else (big_o, big_i)
         buf = out if exact else torch.empty((*shape, *kernel), dtype=source.dtype, device=source.device)
-        if layout.cropped:
-            index = layout.index(source.device)
-            tile_coef = coef.index_select(1, index)
-        else:
-            index = None
-            tile_coef = coef[:, : r0 * r1]
+        tile_coef = coef.index_select(1, index) if layout.cropped else coef[:, : r0 * r1]
         j = coef.shape[0]
         saved = []
         # stage 1: tiles of the source
@@ -140,31 +163,31 @@ class _FusedRepeat(torch.autograd.Function):
         cview = tile_coef.reshape(j, r0, r1, 1, 1, 1, 1)
         if swish:
             x = cview * source
-            torch._C._nn.glu(x, 0, out=dst)
+            _glu_into(x, dst)
             saved.append(x)
         else:
-            torch.mul(cview, source, out=dst)
+            _mul_into(cview, source, dst)
         # stages 2, 3 (paper rule): maps of the mapped tensor
-        for src, tgt, pair in stages:
+        for src, tgt, pair, _ in stages:
             c = coef[:, pair].view(j, 1, 1, 1, 1)
             if swish:
                 x = c * buf[src]
-                torch._C._nn.glu(x, 0, out=buf[tgt].unsqueeze(0))
+                _glu_into(x, buf[tgt].unsqueeze(0))
                 saved.append(x)
             else:
-                torch.mul(c, buf[src], out=buf[tgt].unsqueeze(0))
+                _mul_into(c, buf[src], buf[tgt].unsqueeze(0))
         if buf is not out:
             out.copy_(buf[:big_o, :big_i])
-        ctx.layout = layout
-        ctx.has_beta = beta is not None
-        ctx.save_for_backward(source, coef, tile_coef, buf if stages else None,
-                              index, *saved)
+        ctx.layout, ctx.dtype = layout, dtype
+        ctx.save_for_backward(source, alpha, beta, index, coef, tile_coef, buf if stages else None, *saved)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable itself
+            return _differentiable_backward(ctx, grad)
         layout: FusedLayout = ctx.layout
-        source, coef, tile_coef, buf, index, *saved = ctx.saved_tensors
+        source, _, beta, index, coef, tile_coef, buf, *saved = ctx.saved_tensors
         swish = layout.map == "swish"
         o, i, *kernel = source.shape
         big_o, big_i = layout.target
@@ -182,7 +205,7 @@ class _FusedRepeat(torch.autograd.Function):
         j = coef.shape[0]
         d_coef = torch.zeros_like(coef) if (stages or layout.cropped) else None
         xs = list(saved)
-        for (src, tgt, pair), x in zip(reversed(stages), reversed(xs[1:]) if swish else [None] * len(stages),
+        for (src, tgt, pair, _), x in zip(reversed(stages), reversed(xs[1:]) if swish else [None] * len(stages),
                                        strict=True):
             gt = g[tgt].unsqueeze(0)
             dx = torch.ops.aten.glu_backward(gt, x, 0) if swish else gt
@@ -206,13 +229,33 @@ class _FusedRepeat(torch.autograd.Function):
         else:
             d_coef = d_tile
         d_alpha = d_coef[0]
-        d_beta = d_coef[1].neg() if ctx.has_beta else None
-        return d_source, d_alpha, d_beta, None, None, None
+        d_beta = d_coef[1].neg() if beta is not None else None
+        return d_source, d_alpha, d_beta, None, None, None, None
+
+
+def _differentiable_backward(ctx, grad: Tensor) -> tuple:
+    """The gradients as a function autograd can differentiate again (a gradient penalty, a
+    Hessian-vector product): the weight recomputed from the saved inputs by :func:`plain_weight` and
+    back-propagated with ``create_graph``. Exact, and only when asked: a first-order backward keeps
+    the closed form above."""
+    source, alpha, beta, index, *_ = ctx.saved_tensors
+    inputs = [(k, t) for k, t in enumerate((source, alpha, beta)) if t is not None and ctx.needs_input_grad[k]]
+    with torch.enable_grad():
+        weight = plain_weight(source, alpha, beta, ctx.layout, index).to(ctx.dtype)
+        grads = torch.autograd.grad(weight, [t for _, t in inputs], grad, create_graph=True, allow_unused=True)
+    result: list = [None] * 7
+    for (k, _), g in zip(inputs, grads, strict=True):
+        result[k] = g
+    return tuple(result)
 
 
 def fused_weight(source: Tensor, alpha: Tensor, beta: Tensor | None, layout: FusedLayout,
                  dtype: torch.dtype | None = None,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 index: Tensor | None = None) -> Tensor:
     """The layer's weight (O, I, k, k) from its source (o, i, k, k) and its scalars, in ``dtype``
-    (default: the source's) and ``memory_format``."""
-    return _FusedRepeat.apply(source, alpha, beta, layout, dtype or source.dtype, memory_format)
+    (default: the source's) and ``memory_format``. ``index`` (the source rule's remainders only):
+    the scalar pair of each first-stage tile, ``FusedLayout.tile_pairs`` on the source's device."""
+    if layout.cropped and index is None:
+        index = torch.tensor(layout.tile_pairs(), device=source.device)
+    return _FusedRepeat.apply(source, alpha, beta, index, layout, dtype or source.dtype, memory_format)

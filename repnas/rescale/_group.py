@@ -14,7 +14,8 @@ however many layers there are (``benchmarks/step_profile.py``):
 * backward: the layers' gradients are concatenated (1 op), the map's backward is elementwise, and
   the sums over tiles (source gradient) and within tiles (scalar gradient) are segment sums over
   pre-sorted indices (``segment_reduce``): no atomics, so the result is deterministic on a GPU too,
-  and no pair's thousands of elements queue on one address.
+  and no pair's thousands of elements queue on one address. A backward with ``create_graph=True``
+  (second derivatives) differentiates the forward's plain ops instead, recomputed from the inputs.
 
 Eligible layers are those whose every element is *one* map of a source element: whole tiles (any
 remainder rule) and the ``source`` rule's remainders. The ``paper`` rule's remainders (maps of maps)
@@ -32,11 +33,11 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from repnas.rescale._repeat import _tile_index
 
@@ -45,65 +46,130 @@ __all__ = ["WeightGroup", "attach_weight_groups", "detach_weight_groups", "gener
 _GROUP_ENV = {"1": True, "0": False}.get(os.environ.get("REPNAS_WEIGHT_GROUP", ""))
 
 
-class _GroupRepeat(torch.autograd.Function):
+@dataclass(frozen=True)
+class _Spans:
+    """The shapes a group's function needs (a constant: hashable, so ``torch.compile`` guards on it
+    instead of tracing through the group object)."""
+
+    rows: int  # J: 2 for swish (alpha, -beta), 1 for linear
+    starts: tuple[int, ...]  # where each layer's weight starts in the flat result
+    shapes: tuple[tuple[int, ...], ...]  # each layer's weight shape
+    sizes: tuple[int, ...]  # each layer's weight numel
+    source_sizes: tuple[int, ...]
+    scalar_sizes: tuple[int, ...]  # alphas, then betas
+
+
+def _generate(spans: _Spans, index: _Index, sign: Tensor, sources, scalars, dtype: torch.dtype,
+              memory_format: torch.memory_format) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """The group's forward in plain autograd ops: (gathered sources, gathered scalars, their product,
+    the layers' weights). ``_GroupRepeat`` runs it without autograd and adds a closed-form backward;
+    a second derivative runs it with autograd (``_differentiable_backward``)."""
+    flat_source = torch.cat([s.reshape(-1) for s in sources])
+    # (J, pairs): row 0 alpha, row 1 -beta (swish), so the map is glu over rows
+    coef = torch.cat(scalars).view(spans.rows, -1)
+    if spans.rows == 2:
+        coef = coef * sign
+    s = flat_source.index_select(0, index.source)
+    c = coef.index_select(1, index.pair)
+    x = c * s
+    flat = (torch._C._nn.glu(x, 0) if spans.rows == 2 else x)[0]
+    if flat.dtype != dtype:
+        flat = flat.to(dtype)
+    weights = tuple(_layer_view(flat, start, shape, memory_format)
+                    for start, shape in zip(spans.starts, spans.shapes, strict=True))
+    return s, c, x, weights
+
+
+_N_INDEX = 7  # tensors of an _Index, passed to the function as inputs (``torch.compile`` sees them)
+
+
+class _GroupRepeat:
     """All of a group's weights from its sources and scalars (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, group: WeightGroup, dtype: torch.dtype, memory_format: torch.memory_format,
-                *tensors: Tensor) -> tuple[Tensor, ...]:
-        n_src = len(group.sources)
-        sources, scalars = tensors[:n_src], tensors[n_src:]
-        index = group.index(sources[0].device, memory_format)
-        flat_source = torch.cat([s.reshape(-1) for s in sources])
-        # (J, pairs): row 0 alpha, row 1 -beta (swish), so the map is glu over rows
-        coef = torch.cat(scalars).view(group.rows, -1)
-        if group.rows == 2:
-            coef = coef * group.sign(coef)
-        s = flat_source.index_select(0, index.source)
-        c = coef.index_select(1, index.pair)
-        x = c * s
-        flat = (torch._C._nn.glu(x, 0) if group.rows == 2 else x)[0]
-        if flat.dtype != dtype:
-            flat = flat.to(dtype)
-        ctx.group, ctx.source_shapes = group, [t.shape for t in sources]
-        ctx.memory_format, ctx.index = memory_format, index
-        ctx.save_for_backward(s, c, x if group.rows == 2 else None)
-        ctx.set_materialize_grads(False)
-        return tuple(_layer_view(flat, start, shape, memory_format)
-                     for start, shape in zip(group.starts, group.shapes, strict=True))
+    def apply(group: WeightGroup, dtype: torch.dtype, memory_format: torch.memory_format,
+              *tensors: Tensor) -> tuple[Tensor, ...]:
+        """``tensors``: the group's sources, then its scalars (alphas, then betas). The group's index
+        tensors go to the function as inputs, so ``torch.compile`` sees tensors, not their making."""
+        device, dtype_in = tensors[0].device, tensors[0].dtype
+        return _GroupFunction.apply(group.spans, dtype, memory_format, *group.index(device, memory_format),
+                                    group.sign(device, dtype_in), *tensors)
+
+
+class _GroupFunction(torch.autograd.Function):
+    """:class:`_GroupRepeat`'s function. Inputs: the index tensors (``_Index``'s fields in order),
+    the sign, the sources, the scalars."""
 
     @staticmethod
-    @once_differentiable
+    def forward(ctx, spans: _Spans, dtype: torch.dtype, memory_format: torch.memory_format,
+                *tensors: Tensor) -> tuple[Tensor, ...]:
+        index, sign, sources, scalars = _split_inputs(spans, tensors)
+        s, c, x, weights = _generate(spans, index, sign, sources, scalars, dtype, memory_format)
+        ctx.spans, ctx.dtype, ctx.memory_format = spans, dtype, memory_format
+        ctx.save_for_backward(s, c, x if spans.rows == 2 else None, *tensors)
+        ctx.set_materialize_grads(False)
+        return weights
+
+    @staticmethod
     def backward(ctx, *grads: Tensor | None):
-        group: WeightGroup = ctx.group
-        s, c, x = ctx.saved_tensors
-        index: _Index = ctx.index
+        if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable itself
+            return _differentiable_backward(ctx, grads)
+        spans: _Spans = ctx.spans
+        s, c, x, *tensors = ctx.saved_tensors
+        index, sign, sources, _ = _split_inputs(spans, tensors)
         order = (0, 2, 3, 1) if ctx.memory_format == torch.channels_last else (0, 1, 2, 3)
         pieces = [g.permute(order).reshape(-1) if g is not None else s.new_zeros(n)
-                  for g, n in zip(grads, group.sizes, strict=True)]
+                  for g, n in zip(grads, spans.sizes, strict=True)]
         g = torch.cat(pieces)
         if g.dtype != s.dtype:
             g = g.to(s.dtype)
         g = g.view(1, -1)
-        dx = torch.ops.aten.glu_backward(g, x, 0) if group.rows == 2 else g
+        dx = torch.ops.aten.glu_backward(g, x, 0) if spans.rows == 2 else g
         # source: the sum over every element that copies it (elements sorted by source element)
-        d_s = (dx * c).sum(0) if group.rows == 2 else dx[0] * c[0]
+        d_s = (dx * c).sum(0) if spans.rows == 2 else dx[0] * c[0]
         d_source = torch.segment_reduce(d_s.index_select(0, index.by_source), "sum", offsets=index.source_offsets)
         # scalars: the sum over each tile, as sums over runs of one pair (contiguous in memory), then
         # over the runs of each pair (runs sorted by pair); no atomics, so deterministic everywhere
         runs = torch.segment_reduce(dx * s, "sum", offsets=index.run_offsets, axis=1)
         d_coef = torch.segment_reduce(runs.index_select(1, index.runs_by_pair), "sum",
                                       offsets=index.pair_offsets, axis=1)
-        if group.rows == 2:
-            d_coef = d_coef * group.sign(d_coef)
-        d_sources = [d.view(shape) for d, shape in
-                     zip(d_source.split(group.source_sizes), ctx.source_shapes, strict=True)]
-        d_scalars = list(d_coef.reshape(-1).split(group.scalar_sizes))
-        return (None, None, None, *d_sources, *d_scalars)
+        if spans.rows == 2:
+            d_coef = d_coef * sign
+        d_sources = [d.view(t.shape) for d, t in zip(d_source.split(spans.source_sizes), sources, strict=True)]
+        d_scalars = list(d_coef.reshape(-1).split(spans.scalar_sizes))
+        return (None, None, None, *[None] * (_N_INDEX + 1), *d_sources, *d_scalars)
 
 
-@dataclass(frozen=True)
-class _Index:
+def _split_inputs(spans: _Spans, tensors) -> tuple[_Index, Tensor, tuple, tuple]:
+    n_src = len(spans.source_sizes)
+    index = _Index(*tensors[:_N_INDEX])
+    rest = tensors[_N_INDEX + 1:]
+    return index, tensors[_N_INDEX], rest[:n_src], rest[n_src:]
+
+
+def _differentiable_backward(ctx, grads) -> tuple:
+    """The gradients as a function autograd can differentiate again (a gradient penalty, a
+    Hessian-vector product): the weights recomputed from the saved inputs by :func:`_generate` and
+    back-propagated with ``create_graph``. Exact, and only when asked: a first-order backward keeps
+    the closed form."""
+    spans: _Spans = ctx.spans
+    _, _, _, *tensors = ctx.saved_tensors
+    index, sign, sources, scalars = _split_inputs(spans, tensors)
+    first = 3 + _N_INDEX + 1
+    wanted = [k for k in range(len(sources) + len(scalars)) if ctx.needs_input_grad[first + k]]
+    inputs = [(*sources, *scalars)[k] for k in wanted]
+    used = [(w, g) for w, g in zip(range(len(grads)), grads, strict=True) if g is not None]
+    with torch.enable_grad():
+        weights = _generate(spans, index, sign, sources, scalars, ctx.dtype, ctx.memory_format)[3]
+        d_inputs = torch.autograd.grad([weights[w] for w, _ in used], inputs, [g for _, g in used],
+                                       create_graph=True, allow_unused=True)
+    result: list = [None] * (first + len(sources) + len(scalars))
+    for k, d in zip(wanted, d_inputs, strict=True):
+        result[first + k] = d if d is not None else torch.zeros_like((*sources, *scalars)[k])
+    return tuple(result)
+
+
+class _Index(NamedTuple):
     """A group's index tensors on one device, for one memory format (built once, so a step neither
     copies them to the device nor breaks a CUDA graph capture)."""
 
@@ -112,13 +178,15 @@ class _Index:
     # segments as offsets, not lengths: a CUDA segment_reduce of lengths runs a cumsum every call
     by_source: Tensor  # (N,) weight elements sorted by source element
     source_offsets: Tensor  # (M + 1,) where each source element's copies start in that order
+    # runs of one pair in memory order: one column tile of one output row (and kernel position, in
+    # channels_last); made from the shapes, not found by ``unique_consecutive`` (a static shape)
     run_offsets: Tensor  # (rows, R + 1) where each run of one pair starts, in memory order (per row)
     runs_by_pair: Tensor  # (R,) runs sorted by pair
     pair_offsets: Tensor  # (rows, P + 1) where each pair's runs start in that order
 
 
 def _index_to(index: _Index, device: torch.device) -> _Index:
-    return _Index(**{f.name: getattr(index, f.name).to(device) for f in fields(index)})
+    return _Index(*(t.to(device) for t in index))
 
 
 def _layer_view(flat: Tensor, start: int, shape: tuple[int, ...], memory_format: torch.memory_format) -> Tensor:
@@ -168,6 +236,9 @@ class WeightGroup:
         self.pair_counts = [la.n_pairs for la in self.layers]
         self.n_pairs = sum(self.pair_counts)
         self.scalar_sizes = self.pair_counts * self.rows  # alphas, then betas
+        self.spans = _Spans(self.rows, tuple(self.starts), tuple(self.shapes), tuple(self.sizes),
+                            tuple(self.source_sizes),
+                            tuple(self.scalar_sizes))
         for k, layer in enumerate(self.layers):
             layer._group, layer._group_slot = self, k
         self._index: dict = {}
@@ -202,10 +273,11 @@ class WeightGroup:
         return self._weights[layer._group_slot]
 
     # -- index tensors, made once per device and memory format --------------------------------
-    def sign(self, like: Tensor) -> Tensor:
-        key = (like.device, like.dtype)
+    def sign(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(2, 1): +1 for the alphas, -1 for the betas (swish: glu of (alpha s, -beta s))."""
+        key = (device, dtype)
         if key not in self._sign:
-            self._sign[key] = torch.tensor([[1.0], [-1.0]], device=like.device, dtype=like.dtype)
+            self._sign[key] = torch.tensor([[1.0], [-1.0]], device=device, dtype=dtype)
         return self._sign[key]
 
     def index(self, device: torch.device, memory_format: torch.memory_format) -> _Index:
@@ -216,9 +288,12 @@ class WeightGroup:
         return self._index[key]
 
     def _build_index(self, memory_format: torch.memory_format) -> _Index:
+        """Every tensor's shape follows from the layers' shapes alone (no ``unique``/``bincount``:
+        were this traced by ``torch.compile``, a data-dependent shape would break the graph)."""
         source_starts = list(itertools.accumulate([0, *self.source_sizes[:-1]]))
         pair_starts = list(itertools.accumulate([0, *self.pair_counts[:-1]]))
-        src, pair = [], []
+        channels_last = memory_format == torch.channels_last
+        src, pair, run_lengths, run_pairs = [], [], [], []
         for layer, k, p0 in zip(self.layers, self._source_of, pair_starts, strict=True):
             big_o, big_i, k1, k2 = layer.target_shape
             o, i = layer.bank.source_shape[:2]
@@ -226,27 +301,40 @@ class WeightGroup:
             cols = torch.arange(big_i).view(1, -1, 1, 1) % i
             kernel = torch.arange(k1 * k2).view(1, 1, k1, k2)
             s = source_starts[k] + (rows * i + cols) * (k1 * k2) + kernel
-            tiles = _tile_index((o, i), (big_o, big_i))[0]  # on the CPU: the layer's may be on meta
-            t = (p0 + tiles.view(big_o, big_i, 1, 1)).expand(big_o, big_i, k1, k2)
-            if memory_format == torch.channels_last:
+            tiles = p0 + _tile_index((o, i), (big_o, big_i))[0]  # on the CPU: the layer's may be on meta
+            t = tiles.view(big_o, big_i, 1, 1).expand(big_o, big_i, k1, k2)
+            # runs of one pair in memory order: a column tile of one output row (contiguous), or of
+            # one output row and kernel position (channels_last); neighbours may share a pair
+            col_starts = list(range(0, big_i, i))
+            widths = torch.tensor([min(i, big_i - c) for c in col_starts])
+            pairs = tiles[:, col_starts]  # (O, column tiles)
+            if channels_last:
                 s, t = s.permute(0, 2, 3, 1), t.permute(0, 2, 3, 1)
+                run_lengths.append(widths.repeat(big_o * k1 * k2))
+                run_pairs.append(pairs.repeat_interleave(k1 * k2, dim=0).reshape(-1))
+            else:
+                run_lengths.append((widths * (k1 * k2)).repeat(big_o))
+                run_pairs.append(pairs.reshape(-1))
             src.append(s.reshape(-1))
             pair.append(t.reshape(-1))
         source, pair_of = torch.cat(src), torch.cat(pair)
-        run_pairs, run_lengths = torch.unique_consecutive(pair_of, return_counts=True)
+        run_pair = torch.cat(run_pairs)
         dtype = torch.int32 if source.numel() < 2**31 else torch.int64
 
         def offsets(lengths: Tensor) -> Tensor:
             return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
 
+        def counts(values: Tensor, n: int) -> Tensor:
+            return torch.zeros(n, dtype=values.dtype).index_add_(0, values, torch.ones_like(values))
+
         per_row = (self.rows, -1)
         return _Index(
             source=source.to(dtype), pair=pair_of.to(dtype),
             by_source=torch.argsort(source, stable=True).to(dtype),
-            source_offsets=offsets(torch.bincount(source, minlength=self.source_numel)),
-            run_offsets=offsets(run_lengths).expand(per_row).contiguous(),
-            runs_by_pair=torch.argsort(run_pairs, stable=True).to(dtype),
-            pair_offsets=offsets(torch.bincount(run_pairs, minlength=self.n_pairs)).expand(per_row).contiguous(),
+            source_offsets=offsets(counts(source, self.source_numel)),
+            run_offsets=offsets(torch.cat(run_lengths)).expand(per_row).contiguous(),
+            runs_by_pair=torch.argsort(run_pair, stable=True).to(dtype),
+            pair_offsets=offsets(counts(run_pair, self.n_pairs)).expand(per_row).contiguous(),
         )
 
     def __getstate__(self) -> dict:

@@ -45,6 +45,12 @@ from repnas.rescale._maps import get_scalar_map
 _FUSED_ENV = {"1": True, "0": False}.get(os.environ.get("REPNAS_FUSED", ""))
 
 
+def exporting() -> bool:
+    """True while the model is being exported (``torch.onnx.export``, ``torch.export``, a jit trace),
+    where repeated weights take the reference ops."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 def tile_layout(source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
     """(r0, r1, e0, e1): whole tiles and remainders along output and input channels."""
     (o, i), (big_o, big_i) = source, target
@@ -126,6 +132,11 @@ class RepeatWeight(nn.Module):
             FusedLayout((o, i), (big_o, big_i), self.map.name, remainder)
             if self.tiled and self.map.name in ("swish", "linear") else None
         )
+        # the fused function's tile -> pair index (source rule with remainders): a buffer, so it is
+        # made once and moves with the model, and a step neither copies it to the device, nor
+        # breaks a CUDA graph capture, nor traces its construction under torch.compile
+        pairs = torch.tensor(self._fused.tile_pairs()) if self._fused is not None and self._fused.cropped else None
+        self.register_buffer("fused_pairs", pairs, persistent=False)
 
     @property
     def layout(self) -> tuple[int, int, int, int]:
@@ -166,8 +177,10 @@ class RepeatWeight(nn.Module):
         """The conv's weight: where a fused layout exists and is used, from the model's weight group
         (inside the model's forward) or :meth:`emit`; else :meth:`reference`."""
         # under a torch.func transform (vmap of stacked seeds, benchmarks/batched_seeds.py) the
-        # reference ops: the fused function and the groups are autograd Functions without vmap rules
-        if self._fused is not None and not torch._C._are_functorch_transforms_active():
+        # reference ops: the fused function and the groups are autograd Functions without vmap rules;
+        # and in an export (ONNX, torch.export, jit trace): the graph then holds plain ops that any
+        # runtime has, not a Python function (repnas export materializes first anyway)
+        if self._fused is not None and not torch._C._are_functorch_transforms_active() and not exporting():
             use = self.use_fused if self.use_fused is not None else _FUSED_ENV
             if use if use is not None else self.bank.templates.is_cuda:
                 group = self._group
@@ -195,7 +208,7 @@ class RepeatWeight(nn.Module):
             conv_dtype, conv_format = self._conv_format(source)
             memory_format = conv_format if memory_format is None else memory_format
             dtype = conv_dtype if dtype is None else dtype
-        return fused_weight(source, self.alpha, self.beta, self._fused, dtype, memory_format)
+        return fused_weight(source, self.alpha, self.beta, self._fused, dtype, memory_format, self.fused_pairs)
 
     def reference(self) -> Tensor:
         """The weight from plain autograd ops: the definition the fused function must equal."""
