@@ -258,4 +258,6 @@ def fused_weight(source: Tensor, alpha: Tensor, beta: Tensor | None, layout: Fus
     the scalar pair of each first-stage tile, ``FusedLayout.tile_pairs`` on the source's device."""
     if layout.cropped and index is None:
         index = torch.tensor(layout.tile_pairs(), device=source.device)
+    if source.dtype != alpha.dtype:  # a bank's mixture made under autocast (bf16): generate in the scalars' dtype
+        source = source.to(alpha.dtype)
     return _FusedRepeat.apply(source, alpha, beta, index, layout, dtype or source.dtype, memory_format)

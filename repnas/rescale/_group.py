@@ -267,6 +267,8 @@ class WeightGroup:
             sources = [bank.templates if coefficients is None and bank.rank == 1 else bank.mix(coefficients)
                        for bank, coefficients in self.sources]
             scalars = [la.alpha for la in self.layers]
+            # a bank's mixture made under autocast is bf16: generate in the scalars' dtype, as the fused path does
+            sources = [s if s.dtype == scalars[0].dtype else s.to(scalars[0].dtype) for s in sources]
             if self.rows == 2:
                 scalars += [la.beta for la in self.layers]
             self._weights = _GroupRepeat.apply(self, dtype, memory_format, *sources, *scalars)
