@@ -67,6 +67,10 @@ TRIAL_SCHEMA: dict[str, str] = {
     "finished": "datetime64[ns, UTC]",
 }
 TRIAL_COLUMNS = tuple(TRIAL_SCHEMA)
+#: ``--max-failures`` default, one for both backends: under Ray the restarts of a trial whose node or
+#: process died (Tune's ``FailureConfig``); with ``--workers`` the dead worker processes replaced,
+#: in all, in one run of the command (past it a dead worker stops the search, exit 3).
+DEFAULT_MAX_FAILURES = 3
 
 
 @dataclass
@@ -93,8 +97,9 @@ class SearchConfig:
     data_dir: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     space_name: str = ""
-    # --backend ray: storage (Tune's storage_path or URI), resources (per trial), max_failures
+    # --backend ray: storage (Tune's storage_path or URI), resources (per trial)
     ray: dict[str, Any] = field(default_factory=dict)
+    max_failures: int = DEFAULT_MAX_FAILURES  # see DEFAULT_MAX_FAILURES
 
     @property
     def objective_names(self) -> list[str]:
@@ -142,6 +147,10 @@ class SearchConfig:
         unknown = set(data) - known
         if unknown:
             raise UserError(f"search.yaml: unknown keys {sorted(unknown)}")
+        ray = data.get("ray")
+        if isinstance(ray, dict) and "max_failures" in ray:  # where a Ray run kept it before it was both backends'
+            ray = dict(ray)
+            data = {**data, "ray": ray, "max_failures": data.get("max_failures", ray.pop("max_failures"))}
         from repnas.runs._checks import check_search_fields
 
         return check_search_fields(cls(**data))
