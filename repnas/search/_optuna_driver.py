@@ -389,7 +389,7 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
         from repnas._infra import InfrastructureError
 
         k, p = pool.dead[0]
-        past = f" (--max-failures {search.max_failures} replaced already)" if (
+        past = f" (not replaced: --max-failures {search.max_failures} reached)" if (
             p.exitcode < 0 and len(pool.replaced) >= search.max_failures) else ""
         raise InfrastructureError(
             f"worker {k} (pid {p.pid}) died ({exit_description(p.exitcode)}){past}"
