@@ -89,7 +89,8 @@ def test_max_failures_is_kept_in_search_yaml_and_a_resume_may_change_it(tmp_path
     assert SearchConfig.from_yaml(out / "search.yaml").max_failures == 1  # the refused resume changed nothing
 
 
-def test_a_ray_runs_max_failures_from_before_moves_to_the_top_level(tmp_path):
-    old = SearchConfig.from_dict({"space": {}, "budget": 1000, "backend": "ray", "ray": {"storage": "/x", "max_failures": 7}})
+def test_a_ray_runs_max_failures_from_before_moves_to_the_top_level():
+    old = SearchConfig.from_dict({"space": {}, "budget": 1000, "backend": "ray",
+                                  "ray": {"storage": "/x", "max_failures": 7}})
     assert old.max_failures == 7 and old.ray == {"storage": "/x"}
     assert SearchConfig.from_dict({"space": {}, "budget": 1000}).max_failures == 3  # the documented default

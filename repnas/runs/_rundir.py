@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from repnas._io import atomic_path, atomic_write_text
+from repnas._io import atomic_path, atomic_write_text, remove_dead_temporaries
 from repnas.errors import UserError
 
 #: objective name -> Optuna direction. Validation accuracy is what the search maximises (test
@@ -227,6 +227,15 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "trials").mkdir(exist_ok=True)
         self.logs.mkdir(exist_ok=True)
+
+    def remove_dead_temporaries(self) -> list[Path]:
+        """The temporaries killed writers left here (``repnas._io``: of ``trials.parquet``, of a
+        sampler pickle written at start-up, of a killed trial's checkpoint, whose folder is never
+        written again); a live process's are kept. A search removes them when it starts or resumes."""
+        folders = [self.root, self.root / "samplers", self.logs]
+        if (self.root / "trials").is_dir():
+            folders += sorted(p for p in (self.root / "trials").iterdir() if p.is_dir())
+        return [path for folder in folders for path in remove_dead_temporaries(folder)]
 
     @contextlib.contextmanager
     def lock(self):

@@ -343,6 +343,7 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
     if not join:
         check_study(search, resume)
     run.create()
+    run.remove_dead_temporaries()  # what a killed search left (a sampler pickle's temporary, at start-up)
     search.to_yaml(run.search_yaml)
     if join:
         study = open_study(search, sampler=search_sampler(search, 0, sampler))

@@ -100,6 +100,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     run = RunDir(root)
     check_study(search, resume)
     run.create()
+    run.remove_dead_temporaries()
     search.to_yaml(run.search_yaml)
     knobs = search.knob_names()
     study = open_study(search, create=not resume)  # new: metric names and the search config on it
