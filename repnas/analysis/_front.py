@@ -64,10 +64,13 @@ def front_text(frame: pd.DataFrame, search: SearchConfig) -> str:
     return "\n".join(lines)
 
 
-def summary_text(frame: pd.DataFrame, search: SearchConfig, seconds: float) -> str:
-    """The closing lines of ``repnas search``: counts per status, then the front."""
+def summary_text(frame: pd.DataFrame, search: SearchConfig, seconds: float, workers_replaced: int = 0) -> str:
+    """The closing lines of ``repnas search``: counts per status (and the dead ``--workers``
+    processes that were replaced), then the front."""
     counts = status_counts(frame)
     killed = f", {counts['interrupted']} interrupted (retried)" if counts["interrupted"] else ""
+    if workers_replaced:
+        killed += f", {workers_replaced} worker{'s' if workers_replaced > 1 else ''} replaced"
     return (f"{counts['complete']} complete, {counts['failed']} failed, {counts['infeasible']} infeasible, "
             f"{counts['pruned']} pruned, {counts['reused']} reused (same model as an earlier trial){killed} in "
             f"{seconds:.0f}s; Pareto front ({', '.join(search.objective_names)}):\n" + front_text(frame, search))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from repnas._io import atomic_path, atomic_write_text
+from repnas._io import atomic_path, atomic_write_text, remove_dead_temporaries
 from repnas.analysis._curves import learning_curves
 from repnas.analysis._hypervolume import hypervolume_history, ideal_point, reference_point
 from repnas.analysis._load import Run, knob_columns, load_run
@@ -595,5 +595,6 @@ def write_report(sources: Sequence[str | Path | Run], out: str | Path = "report.
     page = build_report(runs, baselines, title, plotlyjs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(out.parent, suffix=".html")  # killed reports' temporaries, whatever their --out
     atomic_write_text(out, page)
     return out

@@ -70,8 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "every node reaches (NFS) or a URI such as s3://bucket/path (default: <out>/ray, one node)")
     p.add_argument("--resources-per-trial", help="Ray resources of one trial, e.g. cpu=2,gpu=0.5,my_node=1 "
                    "(custom resources pin trials to nodes started with them; default cpu=1 and --gpus-per-trial)")
-    p.add_argument("--max-failures", type=int, help="restarts of a Ray trial whose node or process died, from its "
-                   "last epoch's checkpoint (default 3)")
+    p.add_argument("--max-failures", type=int, help="with --workers: dead worker processes (killed by a signal, "
+                   "e.g. the OOM killer) replaced, their trials retried, in all, before the search stops (exit 3); "
+                   "with --backend ray: restarts of a trial whose node or process died, from its last epoch's "
+                   "checkpoint (default 3)")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     p.add_argument("--config", metavar="FILE", help="start a new search from a run's search.yaml (or any YAML "
                    "of its keys); flags given as well override it")
@@ -84,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 #: flags that are SearchConfig keys of the same name (what --config may also give)
 _CONFIG_FLAGS = ("space", "dataset", "budget", "trials", "epochs", "seed", "objectives", "sampler", "backend",
-                 "storage", "study", "workers", "gpus_per_trial", "early_stop", "device", "data_dir", "image_size")
+                 "storage", "study", "workers", "gpus_per_trial", "early_stop", "device", "data_dir", "image_size",
+                 "max_failures")
 
 
 def build_search_config(args: argparse.Namespace):
@@ -126,9 +129,11 @@ def resume_search_config(args: argparse.Namespace):
         raise UserError("--config starts a new search; --resume continues the run's own search.yaml")
     changes = {name: getattr(args, name) for name in (
         "space", "dataset", "study", "seed", "epochs", "sampler", "budget", "objectives",
-        "trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir", "image_size")}
+        "trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir", "image_size",
+        "max_failures")}
     changes["storage"] = absolute_storage(args.storage) if args.storage is not None else None  # relative: to the cwd
-    _check_counts(args.trials if args.trials is not None else 1, None, args.workers, args.gpus_per_trial)
+    _check_counts(args.trials if args.trials is not None else 1, None, args.workers, args.gpus_per_trial,
+                  args.max_failures)
     search = resume_config(args.out, **changes)
     if args.ray_storage is not None and args.ray_storage != search.ray.get("storage"):
         raise UserError(f"--ray-storage {args.ray_storage} differs from the run's "
@@ -152,7 +157,7 @@ def joined_search_config(args: argparse.Namespace):
     if given or args.backend == "ray":
         names = ", ".join("--" + n.replace("_", "-") for n in given) or "--backend ray"
         raise UserError(f"--join takes the search's config from the study; drop {names}")
-    _check_counts(1, None, args.workers, args.gpus_per_trial)
+    _check_counts(1, None, args.workers, args.gpus_per_trial, args.max_failures)
     out = Path(args.out or Path("runs") / args.study)
     run = RunDir(out)
     if run.search_yaml.is_file():  # rejoining: the same search only
@@ -163,7 +168,7 @@ def joined_search_config(args: argparse.Namespace):
         raise UserError(f"run directory {out} already exists; use another --out")
     search = from_study(args.storage, args.study, {
         "workers": args.workers or 1, "device": args.device, "gpus_per_trial": args.gpus_per_trial,
-        "data_dir": args.data_dir}, timeout=_join_timeout(args))
+        "data_dir": args.data_dir, "max_failures": args.max_failures}, timeout=_join_timeout(args))
     return search, out
 
 
@@ -177,7 +182,7 @@ def _join_timeout(args: argparse.Namespace) -> float:
 
 
 def ray_options(args: argparse.Namespace, saved: dict) -> dict:
-    """``SearchConfig.ray`` from ``--ray-storage``, ``--resources-per-trial``, ``--max-failures``."""
+    """``SearchConfig.ray`` from ``--ray-storage``, ``--resources-per-trial``."""
     options = dict(saved)
     if args.ray_storage is not None:
         options["storage"] = args.ray_storage
@@ -185,17 +190,14 @@ def ray_options(args: argparse.Namespace, saved: dict) -> dict:
         from repnas.search.ray._driver import parse_resources
 
         options["resources"] = parse_resources(args.resources_per_trial)
-    if args.max_failures is not None:
-        if args.max_failures < 0:
-            raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
-        options["max_failures"] = args.max_failures
     return options
 
 
-def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: float | None) -> None:
+def _check_counts(trials: int, epochs: int | None, workers: int | None, gpus: float | None,
+                  max_failures: int | None = None) -> None:
     from repnas.search._api import check_counts
 
-    check_counts(trials, epochs, workers, gpus)
+    check_counts(trials, epochs, workers, gpus, max_failures=max_failures)
 
 
 def run(args: argparse.Namespace) -> int:

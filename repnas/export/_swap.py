@@ -6,18 +6,18 @@ its staging folder (176 MB in all, as nothing removed a dead export's staging). 
 folder is completed first (a new ``--out`` is the staging folder renamed, one ``rename``; an existing
 one gets the staging folder holding hard links of what it held, swapped in by one
 ``renameat2(RENAME_EXCHANGE)`` where Linux has it), and every export first removes the staging
-folders of exports whose process is dead.
+folders of exports whose process is dead, beside any ``--out`` in the same parent folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import shutil
 from pathlib import Path
 
 from repnas import _faults
+from repnas._procs import pid_alive
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -27,28 +27,18 @@ def staging_for(out: Path) -> Path:
     return out.parent / f".{out.name}.export-{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie is dead
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-    return True
-
-
 def remove_dead_staging(out: Path) -> None:
-    """Staging folders of ``out`` whose export process is gone; an old folder a killed swap moved
-    aside (``.old``) goes back to ``out`` when ``out`` is missing."""
-    for path in out.parent.glob(f".{out.name}.export-*"):
-        pid_text = path.name.rsplit("-", 1)[1].removesuffix(".old")
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+    """Staging folders beside ``out`` (of any export into ``out``'s parent folder, not only of
+    ``out``: a killed export's ``--out`` may never be exported to again) whose export process is
+    gone; an old folder a killed swap moved aside (``.old``) goes back to its ``--out`` when that
+    is missing."""
+    for path in out.parent.glob(".*.export-*"):
+        name, _, pid_text = path.name[1:].rpartition(".export-")
+        pid_text = pid_text.removesuffix(".old")
+        if not name or not pid_text.isdigit() or not path.is_dir() or pid_alive(int(pid_text)):
             continue
-        if path.name.endswith(".old") and not out.exists():
-            os.rename(path, out)
+        if path.name.endswith(".old") and not (out.parent / name).exists():
+            os.rename(path, out.parent / name)
             continue
         shutil.rmtree(path, ignore_errors=True)
 

@@ -36,7 +36,14 @@ from repnas.runs._storage import (
                                  storage_file,
 )
 from repnas.runs._study import open_study
-from repnas.runs._workers import join_search_config, recover_interrupted
+from repnas.runs._workers import (
+                                 count_replacement,
+                                 join_search_config,
+                                 recover_interrupted,
+                                 retried_trials,
+                                 study_lock,
+                                 workers_replaced,
+)
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -52,6 +59,7 @@ __all__ = [
     "TrialModels",
     "absolute_storage",
     "check_storage",
+    "count_replacement",
     "existing_run",
     "inspect_storage",
     "is_server_storage",
@@ -62,9 +70,12 @@ __all__ = [
     "open_study",
     "portable_storage",
     "recover_interrupted",
+    "retried_trials",
     "rows_frame",
     "sqlite_url",
     "storage_exists",
     "storage_file",
+    "study_lock",
     "trials_frame",
+    "workers_replaced",
 ]

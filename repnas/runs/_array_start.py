@@ -17,7 +17,7 @@ from typing import Any
 from repnas.errors import UserError
 
 #: SearchConfig fields each worker may set for itself
-LOCAL_FIELDS = ("workers", "device", "gpus_per_trial", "data_dir", "storage", "ray")
+LOCAL_FIELDS = ("workers", "device", "gpus_per_trial", "data_dir", "storage", "ray", "max_failures")
 
 
 def config_difference(mine: dict[str, Any], recorded: dict[str, Any]) -> str | None:
@@ -71,7 +71,7 @@ def as_array_worker(search, out: Path, join_timeout: float, wait: bool = False):
     if recorded is None and not wait:
         return None
     overrides = {"workers": search.workers, "device": search.device, "gpus_per_trial": search.gpus_per_trial,
-                 "data_dir": search.data_dir}
+                 "data_dir": search.data_dir, "max_failures": search.max_failures}
     joined = join_search_config(search.storage, search.study, overrides, timeout=join_timeout)
     different = config_difference(search.to_dict(), joined.to_dict())
     if different:

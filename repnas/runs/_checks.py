@@ -38,7 +38,7 @@ def check_search_fields(search):
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    ints = {"trials": 1, "epochs": 1, "seed": 0, "workers": 0, "population_size": 0}
+    ints = {"trials": 1, "epochs": 1, "seed": 0, "workers": 0, "population_size": 0, "max_failures": 0}
     for key, low in ints.items():
         value = getattr(search, key)
         if not is_int(value) or not low <= value <= _MAX_INT64:

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from repnas._io import atomic_path, atomic_write_text
+from repnas._io import atomic_path, atomic_write_text, remove_dead_temporaries
 from repnas.errors import UserError
 
 #: objective name -> Optuna direction. Validation accuracy is what the search maximises (test
@@ -67,6 +67,10 @@ TRIAL_SCHEMA: dict[str, str] = {
     "finished": "datetime64[ns, UTC]",
 }
 TRIAL_COLUMNS = tuple(TRIAL_SCHEMA)
+#: ``--max-failures`` default, one for both backends: under Ray the restarts of a trial whose node or
+#: process died (Tune's ``FailureConfig``); with ``--workers`` the dead worker processes replaced,
+#: in all, in one run of the command (past it a dead worker stops the search, exit 3).
+DEFAULT_MAX_FAILURES = 3
 
 
 @dataclass
@@ -94,8 +98,9 @@ class SearchConfig:
     image_size: int | None = None  # every image resized to this square side on load (None: as stored)
     recipe: dict[str, Any] = field(default_factory=dict)
     space_name: str = ""
-    # --backend ray: storage (Tune's storage_path or URI), resources (per trial), max_failures
+    # --backend ray: storage (Tune's storage_path or URI), resources (per trial)
     ray: dict[str, Any] = field(default_factory=dict)
+    max_failures: int = DEFAULT_MAX_FAILURES  # see DEFAULT_MAX_FAILURES
 
     @property
     def objective_names(self) -> list[str]:
@@ -150,6 +155,10 @@ class SearchConfig:
         unknown = set(data) - known
         if unknown:
             raise UserError(f"search.yaml: unknown keys {sorted(unknown)}")
+        ray = data.get("ray")
+        if isinstance(ray, dict) and "max_failures" in ray:  # where a Ray run kept it before it was both backends'
+            ray = dict(ray)
+            data = {**data, "ray": ray, "max_failures": data.get("max_failures", ray.pop("max_failures"))}
         from repnas.runs._checks import check_search_fields
 
         return check_search_fields(cls(**data))
@@ -226,6 +235,15 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "trials").mkdir(exist_ok=True)
         self.logs.mkdir(exist_ok=True)
+
+    def remove_dead_temporaries(self) -> list[Path]:
+        """The temporaries killed writers left here (``repnas._io``: of ``trials.parquet``, of a
+        sampler pickle written at start-up, of a killed trial's checkpoint, whose folder is never
+        written again); a live process's are kept. A search removes them when it starts or resumes."""
+        folders = [self.root, self.root / "samplers", self.logs]
+        if (self.root / "trials").is_dir():
+            folders += sorted(p for p in (self.root / "trials").iterdir() if p.is_dir())
+        return [path for folder in folders for path in remove_dead_temporaries(folder)]
 
     @contextlib.contextmanager
     def lock(self):

@@ -121,22 +121,30 @@ def retried_trials(trials) -> dict[int, int]:
     return {int(t.user_attrs["retry_of"]): t.number for t in trials if "retry_of" in t.user_attrs}
 
 
-def recover_interrupted(study) -> list[int]:
+def recover_interrupted(study, dead_only: bool = False,
+                        why: str = "the search process was killed") -> list[int]:
     """Trials left RUNNING by a killed process: mark them FAIL (``interrupted``) and enqueue their
     points again, so nothing is lost and they do not count towards ``--trials``.
 
-    Only safe when no other process works on the study, which ``--resume`` asserts.
+    Only safe when no other process works on the study, which ``--resume`` asserts; or, with
+    ``dead_only``, while the others run (a ``--workers`` process died and is replaced): then only
+    the trials whose holder on this host is gone (:mod:`~repnas.runs._holder`), or that have no
+    holder yet (their asker died between ask and stamp), and the caller holds the study lock, under
+    which every ask and stamp happens. ``why`` goes into each trial's ``error``.
     """
     from optuna.trial import TrialState
 
     from repnas.runs._claims import ModelClaims
+    from repnas.runs._holder import HOLDER_ATTR, holder_alive
 
     storage = study._storage
     numbers = []
-    claims = ModelClaims(study, contextlib.nullcontext)  # no lock: --resume owns the study
+    claims = ModelClaims(study, contextlib.nullcontext)  # no lock: --resume owns the study, or the caller holds it
     trials = study.get_trials(deepcopy=False)
     queued = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}
     for t in [t for t in trials if t.state == TrialState.RUNNING]:
+        if dead_only and HOLDER_ATTR in t.user_attrs and holder_alive(t.user_attrs[HOLDER_ATTR]):
+            continue
         # Its claims go, trained or not: the re-enqueued point trains the model again (deterministic,
         # so the same result) and counts as the distinct model the interrupted trial no longer is.
         # Left in place, a finished claim would make the retry a reused duplicate, and the search
@@ -153,13 +161,31 @@ def recover_interrupted(study) -> list[int]:
             enqueue_retry(study, t)  # in t's NSGA-II generation
             retry = study.get_trials(deepcopy=False)[-1].number
         trial_id = trial_id_of(study, t.number)
-        error = "interrupted (the search process was killed)" + (f"; retried as trial {retry}" if retry is not None
-                                                                 else "")
+        error = f"interrupted ({why})" + (f"; retried as trial {retry}" if retry is not None else "")
         for key, value in {"interrupted": True, "status": "interrupted", "error": error}.items():
             storage.set_trial_user_attr(trial_id, key, value)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         numbers.append(t.number)
     return numbers
+
+
+#: study user attribute: how many dead ``--workers`` processes were replaced, over the run's life
+REPLACED_ATTR = "repnas.workers_replaced"
+
+
+def count_replacement(study) -> int:
+    """Add one to the study's count of replaced workers (the caller holds the study lock); the new count."""
+    count = int(study.user_attrs.get(REPLACED_ATTR, 0)) + 1
+    study.set_user_attr(REPLACED_ATTR, count)
+    return count
+
+
+def workers_replaced(study) -> int:
+    """How many dead ``--workers`` processes the run's searches replaced (0 for a study without any)."""
+    try:
+        return int(study.user_attrs.get(REPLACED_ATTR, 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def wait_for_running(search, study, run) -> bool:

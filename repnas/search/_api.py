@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
-from repnas.runs._rundir import DEFAULT_OBJECTIVES, SAMPLERS, RunDir, SearchConfig, objectives_from_names
+from repnas.runs._rundir import (
+    DEFAULT_MAX_FAILURES,
+    DEFAULT_OBJECTIVES,
+    SAMPLERS,
+    RunDir,
+    SearchConfig,
+    objectives_from_names,
+)
 from repnas.runs._storage import absolute_storage
 
 #: ``callback(study, frozen_trial)``, as ``optuna.Study.optimize(callbacks=...)`` takes them.
@@ -85,7 +92,7 @@ def _sampler_name(sampler: Any) -> str:
 
 
 def check_counts(trials: int, epochs: int | None, workers: int | None, gpus: float | None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, max_failures: int | None = None) -> None:
     """One-line errors for counts a search cannot run with."""
     if trials < 1:
         raise UserError(f"--trials must be >= 1, got {trials}")
@@ -97,6 +104,9 @@ def check_counts(trials: int, epochs: int | None, workers: int | None, gpus: flo
         raise UserError(f"--gpus-per-trial must be > 0 and <= 64, got {gpus}")
     if timeout is not None and not timeout > 0:
         raise UserError(f"--timeout must be > 0 seconds, got {timeout}")
+    if max_failures is not None and (isinstance(max_failures, bool) or not isinstance(max_failures, int)
+                                     or max_failures < 0):
+        raise UserError(f"--max-failures must be >= 0, got {max_failures}")
 
 
 def search_config(space: Any = None, *, out: str | Path | None = None, dataset: str | None = None,
@@ -106,7 +116,7 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
                   study: str | None = None, workers: int | None = None, gpus_per_trial: float | None = None,
                   early_stop: str | None = None, device: str | None = None, data_dir: str | None = None,
                   image_size: int | None = None, recipe: dict | None = None,
-                  ray: dict | None = None) -> tuple[SearchConfig, Path]:
+                  ray: dict | None = None, max_failures: int | None = None) -> tuple[SearchConfig, Path]:
     """A validated ``(SearchConfig, run directory)`` of a new search; ``None`` = the default.
 
     Checks everything a new search needs (space, dataset, budget against the space's smallest
@@ -128,7 +138,7 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
     shape = dataset_shape(dataset, data_dir, image_size)  # an unknown name or unreadable folder -> UserError
     budget = parse_budget(budget if budget is not None else space.budget, "--budget")
     trials = DEFAULTS["trials"] if trials is None else int(trials)
-    check_counts(trials, epochs, workers, gpus_per_trial)
+    check_counts(trials, epochs, workers, gpus_per_trial, max_failures=max_failures)
     minimum = smallest_candidate(space, shape)
     if budget.largest < minimum:
         raise UserError(f"budget {budget.describe()} is below the smallest candidate of space {space.name!r} on "
@@ -154,11 +164,15 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
         gpus_per_trial=gpus_per_trial or DEFAULTS["gpus_per_trial"],
         early_stop=early_stop or default_early_stop(backend), device=device or DEFAULTS["device"], data_dir=data_dir,
         image_size=image_size,
+        max_failures=DEFAULT_MAX_FAILURES if max_failures is None else max_failures,
     )
     if recipe:
         config.recipe = dict(recipe)
-    if ray:  # Ray options (--ray-storage, --resources-per-trial, --max-failures), e.g. from a run's search.yaml
+    if ray:  # Ray options (--ray-storage, --resources-per-trial), e.g. from a run's search.yaml
         config.ray = dict(ray)
+        if "max_failures" in config.ray:  # an older search.yaml kept it here (SearchConfig.from_dict)
+            failures = config.ray.pop("max_failures")
+            config.max_failures = failures if max_failures is None else max_failures
     return config, out
 
 
@@ -241,10 +255,17 @@ class SearchResult:
 
         return export_trials(self.path, out, pareto=pareto and top is None, top=top)
 
+    @property
+    def workers_replaced(self) -> int:
+        """How many dead ``--workers`` processes were replaced (their trials retried) over the run's life."""
+        from repnas.runs import workers_replaced
+
+        return workers_replaced(self.study)
+
     def summary(self, seconds: float = 0.0) -> str:
         from repnas.analysis._front import summary_text
 
-        return summary_text(self.trials, self.config, seconds)
+        return summary_text(self.trials, self.config, seconds, self.workers_replaced)
 
 
 # --------------------------------------------------------------------- running
@@ -275,7 +296,7 @@ def run_search(space: Any = None, *, out: str | Path | None = None, sampler: Any
 
 def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
     """The saved ``search.yaml`` of ``out`` with the options a resume may change applied (trials,
-    workers, gpus_per_trial, device, early_stop, backend, data_dir); others must match it."""
+    workers, gpus_per_trial, device, early_stop, backend, data_dir, max_failures); others must match it."""
     run = RunDir(out)
     if not run.search_yaml.is_file():
         from repnas.runs._start import staging_dir
@@ -310,14 +331,16 @@ def resume_config(out: str | Path, **changes: Any) -> SearchConfig:
             from repnas.train import absolute_dataset
 
             value = absolute_dataset(value)  # as search.yaml records it
-        if name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir"):
+        if name in ("trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir",
+                    "max_failures"):
             setattr(search, name, value)
         elif name == "storage" and absolute_storage(str(value)) == search.storage:
             continue
         elif str(getattr(search, name, None)) != str(value):
             raise UserError(f"--{name.replace('_', '-')} {value} differs from the run's "
                             f"{getattr(search, name, None)}; a resumed search keeps its config")
-    check_counts(search.trials, None, search.workers or None, search.gpus_per_trial)
+    check_counts(search.trials, None, search.workers or None, search.gpus_per_trial,
+                 max_failures=search.max_failures)
     if search.backend == "optuna" and search.workers == 0:  # a Ray search resumed by the Optuna driver
         search.workers = 1
     return search

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from repnas import _faults
-from repnas._procs import die_with_parent, exit_description, sigint_ignored, stop
+from repnas._procs import die_with_parent, exit_description
+from repnas.runs import count_replacement, recover_interrupted, retried_trials, study_lock
 from repnas.runs._rundir import STATUSES, RunDir, SearchConfig, trial_status, trials_frame
 from repnas.runs._start import check_study
 from repnas.runs._study import open_study, trial_id_of
-from repnas.runs._workers import recover_interrupted
+from repnas.search._pool import WorkerPool
 from repnas.search._progress import SearchProgress
 from repnas.search._samplers import (
     continuation_seed,
@@ -136,12 +137,14 @@ def worker_devices(device: str, workers: int, gpus_per_trial: float) -> list[str
 # --------------------------------------------------------------------- the worker loop
 def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str,
                 progress: bool = True, resume: bool = False, *, sampler=None, after_trial=None,
-                deadline: float | None = None) -> bool:
+                deadline: float | None = None, life: int = 0) -> bool:
     """Ask, train, tell until the study holds ``search.trials`` counted trials (``resume``: go on
     with the sampler this worker pickled, :func:`resumed_sampler`), or until ``deadline``
     (``time.time()``), or until ``after_trial(study, frozen_trial)`` returns True. ``sampler``: a
     given sampler object, used as is (``repnas.search.run_search``). Returns False when it stopped
-    because the sampler kept proposing models already trained (:func:`repeat_limit`)."""
+    because the sampler kept proposing models already trained (:func:`repeat_limit`). ``life``: 0
+    for the first process of worker number ``worker``, n for its n-th replacement
+    (:mod:`~repnas.search._pool`), which names its fault points ``worker<k>.<n>:...``."""
     import torch
 
     from repnas.runs._claims import ModelClaims, TrialModels
@@ -160,6 +163,7 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
     from repnas.search._runner import run_trial
 
     run = RunDir(root)
+    me = f"worker{worker}" if life == 0 else f"worker{worker}.{life}"  # its fault points' prefix
     if device == "cpu":
         torch.set_num_threads(cpu_threads(search.workers))
     space = search.search_space()
@@ -198,11 +202,12 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
                 continue
             return True
         _faults.point("trial:asked")
-        _faults.point(f"worker{worker}:asked")  # one worker only (``trial:asked`` is every process's)
+        _faults.point(f"{me}:asked")  # one worker only (``trial:asked`` is every process's)
         point = {k: trial.params[k] for k in knob_names}
         report = EpochReport(study, trial.number, make_rule(search, study, trial.number))
         display.start_trial()
         show = _epoch_display(display, study, trial.number, search.epochs) if progress and worker == 0 else None
+        show = _with_fault_point(f"{me}:epoch", show)
         models = TrialModels(claims, trial.number, alive=lambda number: _is_running(study, number))
         with heartbeat:
             row = run_trial(search, point, run.trial_dir(trial.number), report, device=device, data=data,
@@ -234,6 +239,16 @@ def _epoch_display(display, study, number: int, epochs: int):
         display.epoch(number, epoch, epochs, metrics, sum(v for k, v in counts.items() if k != "running"))
 
     return show
+
+
+def _with_fault_point(name: str, on_epoch):
+    """``on_epoch`` preceded by fault point ``name`` after every epoch (a worker killed mid-training)."""
+    def hook(epoch: int, metrics: dict[str, Any]) -> None:
+        _faults.point(name)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+
+    return hook
 
 
 def _frozen(study, number: int):
@@ -330,6 +345,7 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
     if not join:
         check_study(search, resume)
     run.create()
+    run.remove_dead_temporaries()  # what a killed search left (a sampler pickle's temporary, at start-up)
     search.to_yaml(run.search_yaml)
     if join:
         study = open_study(search, sampler=search_sampler(search, 0, sampler))
@@ -350,35 +366,37 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
               f"{search.budget_spec.describe()}, {search.trials} trials, {search.workers} worker(s) on "
               f"{', '.join(devices)}",
               flush=True)
-    processes = []
-    if search.workers > 1:
-        context = multiprocessing.get_context("spawn")
-        with sigint_ignored():  # Ctrl-C is the main process's to answer (repnas._procs)
-            for k in range(1, search.workers):
-                p = context.Process(target=_worker_main, args=(search.to_dict(), str(run.root), k, devices[k],
-                                                               progress, resume, os.getpid(),
-                                                               worker_sampler(sampler, k), deadline))
-                p.start()
-                processes.append(p)
+    context = multiprocessing.get_context("spawn")
+
+    def start(k: int, life: int):
+        """Worker ``k``'s process; a replacement (``life`` > 0) resumes the dead one's sampler pickle."""
+        p = context.Process(target=_worker_main, args=(search.to_dict(), str(run.root), k, devices[k], progress,
+                                                       resume or life > 0, os.getpid(), worker_sampler(sampler, k),
+                                                       deadline, life))
+        p.start()
+        return p
+
+    pool = WorkerPool(start, lambda k, p: _recover_dead(search, run, k, p), search.max_failures,
+                      announce=(lambda line: print(line, flush=True)) if progress else None)
+    pool.start(range(1, search.workers))
     try:
         finished = worker_loop(search, run.root, 0, devices[0], progress, resume, sampler=sampler,
                                after_trial=after_trial, deadline=deadline)
+        pool.join()
     except BaseException:
-        stop(processes)  # no worker outlives a failed or interrupted main process
+        pool.stop()  # no worker outlives a failed or interrupted main process
         raise
-    finally:
-        for p in processes:
-            p.join()
     study = open_study(search, sampler=search_sampler(search, 0, sampler))
     write_table(study, run, search.knob_names())
-    dead = [(k, p) for k, p in enumerate(processes, start=1) if p.exitcode]
-    if dead:
+    if pool.dead:
         from repnas._infra import InfrastructureError
 
-        k, p = dead[0]
+        k, p = pool.dead[0]
+        past = f" (not replaced: --max-failures {search.max_failures} reached)" if (
+            p.exitcode < 0 and len(pool.replaced) >= search.max_failures) else ""
         raise InfrastructureError(
-            f"worker {k} (pid {p.pid}) died ({exit_description(p.exitcode)})"
-            + (f" and {len(dead) - 1} more" if len(dead) > 1 else "")
+            f"worker {k} (pid {p.pid}) died ({exit_description(p.exitcode)}){past}"
+            + (f" and {len(pool.dead) - 1} more" if len(pool.dead) > 1 else "")
             + f"; `repnas search --resume --out {run.root}` recovers its trial")
     models = counted_trials(study)
     if not finished and models < search.trials:
@@ -387,13 +405,35 @@ def run_optuna_search(search: SearchConfig, root: str | Path, resume: bool = Fal
     return study
 
 
+def _recover_dead(search: SearchConfig, run: RunDir, worker: int, process) -> str:
+    """Worker ``worker``'s process died by a signal while the others run: its trial is marked
+    interrupted and its point queued again, as ``--resume`` would (under the study lock, in a
+    study of this thread's own); the line that says so."""
+    how = exit_description(process.exitcode)
+    study = open_study(search)
+    with study_lock(search, run):
+        numbers = recover_interrupted(study, dead_only=True, why=f"its worker w{worker} died, {how}")
+        count_replacement(study)
+    retried = retried_trials(study.get_trials(deepcopy=False))
+    what = ", ".join(f"trial {n} queued again as trial {retried[n]}" if n in retried else f"trial {n} failed"
+                     for n in numbers) or "no trial was running"
+    return f"worker {worker} (pid {process.pid}) died ({how}); {what}; a new worker {worker} takes its place"
+
+
 def _worker_main(search_dict: dict, root: str, worker: int, device: str, progress: bool, resume: bool,
-                 parent: int | None = None, sampler=None, deadline: float | None = None) -> None:
+                 parent: int | None = None, sampler=None, deadline: float | None = None, life: int = 0) -> None:
     if parent is not None:
         die_with_parent(parent)
+    # A spawned process has "spawn" as its default start method, under which every multiprocessing
+    # lock is a named semaphore registered with the resource tracker; the ones libraries make here
+    # for use inside this process (tqdm's write lock, tensorboardX's event queue: 4 per trial) were
+    # what the tracker reported as "leaked semaphore objects" after a worker was SIGKILLed. This
+    # process starts no process of its own, so the fork context is right for them: a fork
+    # context's semaphore is unlinked at once and never registered.
+    multiprocessing.set_start_method("fork", force=True)
     try:
         worker_loop(SearchConfig.from_dict(search_dict), root, worker, device, progress, resume, sampler=sampler,
-                    deadline=deadline)
+                    deadline=deadline, life=life)
     except Exception as exc:  # one line (not a traceback) per worker; the main process says what to do
         from repnas._infra import EXIT_INFRASTRUCTURE, describe, is_infrastructure
 

@@ -255,7 +255,9 @@ def test_workers_die_with_the_main_process(tmp_path, how, capsys):
 def test_a_dead_worker_fails_the_search_and_resume_recovers_it(tmp_path, capsys):
     out = tmp_path / "run"
     # worker 1 holds at its second trial: it is surely alive (not done with the search) when killed
-    proc, workers = _start_workers(out, trials=4, epochs=2, REPNAS_FAULT="worker1:asked@2=hold")
+    # --max-failures 0: no replacement (past the limit a dead worker ends the search, exit 3)
+    proc, workers = _start_workers(out, trials=4, epochs=2, extra=("--max-failures", "0"),
+                                   REPNAS_FAULT="worker1:asked@2=hold")
     os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 3, err
@@ -475,6 +477,7 @@ def test_sigkill_with_four_workers_mid_trial(tmp_path, storage, target, capsys):
     finishes the search."""
     out = tmp_path / "run"
     extra = ("--storage", f"sqlite:///{out}/study.db") if storage == "sqlite" else ()
+    extra += ("--max-failures", "0")  # a dead worker ends the search (one that is replaced: test_worker_replacement)
     hold = "worker2:asked@2=hold" if target == "one-worker" else "trial:asked@2=hold"
     proc, workers = _start_workers(out, trials=8, epochs=2, workers=4, extra=extra, REPNAS_FAULT=hold)
     pids = [proc.pid, *workers, *_descendants(proc.pid)]

@@ -46,11 +46,6 @@ from repnas.search.ray._trial import trainable, trial_device
 
 __all__ = ["parse_resources", "run_ray_search", "trial_device", "trial_gpus", "trial_resources"]
 
-#: ``--max-failures`` default: how often Tune restarts a trial (from its last epoch) after its
-#: node or process died, before it is recorded failed.
-DEFAULT_MAX_FAILURES = 3
-
-
 def trial_gpus(device: str, gpus_per_trial: float, cluster_gpus: float) -> float:
     """The GPU share each trial asks Ray for: ``--gpus-per-trial`` where the cluster (not only the
     driver's machine, which may have none) has GPUs and the search may use them."""
@@ -106,6 +101,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     run = RunDir(root)
     check_study(search, resume)
     run.create()
+    run.remove_dead_temporaries()
     search.to_yaml(run.search_yaml)
     knobs = search.knob_names()
     study = open_study(search, create=not resume)  # new: metric names and the search config on it
@@ -122,7 +118,8 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
     if missing and progress:
         print(f"waiting for nodes with resource {', '.join(missing)} (none in the cluster yet)", flush=True)
     bound = tune.with_resources(tune.with_parameters(trainable, search_dict=search.to_dict()), resources)
-    failure = tune.FailureConfig(max_failures=int(search.ray.get("max_failures", DEFAULT_MAX_FAILURES)))
+    # how often Tune restarts a trial (from its last epoch) after its node or process died
+    failure = tune.FailureConfig(max_failures=int(search.max_failures))
     rows = _saved_rows(run) if resume else {}
     experiments = experiment_paths(storage, search.study)
     if resume and experiments and tune.Tuner.can_restore(experiments[-1]):
