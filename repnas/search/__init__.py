@@ -11,20 +11,27 @@ from repnas.search._canonical import model_key
 from repnas.search._early_stop import MultiObjectiveASHA, SuccessiveHalving
 from repnas.search._optuna_driver import run_optuna_search
 from repnas.search._runner import run_trial
+from repnas.search._table import TableInfo, read_table, table_key
+from repnas.search._table_build import BuildResult, build_table
 
 __all__ = [
     "OBJECTIVES",
+    "BuildResult",
     "MultiObjectiveASHA",
     "RunDir",
     "SearchConfig",
     "SearchResult",
     "SuccessiveHalving",
+    "TableInfo",
+    "build_table",
     "front_rows",
     "front_text",
     "model_key",
+    "read_table",
     "run_optuna_search",
     "run_search",
     "run_trial",
     "search_config",
+    "table_key",
     "trials_frame",
 ]
