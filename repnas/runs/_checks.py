@@ -52,7 +52,7 @@ def check_search_fields(search):
             raise bad(key, "a string", getattr(search, key))
     if search.data_dir is not None and not isinstance(search.data_dir, str):
         raise bad("data_dir", "a path or null", search.data_dir)
-    for key in ("space", "recipe"):
+    for key in ("space", "recipe", "replay"):
         if not isinstance(getattr(search, key), dict):
             raise bad(key, "a mapping", getattr(search, key))
     objectives = search.objectives

@@ -95,6 +95,8 @@ class SearchConfig:
     space_name: str = ""
     # --backend ray: storage (Tune's storage_path or URI), resources (per trial), max_failures
     ray: dict[str, Any] = field(default_factory=dict)
+    # --replay TABLE: table (absolute path), speed (0: virtual time), fingerprint; empty: trials train
+    replay: dict[str, Any] = field(default_factory=dict)
 
     @property
     def objective_names(self) -> list[str]:

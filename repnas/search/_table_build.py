@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from repnas import _faults
 from repnas.errors import UserError
 from repnas.search._table import METADATA_KEY, TABLE_COLUMNS, TableInfo, data_digest, read_table, table_key
 
@@ -269,6 +270,7 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
               desc="table", dynamic_ncols=True) as bar:
         for row in _run_jobs(jobs, workers, threads):
             _append(journal, row)
+            _faults.point("table:row")  # the fault tests kill the build here, between two runs
             rows.append(row)
             trained += 1
             bar.update(1)
