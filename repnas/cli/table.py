@@ -55,9 +55,7 @@ def _models(text: str) -> int | None:
 
 def run_build(args: argparse.Namespace) -> int:
     from repnas.search import build_table
-    from repnas.search._validate import check_device
 
-    check_device(args.device)
     build_table(args.space, args.out, dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
                 train_subset=args.train_subset, val_subset=args.val_subset, budget=args.budget,
                 epochs=args.epochs, seeds=args.seeds, models=_models(args.models), sample_seed=args.sample_seed,

@@ -196,7 +196,7 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
     """
     from repnas.search._api import _space_of
     from repnas.spaces import dataset_info, parse_budget
-    from repnas.train import RunConfig, load_dataset
+    from repnas.train import RunConfig, load_dataset, resolve_device
 
     started = time.time()
     out = Path(out)
@@ -220,6 +220,7 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
     # the trainer's own checks of the recipe and dataset options, before anything is loaded or written
     RunConfig.from_dict({"model": {"family": "vgg4"}, "dataset": dataset_options, "recipe": full_recipe,
                          "device": device})
+    resolve_device(device)  # --device cuda without CUDA: one line now, not a failed run each
     dataset_options = {k: v for k, v in dataset_options.items() if v is not None}
     if threads is None and device == "cpu":
         threads = 1
