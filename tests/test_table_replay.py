@@ -218,3 +218,32 @@ def test_dataset_subsets_are_seeded_and_kept_out_of_old_configs():
     assert RunConfig.from_yaml(config.to_yaml()).dataset.train_subset == 200
     with pytest.raises(UserError, match="train_subset must be >= 1"):
         RunConfig.from_dict({"model": "vgg4", "dataset": {"train_subset": 0}})
+
+
+@pytest.mark.slow
+def test_ray_replay_gives_the_table_numbers(tiny_table, tmp_path):
+    import ray
+
+    from repnas.cli import main
+
+    info, frame = read(tiny_table["out"])
+    out = tmp_path / "ray-run"
+    try:
+        assert main(["search", "--replay", str(tiny_table["out"]), "--backend", "ray", "--workers", "1",
+                     "--trials", "2", "--seed", "3", "--out", str(out), "--quiet"]) == 0
+    finally:
+        ray.shutdown()
+    rows = {(r.model_key, r.seed): r for r in frame.itertuples()}
+    table = pd.read_parquet(out / "trials.parquet")
+    own = table[table["duplicate_of"].isna()]
+    assert len(own) >= 1 and table["worker"].str.startswith("ray:").all()
+    for trial in own.itertuples():
+        config = json.loads(trial.config)
+        assert config["seed"] == 1  # search seed 3 -> the table's seeds[3 % 2]
+        recorded = rows[(table_key_of(config, info), 1)]
+        epochs = int(trial.epochs)
+        assert trial.val_accuracy == recorded.val_accuracy_curve[epochs - 1]
+        assert trial.params == recorded.params and trial.flops == recorded.flops
+        assert trial.train_seconds == pytest.approx(sum(recorded.train_seconds_curve[:epochs]))
+        if trial.status == "complete":
+            assert trial.test_accuracy == recorded.test_accuracy

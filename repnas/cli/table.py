@@ -7,7 +7,8 @@ the dataset/recipe fingerprint in its metadata. A killed build continues with th
 (``<out>.journal`` keeps finished runs). ``repnas search --replay TABLE`` searches over it.
 
 Example: ``repnas table build --space quick --dataset cifar10 --data-dir ../shared/datasets
---image-size 8 --train-subset 2000 --val-subset 1000 --seeds 0 1 --epochs 8 --out T.parquet``.
+--image-size 8 --train-subset 2000 --val-subset 1000 --recipe '{batch_size: 128, lr: 0.1, crop_padding: 2}'
+--seeds 0 1 --epochs 8 --out T.parquet``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--val-subset", type=int, metavar="N", help="keep a seeded random N validation images")
     b.add_argument("--budget", help="one budget or levels (4k,8k,12k); default: the space's")
     b.add_argument("--epochs", type=int, help="epochs per model (default: the space's)")
+    b.add_argument("--recipe", metavar="YAML", help="trainer recipe keys over the space's, e.g. "
+                   "'{batch_size: 128, lr: 0.1, crop_padding: 2}'")
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     b.add_argument("--models", default="all", help="N: a seeded random N of the distinct models; all (default)")
     b.add_argument("--sample-seed", type=int, default=0, help="seed of the --models sample (default 0)")
@@ -53,11 +56,26 @@ def _models(text: str) -> int | None:
         raise UserError(f"--models must be a count or all, got {text!r}") from None
 
 
+def _recipe(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"--recipe: malformed YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"--recipe: expected a mapping of recipe keys, got {text!r}")
+    return recipe
+
+
 def run_build(args: argparse.Namespace) -> int:
     from repnas.search import build_table
 
     build_table(args.space, args.out, dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
                 train_subset=args.train_subset, val_subset=args.val_subset, budget=args.budget,
-                epochs=args.epochs, seeds=args.seeds, models=_models(args.models), sample_seed=args.sample_seed,
-                workers=args.workers, device=args.device, threads=args.threads, progress=not args.quiet)
+                epochs=args.epochs, recipe=_recipe(args.recipe), seeds=args.seeds, models=_models(args.models),
+                sample_seed=args.sample_seed, workers=args.workers, device=args.device, threads=args.threads,
+                progress=not args.quiet)
     return 0

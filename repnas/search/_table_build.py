@@ -239,6 +239,7 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
         if done.fingerprint != info.fingerprint:
             raise UserError(f"{out} exists and holds another table (fingerprint {done.fingerprint}, this build's "
                             f"{info.fingerprint}); choose another --out")
+        journal_path(out).unlink(missing_ok=True)  # killed between writing the table and removing it
         if progress:
             print(f"{out} is complete (fingerprint {info.fingerprint})", flush=True)
         return BuildResult(out, info, 0, 0, time.time() - started)
