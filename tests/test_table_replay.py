@@ -247,3 +247,18 @@ def test_ray_replay_gives_the_table_numbers(tiny_table, tmp_path):
         assert trial.train_seconds == pytest.approx(sum(recorded.train_seconds_curve[:epochs]))
         if trial.status == "complete":
             assert trial.test_accuracy == recorded.test_accuracy
+
+
+def test_replay_speed_sleeps_the_recorded_seconds_over_speed(tiny_table, tmp_path, monkeypatch):
+    import repnas.search._replay as replay
+    from repnas.search import run_search
+
+    slept: list[float] = []
+    monkeypatch.setattr(replay.time, "sleep", slept.append)
+    result = run_search(replay=tiny_table["out"], replay_speed=4, trials=2, early_stop="none", out=tmp_path / "run",
+                        progress=False)
+    assert result.config.replay["speed"] == 4.0
+    table = result.trials
+    own = table[table["duplicate_of"].isna()]
+    assert sum(slept) == pytest.approx(own["train_seconds"].sum() / 4)
+    assert len(slept) == 2 * len(own)  # one sleep per replayed epoch
