@@ -1,5 +1,6 @@
 """How candidates are explored: the public API (:func:`run_search`), canonical candidates, the
-trial runner, what the sampler is told, early stopping, progress and the Optuna driver; the Ray Tune
+trial runner, what the sampler is told, early stopping, progress and the Optuna driver; recorded
+tables of trained candidates (:func:`build_table`) and searches replayed over them; the Ray Tune
 backend is :mod:`repnas.search.ray` (not imported here). Where a search lives (run directory,
 storages, locks) is :mod:`repnas.runs`; training one candidate, :mod:`repnas.train`; what a search
 delivers (exported configs, weights, TorchScript, ONNX), :mod:`repnas.export`."""
