@@ -21,6 +21,7 @@ COMMANDS = {
     "search": "search",
     "export": "export",
     "report": "report",
+    "table": "table",
 }
 
 

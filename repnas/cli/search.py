@@ -79,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "of its keys); flags given as well override it")
     p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds "
                    "(running trials finish)")
+    p.add_argument("--replay", metavar="TABLE", help="replay a recorded table (repnas table build) instead of "
+                   "training: the real search (sampler, deduplication, early stopping) with each trial's epochs "
+                   "read from the table, in virtual time; the space, dataset, budget and epochs are the table's")
+    p.add_argument("--replay-speed", type=float, metavar="X", help="with --replay: sleep the recorded train "
+                   "seconds / X (default: do not sleep, time is virtual)")
     p.add_argument("--dry-run", nargs="?", type=int, const=5, metavar="N", help="print the solved model "
                    "(widths, params, FLOPs) of N sampled points (default 5) and exit; nothing is trained or written")
     p.set_defaults(func=run)
@@ -108,6 +113,9 @@ def build_search_config(args: argparse.Namespace):
         raise UserError("--model-kwargs, --stem and --head go with --model")
     options = config_file_arguments(args.config) if getattr(args, "config", None) else {}
     options.update({k: v for k, v in given.items() if v is not None})
+    for name in ("replay", "replay_speed"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
     if args.out is not None:
         options["out"] = args.out
     search, out = search_config(**options)
@@ -127,6 +135,8 @@ def resume_search_config(args: argparse.Namespace):
         raise UserError("--resume needs --out RUN_DIR (the run directory to continue)")
     if getattr(args, "config", None):
         raise UserError("--config starts a new search; --resume continues the run's own search.yaml")
+    if getattr(args, "replay", None) is not None or getattr(args, "replay_speed", None) is not None:
+        raise UserError("--replay starts a new search; --resume replays the run's own table")
     changes = {name: getattr(args, name) for name in (
         "space", "dataset", "study", "seed", "epochs", "sampler", "budget", "objectives",
         "trials", "workers", "gpus_per_trial", "device", "early_stop", "backend", "data_dir", "image_size",

@@ -54,7 +54,7 @@ def check_search_fields(search):
         raise bad("data_dir", "a path or null", search.data_dir)
     if search.image_size is not None and not (is_int(search.image_size) and 1 <= search.image_size <= 65536):
         raise bad("image_size", "an int in [1, 65536] or null", search.image_size)
-    for key in ("space", "recipe"):
+    for key in ("space", "recipe", "replay"):
         if not isinstance(getattr(search, key), dict):
             raise bad(key, "a mapping", getattr(search, key))
     objectives = search.objectives

@@ -101,6 +101,8 @@ class SearchConfig:
     # --backend ray: storage (Tune's storage_path or URI), resources (per trial)
     ray: dict[str, Any] = field(default_factory=dict)
     max_failures: int = DEFAULT_MAX_FAILURES  # see DEFAULT_MAX_FAILURES
+    # --replay TABLE: table (absolute path), speed (0: virtual time), fingerprint; empty: trials train
+    replay: dict[str, Any] = field(default_factory=dict)
 
     @property
     def objective_names(self) -> list[str]:

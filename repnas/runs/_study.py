@@ -19,7 +19,7 @@ def open_study(search: SearchConfig, create: bool = False, sampler=None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(search.storage)
+    storage = open_storage(search.storage, durable=not getattr(search, "replay", None))
     if create:
         study = optuna.create_study(storage=storage, study_name=search.study, directions=search.directions,
                                     sampler=sampler, load_if_exists=False)

@@ -116,18 +116,28 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
                   study: str | None = None, workers: int | None = None, gpus_per_trial: float | None = None,
                   early_stop: str | None = None, device: str | None = None, data_dir: str | None = None,
                   image_size: int | None = None, recipe: dict | None = None,
-                  ray: dict | None = None, max_failures: int | None = None) -> tuple[SearchConfig, Path]:
+                  ray: dict | None = None, max_failures: int | None = None, replay: str | Path | None = None,
+                  replay_speed: float | None = None) -> tuple[SearchConfig, Path]:
     """A validated ``(SearchConfig, run directory)`` of a new search; ``None`` = the default.
 
     Checks everything a new search needs (space, dataset, budget against the space's smallest
     candidate, counts) before anything is written. ``dataset`` may be ``imagefolder:PATH`` (a
     folder or ``.tar.gz``): its shape is read from the files (class folders, one image's header)
     and its path recorded absolute; ``image_size`` resizes every image to a square of that side.
+    ``replay``: a table (``repnas table build``) whose recorded epochs the trials replay instead of
+    training (:mod:`repnas.search._replay`); the space, dataset, budget, epochs and recipe are the table's.
     """
     from repnas.search._samplers import default_population
     from repnas.spaces import parse_budget, smallest_candidate
     from repnas.train import absolute_dataset, dataset_shape
 
+    replaying: dict[str, Any] = {}
+    if replay is not None:
+        space, dataset, budget, epochs, recipe, image_size, replaying = _replayed(
+            replay, replay_speed, space, dataset, budget, epochs, recipe, data_dir, image_size)
+        device = device or "cpu"
+    elif replay_speed is not None:
+        raise UserError("--replay-speed goes with --replay TABLE")
     if space is None:
         raise UserError("--space is required for a new search (space=; or --resume an existing one)")
     space = _space_of(space)
@@ -173,7 +183,37 @@ def search_config(space: Any = None, *, out: str | Path | None = None, dataset: 
         if "max_failures" in config.ray:  # an older search.yaml kept it here (SearchConfig.from_dict)
             failures = config.ray.pop("max_failures")
             config.max_failures = failures if max_failures is None else max_failures
+    config.replay = replaying
     return config, out
+
+
+def _replayed(table: str | Path, speed: float | None, space: Any, dataset: str | None, budget: Any,
+              epochs: int | None, recipe: dict | None, data_dir: str | None, image_size: int | None) -> tuple:
+    """The space, dataset, budget, epochs, recipe, image size and ``SearchConfig.replay`` of a
+    replayed table; an option given as well must agree with the table (a replay cannot train
+    anything else)."""
+    from repnas.search._replay import replay_options
+    from repnas.spaces import SearchSpace, parse_budget
+
+    info, replaying = replay_options(table, speed)
+    table_space = SearchSpace.from_dict(dict(info.space), f"table {table}")
+    table_recipe = {k: v for k, v in info.recipe.items() if k != "epochs"}
+    table_size = info.dataset.get("image_size")
+    given = {
+        "--space": space is not None and _space_of(space).to_dict() != table_space.to_dict(),
+        "--dataset": dataset is not None and dataset != info.dataset["name"],
+        "--budget": budget is not None and parse_budget(budget, "--budget") != parse_budget(info.budget),
+        "--epochs": epochs is not None and int(epochs) != info.epochs,
+        "recipe": bool(recipe) and {**table_recipe, **recipe} != table_recipe,
+        "--data-dir": data_dir is not None,
+        "--image-size": image_size is not None and image_size != table_size,
+    }
+    differing = [flag for flag, differs in given.items() if differs]
+    if differing:
+        raise UserError(f"--replay {table} takes the space, dataset, budget, epochs and recipe from the table "
+                        f"({table_space.name}, {info.dataset['name']}, {info.budget}, {info.epochs} epochs); "
+                        f"drop {', '.join(differing)}")
+    return table_space, info.dataset["name"], info.budget, info.epochs, table_recipe, table_size, replaying
 
 
 def config_file_arguments(path: str | Path) -> dict[str, Any]:
@@ -217,6 +257,11 @@ def config_file_arguments(path: str | Path) -> dict[str, Any]:
         data.pop("population_size")
     if isinstance(data.get("objectives"), list):
         data["objectives"] = ",".join(o["name"] if isinstance(o, dict) else str(o) for o in data["objectives"])
+    replay = data.pop("replay", None)
+    if isinstance(replay, dict) and replay.get("table"):  # the run replayed a table: so does the new search
+        data["replay"] = replay["table"]
+        if replay.get("speed"):
+            data["replay_speed"] = replay["speed"]
     if str(data.get("sampler") or "").startswith(_CUSTOM):
         raise UserError(f"{path}: sampler {data['sampler']!r} was a Python object; pass --sampler")
     return data

@@ -277,10 +277,13 @@ def cpu_threads(workers: int) -> int:
 
 
 def _load_data(search: SearchConfig):
-    """The worker's dataset, loaded once for all its trials (each trial would reload it otherwise)."""
+    """The worker's dataset, loaded once for all its trials (each trial would reload it otherwise);
+    none for a search that replays a table (nothing is trained)."""
     from repnas.search._validate import loaded_data
     from repnas.train._data import load_dataset
 
+    if search.replay:
+        return None
     data = loaded_data(search)  # the validation before the search loaded it already
     if data is not None:
         return data

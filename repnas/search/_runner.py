@@ -75,9 +75,13 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
     ``on_epoch(epoch, metrics)`` is told every epoch (the search's progress display); the epoch's
     numbers also go to TensorBoard in ``trial_dir`` (:mod:`repnas.search._tensorboard`).
     ``resume`` continues from ``trial_dir/checkpoint.pt`` (a Ray trial restarted after a lost node).
+    A search that replays a table (``search.replay``, :mod:`repnas.search._replay`) takes the run
+    config and the epochs from the table instead of training; its times are the table's (a virtual
+    clock), and a model the table lacks raises :class:`~repnas.search._replay.ReplayMiss`.
     """
     from repnas.runs._claims import REUSED_FIELDS
     from repnas.search._canonical import model_key
+    from repnas.search._replay import ReplayMiss, replay_of
     from repnas.search._tensorboard import EpochScalars
     from repnas.spaces import BUDGET_PARAM, InfeasibleError
 
@@ -92,7 +96,9 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
         "physical_params": math.nan, "flops": math.nan, "train_seconds": math.nan,
         "seed": int(search.seed), "error": "", "budget": int(budget), "config": None,
     }
-    started = time.time()
+    replay = replay_of(search)
+    clock = replay.clock.now if replay is not None else time.time  # a replay's time is the table's
+    started, real_start = clock(), time.time()
     scalars = EpochScalars(trial_dir)
     key, ended = None, False
     try:
@@ -110,6 +116,9 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
               f"params {solution.params:,} ({100 * solution.fill:.1f}% of {budget:,}) "
               f"torch threads {torch.get_num_threads()}", file=log, flush=True)
         config = trial_run_config(search, solution.model_config, device or search.device, space)
+        if replay is not None:  # the recorded run's own config (its dataset options, seed, device)
+            config = replay.run_config(solution.model_config, replay.seed_for(search.seed), point)
+            row["seed"] = int(config["seed"])
         row["config"] = config
         row["params"] = solution.params
         if models is not None:
@@ -124,7 +133,7 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
                 return row
 
         cost: dict[str, Any] = {}
-        if report is not None and getattr(report, "wants_flops", False):
+        if replay is None and report is not None and getattr(report, "wants_flops", False):
             cost["params"] = int(solution.params)
             cost["flops"] = _flops(solution.model_config, shape, data)
 
@@ -139,6 +148,8 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
 
         from repnas.train._trainer import train
 
+        if replay is not None:  # the table's epochs (params and FLOPs in each), not training
+            train = replay.train
         result = train(config, out_dir=trial_dir, callback=callback, progress=progress, data=data, resume=resume)
         metrics = dict(result)
         row.update({k: metrics[k] for k in _METRICS})
@@ -154,6 +165,8 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
         else:
             row["status"] = "complete"
         ended = True
+    except ReplayMiss:  # the table cannot answer: the search stops with one line naming the model
+        raise
     except Exception as exc:  # the search goes on; the error is recorded with the trial
         from repnas._infra import InfrastructureError, describe, is_infrastructure
 
@@ -168,12 +181,12 @@ def run_trial(search: SearchConfig, point: dict[str, Any], trial_dir: str | Path
         ended = True
     finally:
         scalars.close()
-        row["started"], row["finished"] = _iso(started), _iso(time.time())
+        row["started"], row["finished"] = _iso(started), _iso(clock())
         # a trial that claimed its model records the result for later duplicates (not when the
         # process is being interrupted: a resume releases the claim and trains the model again)
         if key is not None and ended:
             models.finish(key, row)
-        print(f"status: {row['status']} {row['error']} ({time.time() - started:.1f}s)", file=log, flush=True)
+        print(f"status: {row['status']} {row['error']} ({time.time() - real_start:.1f}s)", file=log, flush=True)
         log.close()
     return row
 

@@ -97,7 +97,12 @@ def validate_search(search: SearchConfig, out: str | Path, resume: bool) -> None
     from repnas.search.ray._checks import check_ray_early_stop, check_ray_origin
 
     check_ray_early_stop(search)
-    check_device(search.device)
+    if search.replay:  # nothing is trained or loaded: the table must be the one the search started with
+        from repnas.search._replay import check_replay
+
+        check_replay(search)
+    else:
+        check_device(search.device)
     check_recipe(search)
     check_storage(search, resume, out)
     if resume and search.backend == "ray":
@@ -107,4 +112,5 @@ def validate_search(search: SearchConfig, out: str | Path, resume: bool) -> None
         from repnas.search._samplers import check_sampler_pickles
 
         check_sampler_pickles(search, RunDir(out))
-    check_data(search)
+    if not search.replay:
+        check_data(search)

@@ -345,11 +345,13 @@ _SPLITS_MEMO: dict[tuple, DataSplits] = {}
 def load_splits(cfg: RunConfig) -> DataSplits:
     """``load_dataset`` for a config, memoised in-process (a search trains many models on one dataset)."""
     d = cfg.dataset
-    key = (d.name, d.data_dir, d.val_fraction, d.image_size, cfg.seed, os.environ.get("REPNAS_DATA"))
+    key = (d.name, d.data_dir, d.val_fraction, d.image_size, d.train_subset, d.val_subset, cfg.seed,
+           os.environ.get("REPNAS_DATA"))
     if key not in _SPLITS_MEMO:
         if len(_SPLITS_MEMO) >= 2:
             _SPLITS_MEMO.pop(next(iter(_SPLITS_MEMO)))
-        _SPLITS_MEMO[key] = load_dataset(d.name, d.data_dir, d.val_fraction, cfg.seed, d.image_size)
+        _SPLITS_MEMO[key] = load_dataset(d.name, d.data_dir, d.val_fraction, cfg.seed, d.image_size,
+                                         train_subset=d.train_subset, val_subset=d.val_subset)
     return _SPLITS_MEMO[key]
 
 
