@@ -53,9 +53,13 @@ class BuildResult:
 # --------------------------------------------------------------------------- which models
 def table_models(space, budget_spec, dataset: dict[str, Any], recipe: dict[str, Any], models: int | None,
                  sample_seed: int = 0) -> list[dict[str, Any]]:
-    """The distinct models of ``space`` (``[{key, point, budget, model}]``, in a stable order)."""
+    """The distinct models of ``space`` (``[{key, point, budget, model}]``, in a stable order),
+    solved for the dataset's shape with its ``image_size``, as a search replaying the table solves
+    them (``SearchConfig.dataset_shape``): a model space traces its model at that size."""
     from repnas.spaces import BUDGET_PARAM, InfeasibleError
+    from repnas.train import dataset_shape
 
+    shape = dataset_shape(dataset["name"], None, dataset.get("image_size"))
     budgets = list(budget_spec.levels) if budget_spec.levels else [budget_spec.low]
     grids = {name: knob.grid() for name, knob in space.knobs.items()}
     size = math.prod(len(g) for g in grids.values() if g is not None) * len(budgets)
@@ -63,7 +67,7 @@ def table_models(space, budget_spec, dataset: dict[str, Any], recipe: dict[str, 
 
     def add(point: dict[str, Any], budget: int) -> None:
         try:
-            solution = space.solve(point, budget, dataset["name"])
+            solution = space.solve(point, budget, shape)
         except InfeasibleError:
             return
         key = table_key(solution.model_config, dataset, recipe)
