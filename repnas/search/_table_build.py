@@ -31,7 +31,7 @@ from typing import Any
 
 from repnas import _faults
 from repnas.errors import UserError
-from repnas.search._table import METADATA_KEY, TABLE_COLUMNS, TableInfo, data_digest, read_table, table_key
+from repnas.search._table import METADATA_KEY, TABLE_COLUMNS, TableInfo, data_digest, read_table_info, table_key
 
 #: a space with at most this many points (knob values x budget levels) is enumerated whole
 GRID_LIMIT = 20_000
@@ -239,7 +239,7 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
                      budget=budget_spec.to_value(), seeds=seeds, data=digests, models=models,
                      sample_seed=int(sample_seed))
     if out.exists():
-        done, _ = read_table(out)
+        done = read_table_info(out)
         if done.fingerprint != info.fingerprint:
             raise UserError(f"{out} exists and holds another table (fingerprint {done.fingerprint}, this build's "
                             f"{info.fingerprint}); choose another --out")
