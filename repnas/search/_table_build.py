@@ -168,14 +168,11 @@ def train_row(model: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worker_init(parent: int, threads: int | None) -> None:
+def _worker_init(parent: int) -> None:
+    """A pool worker's start (its torch threads are each run config's ``threads``: the trainer sets them)."""
     from repnas._procs import die_with_parent
 
     die_with_parent(parent)  # a killed build leaves no worker training on
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _worker_job(job: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
@@ -274,7 +271,7 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
 
     with tqdm(total=len(chosen) * len(seeds), initial=len(done_runs), disable=not progress, unit="run",
               desc="table", dynamic_ncols=True) as bar:
-        for row in _run_jobs(jobs, workers, threads):
+        for row in _run_jobs(jobs, workers):
             _append(journal, row)
             _faults.point("table:row")  # the fault tests kill the build here, between two runs
             rows.append(row)
@@ -289,20 +286,13 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
     return result
 
 
-def _run_jobs(jobs: list, workers: int, threads: int | None) -> Iterator[dict[str, Any]]:
+def _run_jobs(jobs: list, workers: int) -> Iterator[dict[str, Any]]:
     """Rows of ``jobs`` as they finish: in this process for one worker, else in spawned workers."""
     if workers == 1 or len(jobs) <= 1:
-        import torch
-
-        before = torch.get_num_threads()
-        try:
-            for job in jobs:
-                yield _worker_job(job)
-        finally:
-            torch.set_num_threads(before)
+        yield from map(_worker_job, jobs)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(os.getpid(), threads)) as pool:
+    with context.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         yield from pool.imap_unordered(_worker_job, jobs)
 
 
