@@ -195,6 +195,31 @@ def test_dataset_shape_matches_the_loaded_data_without_decoding_it(tmp_path, mon
     assert dataset_shape(name) == info
 
 
+def test_dataset_shape_of_decoded_mixed_sizes_and_of_a_link_lists_nothing(tmp_path, monkeypatch):
+    """Once loaded, a folder named through a link (cached under the link's name) and a folder of
+    mixed sizes (cached under a key naming --image-size) answer from the decode cache's headers:
+    a --workers process asks for the shape after the main process decoded the images."""
+    from repnas.train import _shape as shape_module
+    from repnas.train import dataset_shape
+
+    def shape_unlisted(name: str, image_size: int | None):
+        shape_module._inspect.cache_clear()
+        shape_module._resized_decode.cache_clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(data_module, "_is_image", lambda name: pytest.fail("listed"))
+            info = dataset_shape(name, image_size=image_size)
+        return info.num_classes, info.in_channels, info.image_size
+
+    _write_imagefolder(tmp_path)
+    (tmp_path / "link").symlink_to(tmp_path / "toy")
+    load_dataset(f"imagefolder:{tmp_path / 'link'}")
+    assert shape_unlisted(f"imagefolder:{tmp_path / 'link'}", None) == (3, 3, 8)
+    Image.new("RGB", (9, 7)).save(tmp_path / "toy" / "train" / "cat" / "odd.png")
+    loaded = load_dataset(f"imagefolder:{tmp_path / 'toy'}", image_size=6)
+    assert (loaded.num_classes, loaded.in_channels, loaded.image_size) == (3, 3, (6, 6))
+    assert shape_unlisted(f"imagefolder:{tmp_path / 'toy'}", 6) == (3, 3, 6)
+
+
 def test_dataset_shape_of_named_datasets_and_absolute_paths(tmp_path, monkeypatch):
     from repnas.train import absolute_dataset, dataset_shape
 

@@ -15,6 +15,8 @@ import os
 import socket
 from pathlib import Path
 
+from repnas._procs import pid_alive
+
 HOLDER_ATTR = "holder"
 
 
@@ -40,13 +42,7 @@ def holder_alive(stamp) -> bool:
     be told (another host, no /proc, an older run without a stamp)."""
     if not isinstance(stamp, dict) or stamp.get("host") != socket.gethostname() or not stamp.get("pid"):
         return True
-    if not Path("/proc/self/stat").exists():
-        try:
-            os.kill(int(stamp["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            return True
-        return True
+    if not Path("/proc/self/stat").exists():  # no start time to compare: whether the pid lives
+        return pid_alive(int(stamp["pid"]))
     start = _start_time(int(stamp["pid"]))
     return start is not None and (stamp.get("start") is None or start == stamp["start"])

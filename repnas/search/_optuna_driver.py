@@ -44,17 +44,10 @@ from repnas.search._samplers import (
 _COUNTED_STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING")
 
 
-
-
-
-
-
 def counted_trials(study) -> int:
     """Trials that count towards ``--trials``: finished or running, not interrupted, not lost and
     retried (:func:`~repnas.runs._workers.retried_trials`), and not a duplicate (a proposal
     answered from an earlier trial that built the same model)."""
-    from repnas.runs._workers import retried_trials
-
     trials = study.get_trials(deepcopy=False)
     retried = retried_trials(trials)
     return sum(1 for t in trials if t.state.name in _COUNTED_STATES and not t.user_attrs.get("interrupted")
@@ -83,8 +76,6 @@ def repeats_in_a_row(study) -> int:
 def progress_counts(study) -> dict[str, int]:
     """Trials per status (``STATUSES``), ``running`` and ``reused`` (duplicates, not in the
     statuses); interrupted and lost-and-retried trials are not counted."""
-    from repnas.runs._workers import retried_trials
-
     counts = dict.fromkeys((*STATUSES, "running", "reused"), 0)
     trials = study.get_trials(deepcopy=False)
     retried = retried_trials(trials)
@@ -102,8 +93,6 @@ def progress_counts(study) -> dict[str, int]:
 
 def write_table(study, run: RunDir, knob_names: list[str]) -> None:
     """``trials.parquet`` from the storage (all trials of the study, whichever machine ran them)."""
-    from repnas.runs._workers import retried_trials
-
     trials = study.get_trials(deepcopy=False)
     frame = trials_frame(trials, knob_names)
     for lost, retry in retried_trials(trials).items():  # a killed or lost trial says where it went
@@ -154,7 +143,6 @@ def worker_loop(search: SearchConfig, root: str | Path, worker: int, device: str
         TrialHeartbeat,
         claim_worker,
         fail_lost_trials,
-        study_lock,
         wait_for_running,
         worker_name,
     )

@@ -76,6 +76,8 @@ class WorkerPool:
         # A replacement inherits this thread's signal mask: with SIGINT blocked it cannot be
         # interrupted while it imports, before it ignores SIGINT itself (repnas._procs.die_with_parent).
         # The main thread still receives the signal.
+        # A replacement dies with THIS thread, not the process (PR_SET_PDEATHSIG follows the thread
+        # that started a child, repnas._procs.die_with_parent): the loop returns only once none lives.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         while True:
             with self._lock:

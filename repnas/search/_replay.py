@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from repnas.errors import UserError
-from repnas.search._table import TableInfo, read_table, table_key
+from repnas.search._table import TableInfo, read_table, read_table_info, table_key
 
 
 class ReplayMiss(UserError):
@@ -147,13 +147,13 @@ def replay_options(table: str | Path, speed: float | None = None) -> tuple[Table
     if speed is not None and not speed > 0:
         raise UserError(f"--replay-speed must be > 0 (recorded seconds / speed are slept), got {speed}")
     path = Path(table).expanduser().resolve()
-    info, _ = read_table(path)
+    info = read_table_info(path)
     return info, {"table": str(path), "speed": float(speed or 0.0), "fingerprint": info.fingerprint}
 
 
 def check_replay(search) -> None:
     """A replayed search's table is still the one it started with (a resume over a rebuilt table is refused)."""
-    info, _ = read_table(search.replay["table"])
+    info = read_table_info(search.replay["table"])
     if info.fingerprint != search.replay.get("fingerprint"):
         raise UserError(f"table {search.replay['table']} has fingerprint {info.fingerprint}, the search replayed "
                         f"{search.replay.get('fingerprint')}; it was rebuilt or replaced")

@@ -111,27 +111,52 @@ def data_digest(data) -> str:
     return digest.hexdigest()[:20]
 
 
+def read_table_info(path: str | Path) -> TableInfo:
+    """The :class:`TableInfo` of a table file from its footer alone (no row is read), checked as
+    :func:`read_table` checks it: what a replayed search's start-up needs (its options, its
+    fingerprint), so only the worker that replays the rows reads them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = _existing(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path}: not a parquet table ({str(exc).splitlines()[0]})") from None
+    return _checked_info(path, schema)
+
+
 def read_table(path: str | Path):
     """``(TableInfo, DataFrame)`` of a table file; one ``UserError`` line for anything else."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such table: {path}")
+    path = _existing(path)
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise UserError(f"{path}: not a parquet table ({str(exc).splitlines()[0]})") from None
-    metadata = table.schema.metadata or {}
+    info = _checked_info(path, table.schema)
+    return info, table.to_pandas()
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such table: {path}")
+    return path
+
+
+def _checked_info(path: Path, schema) -> TableInfo:
+    """The table's metadata, version and columns (an Arrow schema's), or one ``UserError`` line."""
+    metadata = schema.metadata or {}
     if METADATA_KEY not in metadata:
         raise UserError(f"{path}: not a repnas table (no {METADATA_KEY.decode()} metadata; "
                         "`repnas table build` writes one)")
     info = TableInfo.from_json(metadata[METADATA_KEY], str(path))
     if info.version != TABLE_VERSION:
         raise UserError(f"{path}: table version {info.version}; this repnas reads version {TABLE_VERSION}")
-    frame = table.to_pandas()
-    missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
+    missing = [c for c in TABLE_COLUMNS if c not in schema.names]
     if missing:
         raise UserError(f"{path}: table lacks columns {missing}")
-    return info, frame
+    return info

@@ -31,7 +31,7 @@ from typing import Any
 
 from repnas import _faults
 from repnas.errors import UserError
-from repnas.search._table import METADATA_KEY, TABLE_COLUMNS, TableInfo, data_digest, read_table, table_key
+from repnas.search._table import METADATA_KEY, TABLE_COLUMNS, TableInfo, data_digest, read_table_info, table_key
 
 #: a space with at most this many points (knob values x budget levels) is enumerated whole
 GRID_LIMIT = 20_000
@@ -53,9 +53,13 @@ class BuildResult:
 # --------------------------------------------------------------------------- which models
 def table_models(space, budget_spec, dataset: dict[str, Any], recipe: dict[str, Any], models: int | None,
                  sample_seed: int = 0) -> list[dict[str, Any]]:
-    """The distinct models of ``space`` (``[{key, point, budget, model}]``, in a stable order)."""
+    """The distinct models of ``space`` (``[{key, point, budget, model}]``, in a stable order),
+    solved for the dataset's shape with its ``image_size``, as a search replaying the table solves
+    them (``SearchConfig.dataset_shape``): a model space traces its model at that size."""
     from repnas.spaces import BUDGET_PARAM, InfeasibleError
+    from repnas.train import dataset_shape
 
+    shape = dataset_shape(dataset["name"], None, dataset.get("image_size"))
     budgets = list(budget_spec.levels) if budget_spec.levels else [budget_spec.low]
     grids = {name: knob.grid() for name, knob in space.knobs.items()}
     size = math.prod(len(g) for g in grids.values() if g is not None) * len(budgets)
@@ -63,7 +67,7 @@ def table_models(space, budget_spec, dataset: dict[str, Any], recipe: dict[str, 
 
     def add(point: dict[str, Any], budget: int) -> None:
         try:
-            solution = space.solve(point, budget, dataset["name"])
+            solution = space.solve(point, budget, shape)
         except InfeasibleError:
             return
         key = table_key(solution.model_config, dataset, recipe)
@@ -164,14 +168,11 @@ def train_row(model: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worker_init(parent: int, threads: int | None) -> None:
+def _worker_init(parent: int) -> None:
+    """A pool worker's start (its torch threads are each run config's ``threads``: the trainer sets them)."""
     from repnas._procs import die_with_parent
 
     die_with_parent(parent)  # a killed build leaves no worker training on
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _worker_job(job: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
@@ -235,7 +236,7 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
                      budget=budget_spec.to_value(), seeds=seeds, data=digests, models=models,
                      sample_seed=int(sample_seed))
     if out.exists():
-        done, _ = read_table(out)
+        done = read_table_info(out)
         if done.fingerprint != info.fingerprint:
             raise UserError(f"{out} exists and holds another table (fingerprint {done.fingerprint}, this build's "
                             f"{info.fingerprint}); choose another --out")
@@ -270,7 +271,7 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
 
     with tqdm(total=len(chosen) * len(seeds), initial=len(done_runs), disable=not progress, unit="run",
               desc="table", dynamic_ncols=True) as bar:
-        for row in _run_jobs(jobs, workers, threads):
+        for row in _run_jobs(jobs, workers):
             _append(journal, row)
             _faults.point("table:row")  # the fault tests kill the build here, between two runs
             rows.append(row)
@@ -285,20 +286,13 @@ def build_table(space: Any, out: str | Path, *, dataset: str | None = None, data
     return result
 
 
-def _run_jobs(jobs: list, workers: int, threads: int | None) -> Iterator[dict[str, Any]]:
+def _run_jobs(jobs: list, workers: int) -> Iterator[dict[str, Any]]:
     """Rows of ``jobs`` as they finish: in this process for one worker, else in spawned workers."""
     if workers == 1 or len(jobs) <= 1:
-        import torch
-
-        before = torch.get_num_threads()
-        try:
-            for job in jobs:
-                yield _worker_job(job)
-        finally:
-            torch.set_num_threads(before)
+        yield from map(_worker_job, jobs)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(os.getpid(), threads)) as pool:
+    with context.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         yield from pool.imap_unordered(_worker_job, jobs)
 
 

@@ -149,7 +149,7 @@ def load_dataset(
         raw = _load_rotmnist(root, download)
     elif key.startswith("imagefolder:"):
         path = imagefolder_path(name)
-        raw = _load_imagefolder(path, f"imagefolder-{path.name}", image_size)
+        raw = _load_imagefolder(path, imagefolder_cache_name(path), image_size)
     else:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
 
@@ -337,24 +337,29 @@ def _load_imagefolder(path: Path, cache_name: str, image_size: int | None = None
     are (``load_dataset`` resizes afterwards); images of mixed sizes only load with ``image_size``,
     each resized on its own, and are cached under a key that names the size."""
     source = imagefolder_source(path)
-    key = imagefolder_cache_key(source)
-    sized_key = imagefolder_cache_key(source, image_size) if image_size else None
-    for candidate in (key, sized_key):
-        cached = _cache_load(cache_name, candidate) if candidate else None
+    keys = imagefolder_cache_keys(source, image_size)
+    for key in keys:
+        cached = _cache_load(cache_name, key)
         if cached is not None:
             return cached
     files = _read_archive(path) if source.startswith("archive:") else _read_folder(path)
     *decoded, resized = _decode_imagefolder(files, str(path), image_size)
     raw = _as_raw(*decoded, source)
-    _cache_save(cache_name, sized_key if resized else key, raw)
+    _cache_save(cache_name, keys[-1] if resized else keys[0], raw)  # resized: image_size was given
     return raw
 
 
-def imagefolder_cache_key(source: str, image_size: int | None = None) -> str:
-    """The decode cache's key of a source: its path and fingerprint (and the size its images of
-    mixed sizes were resized to)."""
-    sized = f"|size={image_size}" if image_size else ""
-    return _key(f"{source}|{_source_fingerprint(source)}{sized}")
+def imagefolder_cache_name(path: Path) -> str:
+    """The decode cache's file name prefix of ``imagefolder:PATH`` (the path as given, not resolved)."""
+    return f"imagefolder-{path.name}"
+
+
+def imagefolder_cache_keys(source: str, image_size: int | None = None) -> list[str]:
+    """The decode cache's keys of a source, in lookup order: its path and fingerprint, then, with
+    ``image_size``, the same naming the size its images of mixed sizes were resized to. The
+    fingerprint is taken once (a folder's means a stat of every file)."""
+    base = f"{source}|{_source_fingerprint(source)}"
+    return [_key(base)] + ([_key(f"{base}|size={image_size}")] if image_size else [])
 
 
 def _is_image(name: str) -> bool:

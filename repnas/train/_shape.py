@@ -34,7 +34,8 @@ from repnas.train._data import (
     archive_images,
     cached_shape,
     folder_images,
-    imagefolder_cache_key,
+    imagefolder_cache_keys,
+    imagefolder_cache_name,
     imagefolder_classes,
     imagefolder_path,
     imagefolder_source,
@@ -71,9 +72,11 @@ def dataset_shape(name: str, data_dir: str | os.PathLike | None = None,
         info = dataset_info(name)
         return info if image_size is None else dataclasses.replace(info, image_size=image_size)
     path = imagefolder_path(name)
-    source = imagefolder_source(path)
+    source, cache_name = imagefolder_source(path), imagefolder_cache_name(path)
     stat = path.stat()
-    classes, channels, (height, width), first = _inspect(source, stat.st_size, stat.st_mtime_ns)
+    found = _resized_decode(source, cache_name, image_size, stat.st_size, stat.st_mtime_ns) if image_size else None
+    classes, channels, (height, width), first = found or _inspect(source, cache_name, stat.st_size,
+                                                                  stat.st_mtime_ns)
     if image_size is None and height != width:
         raise UserError(f"{path}: images are {width}x{height} ({first}), not square; pass --image-size N "
                         "to resize every image to NxN")
@@ -81,12 +84,27 @@ def dataset_shape(name: str, data_dir: str | os.PathLike | None = None,
 
 
 @functools.lru_cache(maxsize=16)
-def _inspect(source: str, size: int, mtime_ns: int) -> tuple[list[str], int, tuple[int, int], str]:
+def _resized_decode(source: str, cache_name: str, image_size: int, size: int,
+                    mtime_ns: int) -> tuple[list[str], int, tuple[int, int], str] | None:
+    """:func:`_inspect`'s answer from the decode cache of images of mixed sizes, which the loader
+    keeps under a key naming ``image_size``; None where there is none. Without it a ``--workers``
+    process (or a Ray trial's) listed the whole archive again, though the search had decoded it."""
+    cached = cached_shape(cache_name, imagefolder_cache_keys(source, image_size)[-1])
+    if cached is None:
+        return None
+    classes, channels, shape = cached
+    return classes, channels, shape, "cached decode"
+
+
+@functools.lru_cache(maxsize=16)
+def _inspect(source: str, cache_name: str, size: int, mtime_ns: int) -> tuple[list[str], int, tuple[int, int], str]:
     """``(classes, channels, (height, width), first image)`` of a source (``imagefolder_source``);
-    ``size`` and ``mtime_ns`` (of the path itself) key the per-process memo."""
+    ``cache_name`` is the loader's for it (:func:`~repnas.train._data.imagefolder_cache_name`: the
+    path as given, which may be a link); ``size`` and ``mtime_ns`` (of the path itself) key the
+    per-process memo."""
     kind, _, location = source.partition(":")
     path = Path(location)
-    cached = cached_shape(f"imagefolder-{path.name}", imagefolder_cache_key(source))
+    cached = cached_shape(cache_name, imagefolder_cache_keys(source)[0])
     if cached is not None:
         classes, channels, shape = cached
         return classes, channels, shape, "cached decode"
