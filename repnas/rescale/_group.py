@@ -156,16 +156,16 @@ def _differentiable_backward(ctx, grads) -> tuple:
     _, _, _, *tensors = ctx.saved_tensors
     index, sign, sources, scalars = _split_inputs(spans, tensors)
     first = 3 + _N_INDEX + 1
-    wanted = [k for k in range(len(sources) + len(scalars)) if ctx.needs_input_grad[first + k]]
-    inputs = [(*sources, *scalars)[k] for k in wanted]
-    used = [(w, g) for w, g in zip(range(len(grads)), grads, strict=True) if g is not None]
+    inputs = (*sources, *scalars)
+    wanted = [k for k in range(len(inputs)) if ctx.needs_input_grad[first + k]]
+    used = [(w, g) for w, g in enumerate(grads) if g is not None]
     with torch.enable_grad():
         weights = _generate(spans, index, sign, sources, scalars, ctx.dtype, ctx.memory_format)[3]
-        d_inputs = torch.autograd.grad([weights[w] for w, _ in used], inputs, [g for _, g in used],
-                                       create_graph=True, allow_unused=True)
-    result: list = [None] * (first + len(sources) + len(scalars))
+        d_inputs = torch.autograd.grad([weights[w] for w, _ in used], [inputs[k] for k in wanted],
+                                       [g for _, g in used], create_graph=True, allow_unused=True)
+    result: list = [None] * (first + len(inputs))
     for k, d in zip(wanted, d_inputs, strict=True):
-        result[first + k] = d if d is not None else torch.zeros_like((*sources, *scalars)[k])
+        result[first + k] = d if d is not None else torch.zeros_like(inputs[k])
     return tuple(result)
 
 
@@ -227,18 +227,14 @@ class WeightGroup:
         self.sources = list(keys.values())
         slot = {key: k for k, key in enumerate(keys)}
         self._source_of = [slot[(id(la.bank), id(la.coefficients))] for la in self.layers]
-        self.source_shapes = [bank.source_shape for bank, _ in self.sources]
-        self.source_sizes = [math.prod(shape) for shape in self.source_shapes]
-        self.source_numel = sum(self.source_sizes)
-        self.shapes = [tuple(la.target_shape) for la in self.layers]
-        self.sizes = [math.prod(shape) for shape in self.shapes]
-        self.starts = list(itertools.accumulate([0, *self.sizes[:-1]]))
+        source_sizes = tuple(math.prod(bank.source_shape) for bank, _ in self.sources)
+        self.source_numel = sum(source_sizes)
+        shapes = tuple(tuple(la.target_shape) for la in self.layers)
+        sizes = tuple(math.prod(shape) for shape in shapes)
         self.pair_counts = [la.n_pairs for la in self.layers]
         self.n_pairs = sum(self.pair_counts)
-        self.scalar_sizes = self.pair_counts * self.rows  # alphas, then betas
-        self.spans = _Spans(self.rows, tuple(self.starts), tuple(self.shapes), tuple(self.sizes),
-                            tuple(self.source_sizes),
-                            tuple(self.scalar_sizes))
+        self.spans = _Spans(self.rows, tuple(itertools.accumulate([0, *sizes[:-1]])), shapes, sizes, source_sizes,
+                            tuple(self.pair_counts) * self.rows)  # alphas, then betas
         for k, layer in enumerate(self.layers):
             layer._group, layer._group_slot = self, k
         self._index: dict = {}
@@ -292,7 +288,7 @@ class WeightGroup:
     def _build_index(self, memory_format: torch.memory_format) -> _Index:
         """Every tensor's shape follows from the layers' shapes alone (no ``unique``/``bincount``:
         were this traced by ``torch.compile``, a data-dependent shape would break the graph)."""
-        source_starts = list(itertools.accumulate([0, *self.source_sizes[:-1]]))
+        source_starts = list(itertools.accumulate([0, *self.spans.source_sizes[:-1]]))
         pair_starts = list(itertools.accumulate([0, *self.pair_counts[:-1]]))
         channels_last = memory_format == torch.channels_last
         src, pair, run_lengths, run_pairs = [], [], [], []
