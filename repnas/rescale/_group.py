@@ -41,7 +41,8 @@ from torch import Tensor, nn
 
 from repnas.rescale._repeat import _tile_index
 
-__all__ = ["WeightGroup", "attach_weight_groups", "detach_weight_groups", "generated_together"]
+__all__ = ["WeightGroup", "attach_weight_groups", "detach_weight_groups", "generated_together",
+           "prepare_weight_groups"]
 
 _GROUP_ENV = {"1": True, "0": False}.get(os.environ.get("REPNAS_WEIGHT_GROUP", ""))
 
@@ -371,6 +372,20 @@ def model_groups(model: nn.Module) -> list[WeightGroup]:
     """The weight groups of ``model``'s repeated layers."""
     groups = {id(m._group): m._group for m in model.modules() if getattr(m, "_group", None) is not None}
     return list(groups.values())
+
+
+def prepare_weight_groups(model: nn.Module, device: torch.device, memory_format: torch.memory_format) -> None:
+    """Build the tensors ``model``'s groups make once per device (index, sign) now, for code about
+    to ``torch.compile`` the model: made by a first forward under compile, their making is traced
+    into the graph, and once they are cached the graph's guards fail, so the model compiles twice.
+    Groups that will not serve on ``device`` (their switch) are left alone."""
+    device = torch.device(device)
+    use = WeightGroup.enabled if WeightGroup.enabled is not None else _GROUP_ENV
+    if not (use if use is not None else device.type == "cuda"):
+        return
+    for group in model_groups(model):
+        group.index(device, memory_format)
+        group.sign(device, group.layers[0].alpha.dtype)
 
 
 @contextmanager
