@@ -41,9 +41,11 @@ def _env() -> dict[str, str]:
     return {**env, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture
-def editable_install(tmp_path) -> tuple[str, Path]:
-    """``(python, console script)`` of a venv where repnas (this checkout) is an editable install."""
+@pytest.fixture(scope="module")
+def editable_install(tmp_path_factory) -> tuple[str, Path]:
+    """``(python, console script)`` of a venv where repnas (this checkout) is an editable install
+    (one for the module's tests: they only run it)."""
+    tmp_path = tmp_path_factory.mktemp("editable")
     editable_wheel = pytest.importorskip("setuptools.command.editable_wheel")
     if not hasattr(editable_wheel, "_finder_template"):
         pytest.skip("this setuptools has no editable finder template")
@@ -156,3 +158,42 @@ def test_worker_runtime_env_puts_an_editable_install_first(tmp_path, monkeypatch
     assert os.environ["PYTHONPATH"] == f"{root}{os.pathsep}/node/lib"
     monkeypatch.setenv("PYTHONPATH", "/driver/lib")
     assert _imports.worker_runtime_env(None)["env_vars"]["PYTHONPATH"] == f"{root}{os.pathsep}${{PYTHONPATH}}"
+
+
+def test_the_import_check_runs_only_where_a_worker_may_import_differently(tmp_path, monkeypatch):
+    """The check (a worker's start and the trials' imports, ~4.5 s) runs on a cluster joined, or where
+    a folder first on the workers' path holds something named like a module this process imported;
+    on a local cluster started from any other folder it is skipped without a Ray call."""
+    import ray
+
+    from repnas.search.ray import _imports
+
+    (tmp_path / "repnas" / "runs").mkdir(parents=True)  # a checkout named repnas: not this process's
+    (tmp_path / "json.py").write_text("")  # a module file named like one imported here
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "notes.py").write_text("")  # named like nothing imported here
+    assert sorted(_imports.shadowing_modules([str(tmp_path)])) == ["json", "repnas"]
+    assert "repnas" not in _imports.shadowing_modules([str(_imports.package_root())])  # this repnas itself
+    assert _imports.shadowing_modules([str(tmp_path / "missing")]) == []
+
+    class Probed(Exception):
+        pass
+
+    def probe(*args, **kwargs):
+        raise Probed
+
+    monkeypatch.setattr(ray, "remote", probe)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    quiet = tmp_path / "elsewhere"
+    quiet.mkdir()
+    monkeypatch.setattr(_imports, "worker_path_folders", lambda: [str(quiet)])
+    assert _imports.check_worker_imports("repnas.search.ray._trial", tmp_path / "run") is None
+    with pytest.raises(Probed):
+        _imports.check_worker_imports("repnas.search.ray._trial", tmp_path / "run", "10.0.0.1:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    with pytest.raises(Probed):
+        _imports.check_worker_imports("repnas.search.ray._trial", tmp_path / "run")
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(_imports, "worker_path_folders", lambda: [str(quiet), str(tmp_path)])
+    with pytest.raises(Probed):
+        _imports.check_worker_imports("repnas.search.ray._trial", tmp_path / "run")

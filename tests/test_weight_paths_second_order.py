@@ -14,7 +14,7 @@ from torch._dynamo.backends.debugging import aot_eager
 
 from repnas.rescale import RepeatWeight, repeated_layers, rescale
 from repnas.rescale._fused import fused_weight
-from repnas.rescale._group import WeightGroup, _GroupRepeat, model_groups
+from repnas.rescale._group import WeightGroup, _GroupRepeat, model_groups, prepare_weight_groups
 
 # whole tiles, paper-rule and source-rule remainders (output side, input side, both)
 LAYOUTS = [((2, 3), (4, 6)), ((2, 3), (5, 6)), ((2, 3), (4, 7)), ((2, 3), (5, 7))]
@@ -125,7 +125,9 @@ def test_second_derivatives_through_the_parameters_equal_the_reference(path, rem
 @pytest.mark.parametrize("path", ["fused", "group"])
 def test_forced_paths_compile_as_one_graph_equal_to_eager(path, monkeypatch):
     """0 graph breaks (``fullgraph=True`` compiles), the fused function or the group is in the graph
-    (not the reference ops), and forward and backward equal eager's."""
+    (not the reference ops), and forward and backward equal eager's. Compiled before any eager
+    forward, as ``make_step`` does: one graph (the groups' index tensors, built lazily by a first
+    forward, were traced into it, then failed its guards: a second compile)."""
     model = _repeated("source", torch.float32)
     x = torch.randn(2, 4, 5, 5)
     _use(monkeypatch, path)
@@ -136,18 +138,33 @@ def test_forced_paths_compile_as_one_graph_equal_to_eager(path, monkeypatch):
         return aot_eager(gm, example_inputs)
 
     torch._dynamo.reset()
+    prepare_weight_groups(model, torch.device("cpu"), torch.contiguous_format)
     results = []
-    for net in (model, torch.compile(model, fullgraph=True, backend=backend)):
+    for net in (torch.compile(model, fullgraph=True, backend=backend), model):
         model.zero_grad(set_to_none=True)
         out = net(x)
         out.square().sum().backward()
         results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
-    (out_e, grads_e), (out_c, grads_c) = results
+    (out_c, grads_c), (out_e, grads_e) = results
     assert len(graphs) == 1 and "autograd_function_apply" in graphs[0]  # the path under test, traced
     torch.testing.assert_close(out_c, out_e, rtol=1e-6, atol=1e-7)
     for a, b in zip(grads_c, grads_e, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert max(g.abs().max().item() for g in grads_e) > 0.01
+
+
+def test_make_step_builds_the_group_index_before_it_compiles(monkeypatch):
+    from repnas.train import make_step
+
+    model = _repeated("source", torch.float32)
+    _use(monkeypatch, "group")
+    built = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: built.append([sorted(g._index) for g in model_groups(m)])
+                        or m)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    make_step(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), 0.0,
+              torch.device("cpu"), capture=False, compile=True)
+    assert built == [[[(torch.device("cpu"), torch.contiguous_format)]] * 2]  # a swish and a linear group
 
 
 @pytest.mark.parametrize("path", ["fused", "group"])

@@ -403,10 +403,8 @@ def check_graph(case: _Case, steps: int = 3) -> dict[str, Any]:
 def check_compile(case: _Case, backend: str) -> dict[str, Any]:
     import torch
     import torch._dynamo
-    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
-    counters.clear()
     # fullgraph: the first graph break raises at once (no lease seconds spent compiling the pieces)
     compiled = torch.compile(case.model, backend=backend, fullgraph=True)
     try:

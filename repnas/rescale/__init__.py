@@ -8,7 +8,7 @@ layers for deployment; the ``count_*`` functions and :func:`describe` do the acc
 from repnas.rescale._accounting import count_flops, count_params, count_physical_params, describe, layer_table
 from repnas.rescale._apply import materialize, repeated_layers, rescale
 from repnas.rescale._bank import TemplateBank
-from repnas.rescale._group import WeightGroup
+from repnas.rescale._group import WeightGroup, prepare_weight_groups
 from repnas.rescale._maps import SCALAR_MAPS, ScalarMap
 from repnas.rescale._plan import PLAN_OPTIONS, PLAN_VERSION, BankSpec, LayerRule, RepetitionPlan
 from repnas.rescale._repeat import RepeatWeight, tile_layout
@@ -30,6 +30,7 @@ __all__ = [
     "describe",
     "layer_table",
     "materialize",
+    "prepare_weight_groups",
     "repeated_layers",
     "rescale",
     "tile_layout",

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 
 from repnas.rescale._repeat import _tile_index
 
-__all__ = ["WeightGroup", "attach_weight_groups", "detach_weight_groups", "generated_together"]
+__all__ = ["WeightGroup", "attach_weight_groups", "detach_weight_groups", "generated_together",
+           "prepare_weight_groups"]
 
 _GROUP_ENV = {"1": True, "0": False}.get(os.environ.get("REPNAS_WEIGHT_GROUP", ""))
 
@@ -156,16 +157,16 @@ def _differentiable_backward(ctx, grads) -> tuple:
     _, _, _, *tensors = ctx.saved_tensors
     index, sign, sources, scalars = _split_inputs(spans, tensors)
     first = 3 + _N_INDEX + 1
-    wanted = [k for k in range(len(sources) + len(scalars)) if ctx.needs_input_grad[first + k]]
-    inputs = [(*sources, *scalars)[k] for k in wanted]
-    used = [(w, g) for w, g in zip(range(len(grads)), grads, strict=True) if g is not None]
+    inputs = (*sources, *scalars)
+    wanted = [k for k in range(len(inputs)) if ctx.needs_input_grad[first + k]]
+    used = [(w, g) for w, g in enumerate(grads) if g is not None]
     with torch.enable_grad():
         weights = _generate(spans, index, sign, sources, scalars, ctx.dtype, ctx.memory_format)[3]
-        d_inputs = torch.autograd.grad([weights[w] for w, _ in used], inputs, [g for _, g in used],
-                                       create_graph=True, allow_unused=True)
-    result: list = [None] * (first + len(sources) + len(scalars))
+        d_inputs = torch.autograd.grad([weights[w] for w, _ in used], [inputs[k] for k in wanted],
+                                       [g for _, g in used], create_graph=True, allow_unused=True)
+    result: list = [None] * (first + len(inputs))
     for k, d in zip(wanted, d_inputs, strict=True):
-        result[first + k] = d if d is not None else torch.zeros_like((*sources, *scalars)[k])
+        result[first + k] = d if d is not None else torch.zeros_like(inputs[k])
     return tuple(result)
 
 
@@ -227,18 +228,14 @@ class WeightGroup:
         self.sources = list(keys.values())
         slot = {key: k for k, key in enumerate(keys)}
         self._source_of = [slot[(id(la.bank), id(la.coefficients))] for la in self.layers]
-        self.source_shapes = [bank.source_shape for bank, _ in self.sources]
-        self.source_sizes = [math.prod(shape) for shape in self.source_shapes]
-        self.source_numel = sum(self.source_sizes)
-        self.shapes = [tuple(la.target_shape) for la in self.layers]
-        self.sizes = [math.prod(shape) for shape in self.shapes]
-        self.starts = list(itertools.accumulate([0, *self.sizes[:-1]]))
+        source_sizes = tuple(math.prod(bank.source_shape) for bank, _ in self.sources)
+        self.source_numel = sum(source_sizes)
+        shapes = tuple(tuple(la.target_shape) for la in self.layers)
+        sizes = tuple(math.prod(shape) for shape in shapes)
         self.pair_counts = [la.n_pairs for la in self.layers]
         self.n_pairs = sum(self.pair_counts)
-        self.scalar_sizes = self.pair_counts * self.rows  # alphas, then betas
-        self.spans = _Spans(self.rows, tuple(self.starts), tuple(self.shapes), tuple(self.sizes),
-                            tuple(self.source_sizes),
-                            tuple(self.scalar_sizes))
+        self.spans = _Spans(self.rows, tuple(itertools.accumulate([0, *sizes[:-1]])), shapes, sizes, source_sizes,
+                            tuple(self.pair_counts) * self.rows)  # alphas, then betas
         for k, layer in enumerate(self.layers):
             layer._group, layer._group_slot = self, k
         self._index: dict = {}
@@ -292,7 +289,7 @@ class WeightGroup:
     def _build_index(self, memory_format: torch.memory_format) -> _Index:
         """Every tensor's shape follows from the layers' shapes alone (no ``unique``/``bincount``:
         were this traced by ``torch.compile``, a data-dependent shape would break the graph)."""
-        source_starts = list(itertools.accumulate([0, *self.source_sizes[:-1]]))
+        source_starts = list(itertools.accumulate([0, *self.spans.source_sizes[:-1]]))
         pair_starts = list(itertools.accumulate([0, *self.pair_counts[:-1]]))
         channels_last = memory_format == torch.channels_last
         src, pair, run_lengths, run_pairs = [], [], [], []
@@ -375,6 +372,20 @@ def model_groups(model: nn.Module) -> list[WeightGroup]:
     """The weight groups of ``model``'s repeated layers."""
     groups = {id(m._group): m._group for m in model.modules() if getattr(m, "_group", None) is not None}
     return list(groups.values())
+
+
+def prepare_weight_groups(model: nn.Module, device: torch.device, memory_format: torch.memory_format) -> None:
+    """Build the tensors ``model``'s groups make once per device (index, sign) now, for code about
+    to ``torch.compile`` the model: made by a first forward under compile, their making is traced
+    into the graph, and once they are cached the graph's guards fail, so the model compiles twice.
+    Groups that will not serve on ``device`` (their switch) are left alone."""
+    device = torch.device(device)
+    use = WeightGroup.enabled if WeightGroup.enabled is not None else _GROUP_ENV
+    if not (use if use is not None else device.type == "cuda"):
+        return
+    for group in model_groups(model):
+        group.index(device, memory_format)
+        group.sign(device, group.layers[0].alpha.dtype)
 
 
 @contextmanager

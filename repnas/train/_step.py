@@ -149,9 +149,14 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
     """The trainer's step for ``device``: a CUDA graph where possible, else eager (see module doc)."""
     capture, compile = switches(capture, compile)
     cuda = device.type == "cuda"
+    mixed = mixed_precision(device)
     if compile:
+        from repnas.rescale import prepare_weight_groups
+
+        # the weight groups' index tensors made now, not traced into the first graph (a recompile)
+        prepare_weight_groups(model, device, torch.channels_last if mixed else torch.contiguous_format)
         model = torch.compile(model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mixed_precision(device) else nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mixed else nullcontext()
     if capture and cuda and not compile:
         return GraphStep(model, optimizer, scheduler, label_smoothing, autocast)
     if capture and cuda and compile:

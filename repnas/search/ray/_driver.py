@@ -110,7 +110,7 @@ def run_ray_search(search: SearchConfig, root: str | Path, resume: bool = False,
 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=progress, logging_level="ERROR", runtime_env=worker_runtime_env(address))
-    check_worker_imports(trainable.__module__, root)  # one line, not a failed trial per retry
+    check_worker_imports(trainable.__module__, root, address)  # one line, not a failed trial per retry
     storage = tune_storage(search, run)
     resources = trial_resources(search, ray.cluster_resources().get("GPU", 0.0))
     missing = sorted(k for k, v in resources.items() if k not in ("cpu", "gpu") and v > 0

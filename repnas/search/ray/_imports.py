@@ -24,11 +24,17 @@ module:Net`` next to the driver keeps importing.
 Before any trial starts, :func:`check_worker_imports` imports the trials' module in one task on
 the driver's node: a worker that cannot import it stops the search with one line that says where
 the worker found ``repnas`` and what to do, instead of every trial failing with Ray's "unexpected
-internal error" and a traceback per retry.
+internal error" and a traceback per retry. That task costs a worker's start and the trials'
+imports (~4.5 s measured), so it runs only where a worker may import differently from this
+process: a cluster not started by it (``--ray-address``, ``RAY_ADDRESS``), or a folder Ray puts
+first on the workers' path that holds something named like a module this process imported
+(:func:`shadowing_modules`). Elsewhere a local cluster's workers have this process's Python,
+environment and path (its raylet inherits them) plus those folders, so they import what it did.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from importlib.machinery import PathFinder
@@ -74,6 +80,37 @@ def worker_runtime_env(address: str | None) -> dict[str, Any] | None:
     return {"env_vars": {"PYTHONPATH": value}}
 
 
+def worker_path_folders() -> list[str]:
+    """The folders Ray puts first on this driver's workers' ``sys.path`` (``ray._private.worker.connect``,
+    Ray 2.x): the script's folder where it is on this process's path, and the working directory."""
+    script = os.path.dirname(os.path.realpath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
+    return [*([script] if script and script in sys.path else []), os.path.abspath(os.curdir)]
+
+
+def shadowing_modules(folders: list[str]) -> list[str]:
+    """Top-level modules this process imported of which ``folders`` hold something else by that name
+    (a folder, or a module file): what a worker with ``folders`` first on its path may import in its
+    place. By name, so it errs towards checking: a folder without ``__init__.py`` only shadows a
+    package that a meta-path finder supplies (the checkout named ``repnas``), yet is listed."""
+    found = []
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name if entry.is_dir() else inspect.getmodulename(entry.name)
+            module = sys.modules.get(name) if name and name.isidentifier() else None
+            if module is None:
+                continue
+            origin = getattr(module, "__file__", None)
+            ours = ({Path(origin).resolve(), Path(origin).resolve().parent} if origin else
+                    {Path(p).resolve() for p in getattr(module, "__path__", None) or []})
+            if Path(entry.path).resolve() not in ours:
+                found.append(name)
+    return found
+
+
 def _import_in_worker(module: str) -> tuple[str, str] | None:
     """Runs in a Ray worker, shipped by value (it must not need repnas to be unpickled): imports
     ``module``; None, or what failed and where the worker's ``repnas`` came from."""
@@ -92,13 +129,17 @@ def _import_in_worker(module: str) -> tuple[str, str] | None:
     return None
 
 
-def check_worker_imports(module: str, run_dir: str | Path) -> None:
+def check_worker_imports(module: str, run_dir: str | Path, address: str | None = None) -> None:
     """Import ``module`` (the trials' module) in one Ray task on the driver's node; raise
-    :class:`InfrastructureError` with one line if it fails. Needs ``ray.init`` done.
+    :class:`InfrastructureError` with one line if it fails. Needs ``ray.init`` done. Skipped where
+    the workers are certain to import as this process did (the module docstring): on a local
+    cluster (``address`` None, no ``RAY_ADDRESS``) whose workers' first folders shadow nothing.
 
     The task is pinned to this node (``NodeAffinitySchedulingStrategy``): its workers see this
     machine's files and installation, so a failure is certain to hit the trials placed here; other
     nodes of a cluster are not checked. ``num_cpus=0``: it waits for no trial's slot."""
+    if address is None and not os.environ.get("RAY_ADDRESS") and not shadowing_modules(worker_path_folders()):
+        return
     import ray
     from ray import cloudpickle
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
